@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/91_main.ipynb #14d6bd9b
+# %% ../nbs/91_main.ipynb #4a245a37
 import sys
 from .cli import main
 
