@@ -28,11 +28,14 @@ sync-check: install
 	  echo "nbdev-clean / nbdev-export changed nbs/ or cskd/: run them and commit both."; \
 	  git status --short -- nbs cskd; exit 1; fi
 
+# Two test processes share the two cores: one BLAS / torch thread each avoids oversubscription.
+THREADS := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+
 nbtest: install
-	$(BIN)/nbdev-test --n-workers 2
+	$(THREADS) $(BIN)/nbdev-test --n-workers 2 --timing
 
 pytest: install
-	$(BIN)/pytest -q -n 2
+	$(THREADS) $(BIN)/pytest -q -n 2 --durations 15
 
 test: sync-check nbtest pytest
 

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/91_main.ipynb #4a245a37
+# %% ../nbs/91_main.ipynb #9ea13a1a
 import sys
 from .cli import main
 
