@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/91_main.ipynb #9ea13a1a
+# %% ../nbs/91_main.ipynb #f528a2f1
 import sys
 from .cli import main
 
