@@ -72,3 +72,23 @@ def test_command_line_errors_name_the_parameter(toy, tmp_path):
     (tmp_path / "bad.yaml").write_text("epochs: 2\nencodr: resnet18\n")
     r = cli("finetune", "-c", str(tmp_path / "bad.yaml"))
     assert r.returncode == 2 and "bad.yaml" in r.stderr and "did you mean 'encoder'" in r.stderr
+
+
+def test_pipeline_with_minimal_parameters(toy, tmp_path):
+    """The whole method and its baselines on one seed, one epoch each: every step leaves its executed
+    notebook, the table has every row, and a rerun skips the finished steps."""
+    from cskd.pipeline import run_step
+    params = dict(data_root=str(toy), figures_dir=str(tmp_path / "figures"), seeds=[0], image_size=32, n_labeled=64,
+                  pool_limit=120, align_epochs=1, finetune_epochs=1, distill_epochs=1, batch_size=32, latency_repeats=2)
+    m = run_step("pipeline", tmp_path / "demo", params)
+    table = (tmp_path / "demo" / "results_table.md").read_text()
+    for row in ("CLIP fine-tuned directly", "IAA teacher", "student, no alignment", "student, aligned, no distillation",
+                "student, CSKD"):
+        assert row in table, row
+    for step in ("align_large", "align_student", "teacher", "cskd_student", "student_no_align", "student_no_distill", "clip_direct"):
+        assert list((tmp_path / "demo" / "seed0" / step).glob("*.ipynb")), step
+    assert m["cskd_student/params_m"] < m["teacher/params_m"]
+    assert (tmp_path / "figures" / "collapse_attention_stats.png").exists()
+    log = []
+    run_step("pipeline", tmp_path / "demo", params, log=log.append)
+    assert log and log[0].startswith("[skip]")
