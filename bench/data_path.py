@@ -16,8 +16,9 @@ Pipelines (one image per call, single process, as one data-loader worker does):
   decoding, crop + resize in one PIL call, flip, `uint8` tensor out; normalisation happens on the device in
   the training step, so it is not part of the worker's cost.
 - cskd align view, pre-resized copy: the same view read from a one-off copy of each JPEG with its short
-  side reduced to 256 px (quality 90; made here with PIL, not timed). Not yet a library function: decoding
-  cost is mostly entropy decoding, proportional to the compressed size, which draft mode cannot reduce.
+  side reduced to 256 px (quality 90; made once by `cskd.images.preresize_images`, i.e. `cskd preresize`,
+  not timed). Decoding cost is mostly entropy decoding, proportional to the compressed size, which draft
+  mode cannot reduce.
 Quality trade-off of draft mode at factor 1.0: small crops (area near 8% of the image) are upsampled from
 half-resolution pixels and look softer; crops of half the image or more lose almost nothing.
 
@@ -34,7 +35,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from cskd.images import load_image, train_transform
+from cskd.images import load_image, preresize_images, train_transform
 from cskd.teacher_cache import SeededView, view_seed
 
 PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
@@ -62,19 +63,6 @@ def make_jpegs(folder: Path, per_photo: int, seed: int = 0) -> list:
     return out
 
 
-def preresize(files, folder: Path, short: int = 256) -> dict:
-    "A copy of every JPEG with its short side reduced to `short` px (quality 90); {original: copy}."
-    folder.mkdir(exist_ok=True)
-    out = {}
-    for p in files:
-        im = load_image(p, short)
-        s = short / min(im.size)
-        if s < 1: im = im.resize((round(im.size[0] * s), round(im.size[1] * s)), Image.BILINEAR)
-        out[p] = folder / p.name
-        im.save(out[p], quality=90)
-    return out
-
-
 def pipelines(small: dict):
     plain_tf = T.Compose([T.RandomResizedCrop(224), T.ToTensor(), T.Normalize(MEAN, STD)])
     def plain(p, i):
@@ -95,11 +83,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as d:
-        files = make_jpegs(Path(d), args.per_photo)
+        (Path(d) / "orig").mkdir()
+        files = make_jpegs(Path(d) / "orig", args.per_photo)
         sizes = [Image.open(f).size for f in files]
         print(f"{len(files)} JPEGs from {len(PHOTOS)} real photos, mean size {np.mean([s[0] for s in sizes]):.0f} x "
               f"{np.mean([s[1] for s in sizes]):.0f}, mean {np.mean([f.stat().st_size for f in files]) / 1024:.0f} KiB")
-        pipes = pipelines(preresize(files, Path(d) / "short256"))
+        preresize_images(Path(d) / "orig", Path(d) / "short256", short_side=256)  # `cskd preresize` does the same
+        pipes = pipelines({p: Path(d) / "short256" / p.name for p in files})
         for f in pipes.values():  # warm-up (and a shape check)
             assert tuple(f(files[0], 0).shape) == (3, 224, 224)
         rates = {k: [] for k in pipes}

@@ -241,6 +241,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'cskd.images.collate_skip_none': ('images.html#collate_skip_none', 'cskd/images.py'),
                              'cskd.images.eval_transform': ('images.html#eval_transform', 'cskd/images.py'),
                              'cskd.images.load_image': ('images.html#load_image', 'cskd/images.py'),
+                             'cskd.images.preresize_images': ('images.html#preresize_images', 'cskd/images.py'),
                              'cskd.images.scan': ('images.html#scan', 'cskd/images.py'),
                              'cskd.images.train_transform': ('images.html#train_transform', 'cskd/images.py')},
             'cskd.losses': { 'cskd.losses._check_dists': ('losses.html#_check_dists', 'cskd/losses.py'),
