@@ -95,7 +95,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'cskd.config._field_types': ('config.html#_field_types', 'cskd/config.py'),
                              'cskd.config._type_name': ('config.html#_type_name', 'cskd/config.py'),
                              'cskd.config.add_arguments': ('config.html#add_arguments', 'cskd/config.py'),
-                             'cskd.config.check_field': ('config.html#check_field', 'cskd/config.py'),
+                             'cskd.config.check_value': ('config.html#check_value', 'cskd/config.py'),
                              'cskd.config.from_dict': ('config.html#from_dict', 'cskd/config.py'),
                              'cskd.config.from_namespace': ('config.html#from_namespace', 'cskd/config.py'),
                              'cskd.config.load_config': ('config.html#load_config', 'cskd/config.py'),
