@@ -8,18 +8,8 @@ from torch import nn
 
 from cskd.engine import TrainConfig, fit, is_main_process
 
-
-class NoisyDataset(torch.utils.data.Dataset):
-    "Random regression data with a random 'augmentation' (noise drawn per sample from torch's RNG)."
-    def __init__(self, n, d, noise, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, d, generator=g)
-        self.y = self.x @ torch.randn(d, 1, generator=g) + 0.1 * torch.randn(n, 1, generator=g)
-        self.noise = noise
-    def __len__(self): return len(self.x)
-    def __getitem__(self, i):
-        x = self.x[i]
-        return (x + self.noise * torch.randn_like(x) if self.noise else x), self.y[i]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reliability"))
+from worker import NoisyDataset  # the reliability worker's seeded data
 
 
 def main(argv=None):
