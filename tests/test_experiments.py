@@ -35,13 +35,6 @@ def test_finetune_notebook(toy, tmp_path):
     assert (run / "checkpoints" / "best" / "model.safetensors").exists()
 
 
-def test_finetune_notebook_rejects_a_misspelt_parameter(toy, tmp_path):
-    with pytest.raises(pm.PapermillExecutionError) as e:
-        execute("finetune", tmp_path, run_dir=str(tmp_path / "run"), data_root=str(toy), lrr=0.1)
-    assert "'lrr' (did you mean 'lr'?)" in str(e.value)
-    assert not (tmp_path / "run").exists()  # nothing ran
-
-
 def test_distill_notebook(toy, tmp_path):
     run = tmp_path / "run"
     execute("distill", tmp_path, run_dir=str(run), data_root=str(toy), n_train=64, teacher_epochs=1, epochs=2)
@@ -66,29 +59,44 @@ def test_phase_from_the_command_line_with_yaml_and_flags(toy, tmp_path):
     assert out["steps"] == 3
 
 
-def test_command_line_errors_name_the_parameter(toy, tmp_path):
-    r = cli("finetune", "--data-root", str(toy), "--head", "scalar")
-    assert r.returncode == 2 and "needs head='dist'" in r.stderr
-    (tmp_path / "bad.yaml").write_text("epochs: 2\nencodr: resnet18\n")
-    r = cli("finetune", "-c", str(tmp_path / "bad.yaml"))
-    assert r.returncode == 2 and "bad.yaml" in r.stderr and "did you mean 'encoder'" in r.stderr
-
-
-def test_pipeline_with_minimal_parameters(toy, tmp_path):
-    """The whole method and its baselines on one seed, one epoch each: every step leaves its executed
-    notebook, the table has every row, and a rerun skips the finished steps."""
+def test_claims_and_pipeline_with_minimal_parameters(toy, tmp_path):
+    """The demo's notebook on one seed, one epoch each, with toy models pre-trained on 48 images: the toy
+    pre-training is cached, every pipeline step leaves its executed notebook, both tables have every row,
+    and a rerun skips the finished work."""
     from cskd.pipeline import run_step
-    params = dict(data_root=str(toy), figures_dir=str(tmp_path / "figures"), seeds=[0], image_size=32, n_labeled=64,
-                  pool_limit=120, align_epochs=1, finetune_epochs=1, distill_epochs=1, batch_size=32, latency_repeats=2)
-    m = run_step("pipeline", tmp_path / "demo", params)
-    table = (tmp_path / "demo" / "results_table.md").read_text()
+    cache = tmp_path / "cache"
+    params = dict(data_root=str(toy), figures_dir=str(tmp_path / "figures"), seeds=[0], n_labeled=64, pool_limit=120,
+                  align_epochs=1, finetune_epochs=1, distill_epochs=1, batch_size=32, latency_repeats=2, collapse_images=8,
+                  pretrain_images=48, clip_epochs=1, imagenet_epochs=1, cache_dir=str(cache))
+    m = run_step("claims", tmp_path / "demo", params)
+    assert sorted(p.name.split("-")[0] for p in cache.glob("*.safetensors")) == ["toy_clip", "toy_imagenet"]
+    table = (tmp_path / "demo" / "pipeline" / "results_table.md").read_text()
     for row in ("CLIP fine-tuned directly", "IAA teacher", "student, no alignment", "student, aligned, no distillation",
                 "student, CSKD"):
         assert row in table, row
-    for step in ("align_large", "align_student", "teacher", "cskd_student", "student_no_align", "student_no_distill", "clip_direct"):
-        assert list((tmp_path / "demo" / "seed0" / step).glob("*.ipynb")), step
-    assert m["cskd_student/params_m"] < m["teacher/params_m"]
-    assert (tmp_path / "figures" / "collapse_attention_stats.png").exists()
+    seed0 = tmp_path / "demo" / "pipeline" / "seed0"
+    for step in ("align_large", "align_student", "teacher", "cskd_student", "student_no_align", "student_no_distill",
+                 "clip_direct", "collapse"):
+        assert list((seed0 / step).glob("*.ipynb")), step
+    # the encoders started from the toy classifiers: the aligned runs record the weights they were given
+    assert json.loads((seed0 / "align_student" / "config.json").read_text())["student_pretrained"].startswith(str(cache))
+    pm_ = json.loads((tmp_path / "demo" / "pipeline" / "metrics.json").read_text())
+    assert pm_["cskd_student/params_m"] < pm_["teacher/params_m"]
+    claims = (tmp_path / "demo" / "claims.md").read_text()
+    for c in ("| a |", "| b |", "| c |", "| d |", "| e |"):
+        assert c in claims, c
+    assert {f"claim_{c}/gain_mean" for c in "abcde"} <= set(m) and m["seeds"] == 1
+    assert (tmp_path / "figures" / "claims.png").exists() and (tmp_path / "figures" / "collapse_attention_stats.png").exists()
     log = []
-    run_step("pipeline", tmp_path / "demo", params, log=log.append)
+    run_step("claims", tmp_path / "demo", params, log=log.append)
     assert log and log[0].startswith("[skip]")
+
+
+def test_claims_notebook_rejects_bad_parameters(toy, tmp_path):
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        execute("claims", tmp_path, run_dir=str(tmp_path / "run"), data_root=str(toy), seeds=[0, 0])
+    assert "repeated seeds" in str(e.value)
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        execute("claims", tmp_path, run_dir=str(tmp_path / "run"), data_root=str(toy), clip_epoch=3)
+    assert "'clip_epoch' (did you mean 'clip_epochs'?)" in str(e.value)
+    assert not (tmp_path / "run").exists()
