@@ -63,7 +63,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'cskd.attention.plot_attention_gallery': ('attention.html#plot_attention_gallery', 'cskd/attention.py'),
                                 'cskd.attention.plot_attention_stats': ('attention.html#plot_attention_stats', 'cskd/attention.py'),
                                 'cskd.attention.plot_collapse_summary': ('attention.html#plot_collapse_summary', 'cskd/attention.py'),
-                                'cskd.attention.save_figure': ('attention.html#save_figure', 'cskd/attention.py'),
                                 'cskd.attention.unwrap_vit': ('attention.html#unwrap_vit', 'cskd/attention.py')},
             'cskd.claims': { 'cskd.claims.ClaimsConfig': ('claims.html#claimsconfig', 'cskd/claims.py'),
                              'cskd.claims.ClaimsConfig.pipeline_parameters': ( 'claims.html#claimsconfig.pipeline_parameters',

@@ -76,14 +76,14 @@ def test_claims_and_pipeline_with_minimal_parameters(toy, tmp_path):
         assert row in table, row
     seed0 = tmp_path / "demo" / "pipeline" / "seed0"
     for step in ("align_large", "align_student", "teacher", "cskd_student", "student_no_align", "student_no_distill",
-                 "clip_direct", "collapse"):
+                 "clip_direct", "student_clip_teacher", "collapse"):
         assert list((seed0 / step).glob("*.ipynb")), step
     # the encoders started from the toy classifiers: the aligned runs record the weights they were given
     assert json.loads((seed0 / "align_student" / "config.json").read_text())["student_pretrained"].startswith(str(cache))
     pm_ = json.loads((tmp_path / "demo" / "pipeline" / "metrics.json").read_text())
     assert pm_["cskd_student/params_m"] < pm_["teacher/params_m"]
     claims = (tmp_path / "demo" / "claims.md").read_text()
-    for c in ("| a |", "| b |", "| c |", "| d |", "| e |"):
+    for c in ("| a |", "| b |", "| c |", "| d |", "| d-ctl |", "| e |"):
         assert c in claims, c
     assert {f"claim_{c}/gain_mean" for c in "abcde"} <= set(m) and m["seeds"] == 1
     assert (tmp_path / "figures" / "claims.png").exists() and (tmp_path / "figures" / "collapse_attention_stats.png").exists()

@@ -83,3 +83,9 @@ def test_bad_label_lines_stop_naming_file_and_line(bad_world, tmp_path):
                    (9, "zero votes"), (10, "duplicated image_id")):
         assert f"{labels}:{n}: {why}" in err, (n, why, err[-3000:])
     assert not (tmp_path / "run" / "checkpoints").exists()                        # stopped before training
+    # the skip policy: the bad lines are dropped with one warning naming them, their images left out, and the run completes
+    r = run("cskd", [*FT, "--data-root", root, "--labels", labels, "--run-dir", tmp_path / "run2", "--on-bad-label", "skip"], check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"{labels}: skipped 5 bad line(s)" in r.stderr, r.stderr[-3000:]
+    assert "left out (on_bad_label='skip')" in r.stderr
+    assert (tmp_path / "run2" / "checkpoints" / "last" / "model.safetensors").exists()
