@@ -45,3 +45,8 @@ lab: install
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The demo skips finished steps by notebook and parameters, not by code: after changing code, start over.
+# (The toy pre-trained models stay cached under ~/.cache/cskd or $CSKD_CACHE, keyed by their settings.)
+clean-runs:
+	rm -rf runs/demo

@@ -100,3 +100,17 @@ def test_claims_notebook_rejects_bad_parameters(toy, tmp_path):
         execute("claims", tmp_path, run_dir=str(tmp_path / "run"), data_root=str(toy), clip_epoch=3)
     assert "'clip_epoch' (did you mean 'clip_epochs'?)" in str(e.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_step_never_takes_another_notebooks_result(toy, tmp_path):
+    """A run folder finished by one notebook is not mistaken for another notebook's result with the same
+    parameters (an older demo's folder, for instance): the step runs, after clearing the folder."""
+    from cskd.pipeline import run_step
+    run = tmp_path / "step"; run.mkdir()
+    params = dict(data_root=str(toy), lrr=0.1)
+    (run / "step.json").write_text(json.dumps(dict(notebook="pipeline", parameters=dict(params, run_dir=str(run)))))
+    (run / "metrics.json").write_text('{"stale": 1}')
+    with pytest.raises(pm.PapermillExecutionError) as e:  # it ran: the finetune notebook rejects the misspelt parameter
+        run_step("finetune", run, params)
+    assert "'lrr' (did you mean 'lr'?)" in str(e.value) and not (run / "metrics.json").exists()
+    assert json.loads((run / "step.json").read_text())["notebook"] == "finetune"
