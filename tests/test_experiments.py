@@ -59,7 +59,7 @@ def test_phase_from_the_command_line_with_yaml_and_flags(toy, tmp_path):
     assert out["steps"] == 3
 
 
-def test_claims_and_pipeline_with_minimal_parameters(toy, tmp_path):
+def test_claims_and_pipeline_with_minimal_parameters(toy, tmp_path, monkeypatch):
     """The demo's notebook on one seed, one epoch each, with toy models pre-trained on 48 images: the toy
     pre-training is cached, every pipeline step leaves its executed notebook, both tables have every row,
     and a rerun skips the finished work."""
@@ -68,7 +68,8 @@ def test_claims_and_pipeline_with_minimal_parameters(toy, tmp_path):
     params = dict(data_root=str(toy), figures_dir=str(tmp_path / "figures"), seeds=[0], n_labeled=64, pool_limit=120,
                   align_epochs=1, finetune_epochs=1, distill_epochs=1, batch_size=32, latency_repeats=2, collapse_images=8,
                   pretrain_images=48, clip_epochs=1, imagenet_epochs=1, cache_dir=str(cache))
-    m = run_step("claims", tmp_path / "demo", params)
+    monkeypatch.chdir(tmp_path)  # a relative run folder, as `make demo` gives it
+    m = run_step("claims", "demo", params)
     assert sorted(p.name.split("-")[0] for p in cache.glob("*.safetensors")) == ["toy_clip", "toy_imagenet"]
     table = (tmp_path / "demo" / "pipeline" / "results_table.md").read_text()
     for row in ("CLIP fine-tuned directly", "IAA teacher", "student, no alignment", "student, aligned, no distillation",
@@ -88,7 +89,7 @@ def test_claims_and_pipeline_with_minimal_parameters(toy, tmp_path):
     assert {f"claim_{c}/gain_mean" for c in "abcde"} <= set(m) and m["seeds"] == 1
     assert (tmp_path / "figures" / "claims.png").exists() and (tmp_path / "figures" / "collapse_attention_stats.png").exists()
     log = []
-    run_step("claims", tmp_path / "demo", params, log=log.append)
+    run_step("claims", "demo", params, log=log.append)
     assert log and log[0].startswith("[skip]")
 
 
