@@ -27,6 +27,7 @@ Each pipeline processes all images once per repeat; the pipelines alternate with
 thread (as in a data-loader worker). The last line is `ratio: <cskd align view images/s / plain images/s>`
 (target >= 2). Usage: python bench/data_path.py [--per-photo 4] [--reps 5]
 """
+
 import argparse, statistics, sys, tempfile, time
 from pathlib import Path
 
@@ -38,18 +39,32 @@ from torchvision import transforms as T
 from cskd.images import load_image, preresize_images, train_transform
 from cskd.teacher_cache import SeededView, view_seed
 
-PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
-          "hubble_deep_field.jpg", "retina.jpg", "brick.png", "grass.png", "gravel.png", "color.png"]
+PHOTOS = [
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "color.png",
+]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def make_jpegs(folder: Path, per_photo: int, seed: int = 0) -> list:
     "AVA-sized JPEGs (about 800 x 600, quality 90) from real photos: random crops, resized, landscape and portrait."
     import skimage
+
     data = Path(skimage.__file__).parent / "data"
     rng, out = np.random.default_rng(seed), []
     for name in PHOTOS:
-        if not (data / name).exists(): continue
+        if not (data / name).exists():
+            continue
         im = Image.open(data / name).convert("RGB")
         for j in range(per_photo):
             w, h = im.size
@@ -65,15 +80,30 @@ def make_jpegs(folder: Path, per_photo: int, seed: int = 0) -> list:
 
 def pipelines(small: dict):
     plain_tf = T.Compose([T.RandomResizedCrop(224), T.ToTensor(), T.Normalize(MEAN, STD)])
+
     def plain(p, i):
-        with Image.open(p) as im: return plain_tf(im.convert("RGB"))
+        with Image.open(p) as im:
+            return plain_tf(im.convert("RGB"))
+
     ours_tf = train_transform(224, MEAN, STD, scale=(0.08, 1.0), draft_factor=1.0)
-    def ours_train(p, i): return ours_tf(load_image(p, ours_tf.draft_size))
+
+    def ours_train(p, i):
+        return ours_tf(load_image(p, ours_tf.draft_size))
+
     view = SeededView(224, draft_factor=1.0)
-    def ours_view(p, i): return view(load_image(p, view.draft_size), view_seed(0, i, 0))
-    def ours_small(p, i): return view(load_image(small[p], view.draft_size), view_seed(0, i, 0))
-    return {"plain torchvision": plain, "cskd train_transform (draft 1.0)": ours_train, "cskd align view (draft 1.0, uint8)": ours_view,
-            "cskd align view, pre-resized 256 copy": ours_small}
+
+    def ours_view(p, i):
+        return view(load_image(p, view.draft_size), view_seed(0, i, 0))
+
+    def ours_small(p, i):
+        return view(load_image(small[p], view.draft_size), view_seed(0, i, 0))
+
+    return {
+        "plain torchvision": plain,
+        "cskd train_transform (draft 1.0)": ours_train,
+        "cskd align view (draft 1.0, uint8)": ours_view,
+        "cskd align view, pre-resized 256 copy": ours_small,
+    }
 
 
 def main(argv=None):
@@ -86,8 +116,10 @@ def main(argv=None):
         (Path(d) / "orig").mkdir()
         files = make_jpegs(Path(d) / "orig", args.per_photo)
         sizes = [Image.open(f).size for f in files]
-        print(f"{len(files)} JPEGs from {len(PHOTOS)} real photos, mean size {np.mean([s[0] for s in sizes]):.0f} x "
-              f"{np.mean([s[1] for s in sizes]):.0f}, mean {np.mean([f.stat().st_size for f in files]) / 1024:.0f} KiB")
+        print(
+            f"{len(files)} JPEGs from {len(PHOTOS)} real photos, mean size {np.mean([s[0] for s in sizes]):.0f} x "
+            f"{np.mean([s[1] for s in sizes]):.0f}, mean {np.mean([f.stat().st_size for f in files]) / 1024:.0f} KiB"
+        )
         preresize_images(Path(d) / "orig", Path(d) / "short256", short_side=256)  # `cskd preresize` does the same
         pipes = pipelines({p: Path(d) / "short256" / p.name for p in files})
         for f in pipes.values():  # warm-up (and a shape check)
@@ -96,7 +128,8 @@ def main(argv=None):
         for _ in range(args.reps):
             for name, f in pipes.items():
                 t0 = time.perf_counter()
-                for i, p in enumerate(files): f(p, i)
+                for i, p in enumerate(files):
+                    f(p, i)
                 rates[name].append(len(files) / (time.perf_counter() - t0))
     med = {k: statistics.median(v) for k, v in rates.items()}
     base = med["plain torchvision"]

@@ -22,7 +22,8 @@ fsync). The per-pair ratios are printed too (median and range) as a check on the
 
 Usage: python bench/engine_overhead.py [--steps 100] [--batch-size 64] [--reps 5] [--threads 0] [--device cpu]
 """
-import argparse, copy, statistics, sys, tempfile, time
+
+import argparse, copy, statistics, tempfile, time
 
 import torch
 from torch import nn
@@ -32,10 +33,19 @@ from cskd.engine import TrainConfig, fit
 
 def make_model(width=32):
     return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
-        nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10))
+        nn.Conv2d(3, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+        nn.BatchNorm2d(2 * width),
+        nn.ReLU(),
+        nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),
+        nn.BatchNorm2d(2 * width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * width, 10),
+    )
 
 
 def step_fn(model, batch):
@@ -50,24 +60,40 @@ def bare(model, ds, bs, lr, device):
     t = CLOCK()
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=bs, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0)
+    )
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = step_fn(model, (x, y))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    if device.startswith("cuda"): torch.cuda.synchronize()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     return CLOCK() - t
 
 
 def engine(model, ds, bs, lr, device):
     with tempfile.TemporaryDirectory() as d:
         t = CLOCK()
-        fit(model, ds, step_fn, TrainConfig(epochs=1, batch_size=bs, lr=lr, weight_decay=0.05, schedule="constant",
-                                            precision="fp32", device=device, run_dir=d))
-        if device.startswith("cuda"): torch.cuda.synchronize()
+        fit(
+            model,
+            ds,
+            step_fn,
+            TrainConfig(
+                epochs=1,
+                batch_size=bs,
+                lr=lr,
+                weight_decay=0.05,
+                schedule="constant",
+                precision="fp32",
+                device=device,
+                run_dir=d,
+            ),
+        )
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         return CLOCK() - t
 
 
@@ -79,11 +105,14 @@ def main():
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: this process's CPU time (CPU device only)")
+    p.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="cpu: this process's CPU time (CPU device only)"
+    )
     a = p.parse_args()
     global CLOCK
     CLOCK = time.process_time if a.clock == "cpu" else time.perf_counter
-    if a.threads: torch.set_num_threads(a.threads)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     g = torch.Generator().manual_seed(0)
     n = a.steps * a.batch_size
     ds = torch.utils.data.TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
@@ -95,12 +124,16 @@ def main():
         order = list(runs) if rep % 2 else list(runs)[::-1]
         for k in order:
             t = runs[k](copy.deepcopy(init), ds, a.batch_size, 1e-3, a.device)
-            if rep: times[k].append(t)
+            if rep:
+                times[k].append(t)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{a.steps} steps, batch {a.batch_size}, device {a.device}, torch threads {torch.get_num_threads()}, "
-          f"{a.clock} clock, median of {a.reps} interleaved runs")
+    print(
+        f"{a.steps} steps, batch {a.batch_size}, device {a.device}, torch threads {torch.get_num_threads()}, "
+        f"{a.clock} clock, median of {a.reps} interleaved runs"
+    )
     print(f"{'loop':<8}{'seconds':>10}{'steps/s':>10}")
-    for k in runs: print(f"{k:<8}{med[k]:>10.3f}{a.steps / med[k]:>10.1f}")
+    for k in runs:
+        print(f"{k:<8}{med[k]:>10.3f}{a.steps / med[k]:>10.1f}")
     pairs = sorted(e / b for e, b in zip(times["engine"], times["bare"]))
     print(f"per-pair ratios: median {statistics.median(pairs):.3f}, range {pairs[0]:.3f}..{pairs[-1]:.3f}")
     print(f"ratio: {med['engine'] / med['bare']:.3f}")

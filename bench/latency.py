@@ -19,6 +19,7 @@ wait for a core), and one thread is also what a server running one model per cor
 
 Usage: python bench/latency.py [--threads 1] [--reps 20] [--reps-32 5] [--student resnet18] [--no-onnx]
 """
+
 import argparse, logging, statistics, sys, tempfile, time, warnings
 from pathlib import Path
 
@@ -36,16 +37,20 @@ def iaa_model(spec, image_size=None):
 
 
 def timed(fn, x):
-    t = time.perf_counter(); fn(x); return time.perf_counter() - t
+    t = time.perf_counter()
+    fn(x)
+    return time.perf_counter() - t
 
 
 def measure(fns, x, reps, warmup):
     "Median, min, max seconds per call of each of `fns` (alternating)."
     for _ in range(warmup):
-        for f in fns: f(x)
+        for f in fns:
+            f(x)
     times = [[] for _ in fns]
     for _ in range(reps):
-        for i, f in enumerate(fns): times[i].append(timed(f, x))
+        for i, f in enumerate(fns):
+            times[i].append(timed(f, x))
     return [(statistics.median(t), min(t), max(t)) for t in times]
 
 
@@ -54,19 +59,23 @@ def main(argv=None):
     ap.add_argument("--teacher", default="clip:ViT-B-16")
     ap.add_argument("--student", default="resnet18")
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime intra-op threads (default 1; 0: torch's default)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch and ONNX Runtime intra-op threads (default 1; 0: torch's default)"
+    )
     ap.add_argument("--reps", type=int, default=20, help="timed calls at batch 1")
     ap.add_argument("--reps-32", type=int, default=5, help="timed calls at batch 32")
     ap.add_argument("--no-onnx", action="store_true")
     a = ap.parse_args(argv)
-    if a.threads: torch.set_num_threads(a.threads)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     threads = torch.get_num_threads()
     torch.manual_seed(0)
     models = dict(teacher=iaa_model(a.teacher), student=iaa_model(a.student, a.image_size))
     size = a.image_size
     for n, m in models.items():
         s = m.encoder.image_size
-        if (s if isinstance(s, int) else s[0]) != size: sys.exit(f"{n} takes {s} px, not --image-size {size}")
+        if (s if isinstance(s, int) else s[0]) != size:
+            sys.exit(f"{n} takes {s} px, not --image-size {size}")
     params = {n: sum(p.numel() for p in m.parameters()) / 1e6 for n, m in models.items()}
     backends = {"pytorch": {}}
     for n, m in models.items():
@@ -74,16 +83,24 @@ def main(argv=None):
     tmp = tempfile.TemporaryDirectory()
     if not a.no_onnx:
         from cskd.export import export_scorer, load_exported
+
         backends["onnxruntime"] = {}
         for n, m in models.items():
             t = time.perf_counter()
             f = export_scorer(m, Path(tmp.name) / f"{n}.onnx")
             ex = load_exported(f, threads=threads)
-            print(f"exported {n} to ONNX in {time.perf_counter() - t:.0f} s ({f.stat().st_size / 1e6:.0f} MB)", file=sys.stderr)
+            print(
+                f"exported {n} to ONNX in {time.perf_counter() - t:.0f} s ({f.stat().st_size / 1e6:.0f} MB)",
+                file=sys.stderr,
+            )
             backends["onnxruntime"][n] = lambda x, s=ex.session: s.run(None, {"image": x})
-    print(f"teacher {a.teacher} ({params['teacher']:.1f} M params) vs student {a.student} ({params['student']:.1f} M params), "
-          f"{size} px, CPU, {threads} threads, median of {a.reps} (batch 1) / {a.reps_32} (batch 32) alternating calls after warm-up")
-    print(f"{'backend':12s} {'batch':>5s} {'teacher ms':>11s} {'student ms':>11s} {'teacher/student':>16s} {'student img/s':>14s}  (min..max ms: teacher | student)")
+    print(
+        f"teacher {a.teacher} ({params['teacher']:.1f} M params) vs student {a.student} ({params['student']:.1f} M params), "
+        f"{size} px, CPU, {threads} threads, median of {a.reps} (batch 1) / {a.reps_32} (batch 32) alternating calls after warm-up"
+    )
+    print(
+        f"{'backend':12s} {'batch':>5s} {'teacher ms':>11s} {'student ms':>11s} {'teacher/student':>16s} {'student img/s':>14s}  (min..max ms: teacher | student)"
+    )
     ratio1 = None
     rng = np.random.default_rng(0)
     with torch.inference_mode(), warnings.catch_warnings():
@@ -93,9 +110,13 @@ def main(argv=None):
                 x = rng.standard_normal((bs, 3, size, size), dtype=np.float32)
                 (tm, tlo, thi), (sm, slo, shi) = measure([fns["teacher"], fns["student"]], x, reps, warm)
                 r = tm / sm
-                if be == "pytorch" and bs == 1: ratio1 = r
-                print(f"{be:12s} {bs:5d} {tm * 1e3:11.1f} {sm * 1e3:11.1f} {r:16.2f} {bs / sm:14.1f}  "
-                      f"({tlo * 1e3:.1f}..{thi * 1e3:.1f} | {slo * 1e3:.1f}..{shi * 1e3:.1f})", flush=True)
+                if be == "pytorch" and bs == 1:
+                    ratio1 = r
+                print(
+                    f"{be:12s} {bs:5d} {tm * 1e3:11.1f} {sm * 1e3:11.1f} {r:16.2f} {bs / sm:14.1f}  "
+                    f"({tlo * 1e3:.1f}..{thi * 1e3:.1f} | {slo * 1e3:.1f}..{shi * 1e3:.1f})",
+                    flush=True,
+                )
     tmp.cleanup()
     print(f"ratio: {ratio1:.2f}")
 

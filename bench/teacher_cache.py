@@ -14,6 +14,7 @@ The last line is `ratio: <online seconds per epoch / cached seconds per epoch>` 
 faster; the gain is at most the teacher's share of the step). Usage: python bench/teacher_cache.py
 [--images 512] [--views 4] [--reps 3] [--batch-size 64] [--device auto]
 """
+
 import argparse, contextlib, io, statistics, sys, tempfile, time
 from pathlib import Path
 
@@ -22,8 +23,14 @@ from cskd.models import register_model_config
 from cskd.toy import make_toy_world
 
 BENCH_CLIP = "cskd-bench-vit"
-register_model_config(BENCH_CLIP, dict(embed_dim=256, vision_cfg=dict(image_size=64, patch_size=8, width=256, layers=6, head_width=64),
-                                       text_cfg=dict(context_length=16, vocab_size=49408, width=64, heads=2, layers=1)))
+register_model_config(
+    BENCH_CLIP,
+    dict(
+        embed_dim=256,
+        vision_cfg=dict(image_size=64, patch_size=8, width=256, layers=6, head_width=64),
+        text_cfg=dict(context_length=16, vocab_size=49408, width=64, heads=2, layers=1),
+    ),
+)
 
 
 def main(argv=None):
@@ -36,29 +43,49 @@ def main(argv=None):
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
         toy = make_toy_world(Path(d) / "toy", args.images, workers=1)
-        base = dict(pool_sources=[str(toy / "images")], exclude_split=None, teacher=BENCH_CLIP, student="resnet10t",
-                    image_size=64, batch_size=args.batch_size, epochs=1, lr=1e-3, eval_images=0, progress=False,
-                    device=args.device, cache_views=args.views, cache_dir=str(Path(d) / "cache"), run_dir=None)
+        base = dict(
+            pool_sources=[str(toy / "images")],
+            exclude_split=None,
+            teacher=BENCH_CLIP,
+            student="resnet10t",
+            image_size=64,
+            batch_size=args.batch_size,
+            epochs=1,
+            lr=1e-3,
+            eval_images=0,
+            progress=False,
+            device=args.device,
+            cache_views=args.views,
+            cache_dir=str(Path(d) / "cache"),
+            run_dir=None,
+        )
+
         def quiet(cfg):
-            with contextlib.redirect_stdout(io.StringIO()): return align(cfg)
+            with contextlib.redirect_stdout(io.StringIO()):
+                return align(cfg)
+
         t0 = time.perf_counter()
         first = quiet(align_config(cache=True, **base))  # builds the cache (and warms up)
         build = first["cache_seconds"]
-        quiet(align_config(cache=False, **base))           # warm-up
+        quiet(align_config(cache=False, **base))  # warm-up
         times = {"online": [], "cached": []}
         for _ in range(args.reps):
             times["online"].append(quiet(align_config(cache=False, **base))["train_seconds"])
             times["cached"].append(quiet(align_config(cache=True, **base))["train_seconds"])
     med = {k: statistics.median(v) for k, v in times.items()}
     n = first["pool_images"]
-    print(f"pool {n} images, batch {args.batch_size}, teacher {BENCH_CLIP}, student resnet10t, K = {args.views}, "
-          f"device {args.device}, {time.perf_counter() - t0:.0f} s in all")
+    print(
+        f"pool {n} images, batch {args.batch_size}, teacher {BENCH_CLIP}, student resnet10t, K = {args.views}, "
+        f"device {args.device}, {time.perf_counter() - t0:.0f} s in all"
+    )
     print(f"\n{'targets':10s} {'s/epoch':>9s} {'min':>7s} {'max':>7s} {'images/s':>9s}")
     for k, v in times.items():
         print(f"{k:10s} {med[k]:9.2f} {min(v):7.2f} {max(v):7.2f} {n / med[k]:9.1f}")
     saved = med["online"] - med["cached"]
-    print(f"\ncache build (once, {n} x {args.views} views): {build:.2f} s; "
-          + (f"pays for itself after {build / saved:.1f} epochs" if saved > 0 else "never pays for itself here"))
+    print(
+        f"\ncache build (once, {n} x {args.views} views): {build:.2f} s; "
+        + (f"pays for itself after {build / saved:.1f} epochs" if saved > 0 else "never pays for itself here")
+    )
     print(f"ratio: {med['online'] / med['cached']:.2f}")
 
 

@@ -29,25 +29,36 @@ __all__ = ['LOSSES', 'GRANULARITIES', 'ALIGN_DEFAULTS', 'AlignConfig', 'align_co
 # %% ../nbs/05_align.ipynb #44c8c536
 LOSSES, GRANULARITIES = ("fd", "cosine", "mse"), ("pooled", "tokens")
 
+
 @dataclass
 class AlignConfig(TrainConfig):
-    pool_sources: list = param(["data/toy/images"], "unlabeled pool: image folders and/or files listing image paths (one per line)")
-    exclude_split: str | list | None = param(["data/toy/splits/test.txt", "data/toy/splits/val.txt"],
-                                             "split file(s) of evaluation image ids (test, and val, which selects checkpoints) kept out of the pool")
+    pool_sources: list = param(
+        ["data/toy/images"], "unlabeled pool: image folders and/or files listing image paths (one per line)"
+    )
+    exclude_split: str | list | None = param(
+        ["data/toy/splits/test.txt", "data/toy/splits/val.txt"],
+        "split file(s) of evaluation image ids (test, and val, which selects checkpoints) kept out of the pool",
+    )
     include_test: bool = param(False, "keep the exclude_split images in the pool (transductive; off by default)")
     pool_limit: int | None = param(None, "use only the first n pool images (tiny runs); None: all", min=1)
     teacher: str = param(TOY_CLIP, "open_clip model name of the frozen CLIP teacher")
-    teacher_pretrained: str | None = param(None, "teacher weights: None (random init), an open_clip tag, or a local file")
+    teacher_pretrained: str | None = param(
+        None, "teacher weights: None (random init), an open_clip tag, or a local file"
+    )
     student: str = param("vit_tiny_patch16_224", "the given encoder: a timm model name, or clip:<open_clip name>")
     student_pretrained: bool | str | None = param(False, "student weights: false, true (timm's), a tag or a local file")
-    image_size: int = param(64, "student input size in pixels (the teacher gets the view resized to its own size)", min=16)
+    image_size: int = param(
+        64, "student input size in pixels (the teacher gets the view resized to its own size)", min=16
+    )
     loss: str = param("fd", "fd: whitened target + Smooth-L1; cosine; mse", choices=LOSSES)
     fd_beta: float = param(2.0, "Smooth-L1 beta of the fd loss", min=0.0)
     granularity: str = param("pooled", "pooled embeddings or patch-token maps", choices=GRANULARITIES)
     drop_path: float = param(0.1, "stochastic depth of the student (the teacher has none)", min=0.0, max=1.0)
     min_scale: float = param(0.08, "smallest crop area fraction of the random resized crop", min=0.01, max=1.0)
     hflip: bool = param(True, "random horizontal flips")
-    draft_factor: float | None = param(1.0, "decode JPEGs at >= draft_factor x image_size (faster; None: full size)", min=1.0)
+    draft_factor: float | None = param(
+        1.0, "decode JPEGs at >= draft_factor x image_size (faster; None: full size)", min=1.0
+    )
     cache: bool = param(False, "read teacher outputs from the teacher-feature cache instead of running the teacher")
     cache_views: int = param(4, "K: fixed views per image in the cache", min=1)
     cache_dir: str | None = param(None, "cache folder; None: cache/teacher-<teacher>-<granularity>-<image_size>")
@@ -57,13 +68,25 @@ class AlignConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.pool_sources, (str, os.PathLike)): self.pool_sources = [str(self.pool_sources)]
-        if isinstance(self.exclude_split, (str, os.PathLike)): self.exclude_split = [str(self.exclude_split)]
-        if isinstance(self.student_pretrained, str) and self.student_pretrained.strip().lower() in ("true", "false", "none", ""):
+        if isinstance(self.pool_sources, (str, os.PathLike)):
+            self.pool_sources = [str(self.pool_sources)]
+        if isinstance(self.exclude_split, (str, os.PathLike)):
+            self.exclude_split = [str(self.exclude_split)]
+        if isinstance(self.student_pretrained, str) and self.student_pretrained.strip().lower() in (
+            "true",
+            "false",
+            "none",
+            "",
+        ):
             self.student_pretrained = {"true": True, "false": False}.get(self.student_pretrained.strip().lower())
-        if not self.pool_sources: raise ConfigError("parameter 'pool_sources' is empty: give at least one image folder or file list")
+        if not self.pool_sources:
+            raise ConfigError("parameter 'pool_sources' is empty: give at least one image folder or file list")
 
-ALIGN_DEFAULTS = dict(epochs=4, batch_size=64, lr=5e-4, weight_decay=0.05, warmup_epochs=0.5, grad_clip=3.0, log_every=5)
+
+ALIGN_DEFAULTS = dict(
+    epochs=4, batch_size=64, lr=5e-4, weight_decay=0.05, warmup_epochs=0.5, grad_clip=3.0, log_every=5
+)
+
 
 def align_config(**kw) -> AlignConfig:
     "An `AlignConfig` with the phase's defaults, then `kw`."
@@ -73,70 +96,99 @@ def align_config(**kw) -> AlignConfig:
 def align_pool(cfg: AlignConfig) -> UnlabeledPool:
     "The unlabeled pool of `cfg`: sources minus excluded test ids, at most `pool_limit` images."
     excl = []
-    for f in ([] if cfg.include_test else (cfg.exclude_split or [])):
-        if not Path(f).is_file(): raise ConfigError(f"parameter 'exclude_split': {f} is not a file (set include_test=True or exclude_split=None to use no exclusion)")
+    for f in [] if cfg.include_test else (cfg.exclude_split or []):
+        if not Path(f).is_file():
+            raise ConfigError(
+                f"parameter 'exclude_split': {f} is not a file (set include_test=True or exclude_split=None to use no exclusion)"
+            )
         excl += read_split(f)
     for s in cfg.pool_sources:
-        if not Path(s).exists(): raise ConfigError(f"parameter 'pool_sources': {s} does not exist (for the toy world: python -m cskd toy data/toy)")
+        if not Path(s).exists():
+            raise ConfigError(
+                f"parameter 'pool_sources': {s} does not exist (for the toy world: python -m cskd toy data/toy)"
+            )
     pool = UnlabeledPool(cfg.pool_sources, exclude_ids=excl, include_test=cfg.include_test, on_error=cfg.on_bad_image)
-    if cfg.pool_limit: pool.paths, pool.ids = pool.paths[:cfg.pool_limit], pool.ids[:cfg.pool_limit]
+    if cfg.pool_limit:
+        pool.paths, pool.ids = pool.paths[: cfg.pool_limit], pool.ids[: cfg.pool_limit]
     if len(pool) < cfg.batch_size:
-        raise ConfigError(f"parameter 'pool_sources': the pool has {len(pool)} images, fewer than batch_size={cfg.batch_size}\n{pool.pool_summary()}")
+        raise ConfigError(
+            f"parameter 'pool_sources': the pool has {len(pool)} images, fewer than batch_size={cfg.batch_size}\n{pool.pool_summary()}"
+        )
     return pool
 
 # %% ../nbs/05_align.ipynb #7a5b6d6f
 class AlignModel(nn.Module):
     "The given `encoder` and its alignment `projector`; `forward` takes un-normalised views (uint8 or [0, 1] floats)."
+
     def __init__(self, encoder: nn.Module, projector: Projector):
         super().__init__()
         self.encoder, self.projector = encoder, projector
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.encoder.normalize(to_unit(x))
-        if self.projector.kind == "pooled": return self.projector(self.encoder(x))
+        if self.projector.kind == "pooled":
+            return self.projector(self.encoder(x))
         tokens, grid = self.encoder.forward_tokens(x)
         return self.projector(tokens, grid)
+
 
 def build_align_model(cfg: AlignConfig, teacher) -> AlignModel:
     "The student encoder (with drop path) and a projector onto the teacher's pooled embedding or patch-token grid."
     enc = build_encoder(cfg.student, cfg.student_pretrained, cfg.image_size, cfg.drop_path)
-    if cfg.granularity == "pooled": return AlignModel(enc, Projector(enc.dim, teacher.embed_dim))
-    if teacher.grid is None: raise ConfigError(f"parameter 'granularity' = 'tokens' needs a ViT teacher; '{cfg.teacher}' has no patch tokens")
+    if cfg.granularity == "pooled":
+        return AlignModel(enc, Projector(enc.dim, teacher.embed_dim))
+    if teacher.grid is None:
+        raise ConfigError(
+            f"parameter 'granularity' = 'tokens' needs a ViT teacher; '{cfg.teacher}' has no patch tokens"
+        )
     return AlignModel(enc, Projector(enc.token_dim, teacher.width, "tokens", out_grid=teacher.grid))
+
 
 def align_target(target: torch.Tensor, loss: str = "fd") -> torch.Tensor:
     "What the student regresses: for `fd` the teacher output whitened per vector (LayerNorm, no parameters); else the raw output."
     target = target.float()
     return F.layer_norm(target, target.shape[-1:]) if loss == "fd" else target
 
+
 def align_loss(pred: torch.Tensor, target: torch.Tensor, loss: str = "fd", beta: float = 2.0) -> torch.Tensor:
     "Alignment loss between projected student features and raw teacher outputs of the same shape; mean over vectors and channels."
-    if pred.shape != target.shape: raise ValueError(f"student {tuple(pred.shape)} and teacher {tuple(target.shape)} shapes differ")
+    if pred.shape != target.shape:
+        raise ValueError(f"student {tuple(pred.shape)} and teacher {tuple(target.shape)} shapes differ")
     pred, y = pred.float(), align_target(target, loss)
-    if loss == "fd": return F.smooth_l1_loss(pred, y, beta=beta)
-    if loss == "mse": return F.mse_loss(pred, y)
-    if loss == "cosine": return 1 - F.cosine_similarity(pred, y, dim=-1).mean()
+    if loss == "fd":
+        return F.smooth_l1_loss(pred, y, beta=beta)
+    if loss == "mse":
+        return F.mse_loss(pred, y)
+    if loss == "cosine":
+        return 1 - F.cosine_similarity(pred, y, dim=-1).mean()
     raise ValueError(f"loss={loss!r}: use one of {LOSSES}")
 
 # %% ../nbs/05_align.ipynb #00c0d183
 def _resume_step(cfg) -> int:
     "The global step `fit` will resume from (0 for a fresh run)."
     last = Path(cfg.run_dir) / "checkpoints" / "last" if cfg.run_dir else None
-    if not (last and cfg.resume and ((last / "state.pt").exists() or any(last.parent.glob("last.old-*")))): return 0
-    try: return int(load_checkpoint(last)["global_step"])
-    except FileNotFoundError: return 0
+    if not (last and cfg.resume and ((last / "state.pt").exists() or any(last.parent.glob("last.old-*")))):
+        return 0
+    try:
+        return int(load_checkpoint(last)["global_step"])
+    except FileNotFoundError:
+        return 0
+
 
 def default_cache_dir(cfg: AlignConfig) -> Path:
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"teacher-{cfg.teacher}-{cfg.granularity}-{cfg.image_size}")
     return Path(cfg.cache_dir) if cfg.cache_dir else Path("cache") / name
 
-def _check_batches(model: AlignModel, views: torch.Tensor, targets: torch.Tensor, loss: str, beta: float, bs: int = 64) -> dict:
+
+def _check_batches(
+    model: AlignModel, views: torch.Tensor, targets: torch.Tensor, loss: str, beta: float, bs: int = 64
+) -> dict:
     "Alignment loss and cosine similarity on fixed views (eval mode, no grad)."
     dev = next(model.parameters()).device
     tot, cos, n = 0.0, 0.0, 0
     with torch.no_grad():
         for s in range(0, len(views), bs):
-            x, y = views[s:s + bs].to(dev), targets[s:s + bs].to(dev)
+            x, y = views[s : s + bs].to(dev), targets[s : s + bs].to(dev)
             p = model(x).float()
             tot += float(align_loss(p, y, loss, beta)) * len(x)
             cos += float(F.cosine_similarity(p, align_target(y, loss), dim=-1).mean()) * len(x)
@@ -157,22 +209,40 @@ def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
     cache, t_cache = None, 0.0
     if cfg.cache:
         t1 = time.perf_counter()
-        cache = ensure_teacher_cache(default_cache_dir(cfg), teacher, paths, view, cfg.cache_views, cfg.view_seed, cfg.granularity,
-                                     precision=cfg.precision, device=dev, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                     progress=cfg.progress, on_error=cfg.on_bad_image)
+        cache = ensure_teacher_cache(
+            default_cache_dir(cfg),
+            teacher,
+            paths,
+            view,
+            cfg.cache_views,
+            cfg.view_seed,
+            cfg.granularity,
+            precision=cfg.precision,
+            device=dev,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            progress=cfg.progress,
+            on_error=cfg.on_bad_image,
+        )
         t_cache = time.perf_counter() - t1
-    else: teacher.to(dev)
+    else:
+        teacher.to(dev)
     ds = PoolViews(paths, view, cfg.view_seed, cfg.seed, cache=cache, on_error=cfg.on_bad_image, bad_log=pool.bad_log)
     spe = len(ds) // cfg.batch_size
     ds.set_epoch(_resume_step(cfg) // spe if spe else 0)
 
     def step(net, batch, info):
-        if info.epoch > ds.epoch: ds.set_epoch(info.epoch)  # only if the epoch's last micro-batch was unreadable (never called)
+        if info.epoch > ds.epoch:
+            ds.set_epoch(info.epoch)  # only if the epoch's last micro-batch was unreadable (never called)
         micro = round((info.epoch_float - info.step / spe) * spe * cfg.accum_steps)
         if info.step + 1 == (info.epoch + 1) * spe and micro == cfg.accum_steps - 1:
-            ds.set_epoch(info.epoch + 1)  # the epoch's last micro-batch: before the engine starts the next epoch's iterator
-        if cache is None: x, target = batch[0], teacher_targets(teacher, batch[0], cfg.granularity)
-        else: x, target = batch[0], batch[1]
+            ds.set_epoch(
+                info.epoch + 1
+            )  # the epoch's last micro-batch: before the engine starts the next epoch's iterator
+        if cache is None:
+            x, target = batch[0], teacher_targets(teacher, batch[0], cfg.granularity)
+        else:
+            x, target = batch[0], batch[1]
         return align_loss(net(x), target, cfg.loss, cfg.fd_beta)
 
     # the fixed alignment check: view 0 of evenly spaced pool images, with their targets
@@ -181,12 +251,22 @@ def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
         idx = torch.linspace(0, len(ds) - 1, min(cfg.eval_images, len(ds))).long().tolist()
         feats = cache.open() if cache is not None else None
         items = [(ds.view_of(i, 0), i) for i in idx]
-        items = [(x, i) for x, i in items if x is not None and (feats is None or bool(torch.isfinite(torch.from_numpy(feats[i, 0].astype("float32"))).all()))]
+        items = [
+            (x, i)
+            for x, i in items
+            if x is not None
+            and (feats is None or bool(torch.isfinite(torch.from_numpy(feats[i, 0].astype("float32"))).all()))
+        ]
         ev = torch.stack([x for x, _ in items])
         if feats is not None:
             et = torch.stack([torch.from_numpy(feats[i, 0].astype("float32")) for _, i in items])
         else:
-            et = torch.cat([teacher_targets(teacher, ev[s:s + 64].to(dev), cfg.granularity).float().cpu() for s in range(0, len(ev), 64)])
+            et = torch.cat(
+                [
+                    teacher_targets(teacher, ev[s : s + 64].to(dev), cfg.granularity).float().cpu()
+                    for s in range(0, len(ev), 64)
+                ]
+            )
         eval_fn = lambda m: _check_batches(m, ev, et, cfg.loss, cfg.fd_beta)
         was = model.training
         model.to(dev).eval()
@@ -194,22 +274,43 @@ def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
         model.train(was)
 
     res = fit(model, ds, step, cfg, eval_fn=eval_fn, collate_fn=collate_skip_none)
-    out = dict(pool_images=len(ds), steps=res.global_step, steps_per_epoch=res.steps_per_epoch,
-               final_loss=res.metrics.get("train/loss", float("nan")))
+    out = dict(
+        pool_images=len(ds),
+        steps=res.global_step,
+        steps_per_epoch=res.steps_per_epoch,
+        final_loss=res.metrics.get("train/loss", float("nan")),
+    )
     if cfg.run_dir and (Path(cfg.run_dir) / "metrics.jsonl").exists():
         rows = [json.loads(l) for l in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines() if l.strip()]
         losses = [r["loss"] for r in rows if "loss" in r]
-        if losses: out.update(first_loss=losses[0], final_loss=losses[-1])
+        if losses:
+            out.update(first_loss=losses[0], final_loss=losses[-1])
     if before:
-        out.update(eval_loss_before=before["loss"], eval_cosine_before=before["cosine"],
-                   eval_loss_after=res.metrics.get("eval/loss", float("nan")), eval_cosine_after=res.metrics.get("eval/cosine", float("nan")))
-    out.update(bad_images=len(pool.bad_log), cache_seconds=round(t_cache, 2), train_seconds=round(res.seconds, 2),
-               seconds=round(time.perf_counter() - t0, 2))
+        out.update(
+            eval_loss_before=before["loss"],
+            eval_cosine_before=before["cosine"],
+            eval_loss_after=res.metrics.get("eval/loss", float("nan")),
+            eval_cosine_after=res.metrics.get("eval/cosine", float("nan")),
+        )
+    out.update(
+        bad_images=len(pool.bad_log),
+        cache_seconds=round(t_cache, 2),
+        train_seconds=round(res.seconds, 2),
+        seconds=round(time.perf_counter() - t0, 2),
+    )
     if cfg.run_dir:
         run = Path(cfg.run_dir)
         (run / "results.json").write_text(json.dumps(out, indent=1) + "\n")
         (run / "pool.txt").write_text("".join(f"{p}\n" for p in paths))
-    if len(pool.bad_log): pool.bad_log.warn()
+    if len(pool.bad_log):
+        pool.bad_log.warn()
     return out
 
-register_phase("align", AlignConfig, align, "phase 1: align a visual encoder to a frozen CLIP teacher on unlabeled images", ALIGN_DEFAULTS)
+
+register_phase(
+    "align",
+    AlignConfig,
+    align,
+    "phase 1: align a visual encoder to a frozen CLIP teacher on unlabeled images",
+    ALIGN_DEFAULTS,
+)

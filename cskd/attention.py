@@ -8,7 +8,6 @@ data loader; and the figures that show feature collapse."""
 from __future__ import annotations
 import functools, math
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -24,36 +23,48 @@ __all__ = ['STATS_COLUMNS', 'unwrap_vit', 'attention_spec', 'AttentionCapture', 
 # %% ../nbs/08_attention.ipynb #353f7619
 _UNWRAP_ATTRS = ("clip", "visual", "model", "encoder", "trunk")
 
+
 def _family(m) -> str | None:
     t = getattr(m, "transformer", None)
-    if t is not None and hasattr(t, "resblocks") and hasattr(m, "conv1"): return "open_clip"
-    if hasattr(m, "blocks") and hasattr(m, "patch_embed") and hasattr(m, "num_prefix_tokens"): return "timm"
+    if t is not None and hasattr(t, "resblocks") and hasattr(m, "conv1"):
+        return "open_clip"
+    if hasattr(m, "blocks") and hasattr(m, "patch_embed") and hasattr(m, "num_prefix_tokens"):
+        return "timm"
     return None
+
 
 def unwrap_vit(model: nn.Module) -> tuple[nn.Module, str]:
     "The ViT image tower inside `model` (unwrapping `.clip`/`.visual`/`.model`/`.encoder`/`.trunk`) and its family."
     m, seen = model, []
     for _ in range(8):
         fam = _family(m)
-        if fam: return m, fam
+        if fam:
+            return m, fam
         seen.append(type(m).__name__)
         m = next((getattr(m, a) for a in _UNWRAP_ATTRS if isinstance(getattr(m, a, None), nn.Module)), None)
-        if m is None: break
-    raise TypeError(f"attention analysis needs an open_clip or timm ViT image tower; found none in "
-                    f"{' -> '.join(seen)} (unwrapped through attributes {_UNWRAP_ATTRS})")
+        if m is None:
+            break
+    raise TypeError(
+        f"attention analysis needs an open_clip or timm ViT image tower; found none in "
+        f"{' -> '.join(seen)} (unwrapped through attributes {_UNWRAP_ATTRS})"
+    )
 
 # %% ../nbs/08_attention.ipynb #40f844cf
 def attention_spec(model: nn.Module) -> tuple[int, tuple[int, int], int]:
     "`(patch_size, grid, num_prefix_tokens)` of an open_clip or timm ViT (or a wrapper around one)."
     vit, fam = unwrap_vit(model)
-    if fam == "open_clip": ps, grid, npre = vit.patch_size, vit.grid_size, 1
-    else: ps, grid, npre = vit.patch_embed.patch_size, vit.patch_embed.grid_size, vit.num_prefix_tokens
+    if fam == "open_clip":
+        ps, grid, npre = vit.patch_size, vit.grid_size, 1
+    else:
+        ps, grid, npre = vit.patch_embed.patch_size, vit.patch_embed.grid_size, vit.num_prefix_tokens
     ps = tuple(ps) if isinstance(ps, (tuple, list)) else (ps, ps)
-    if ps[0] != ps[1]: raise ValueError(f"{type(vit).__name__}: non-square patches {ps} are not supported")
+    if ps[0] != ps[1]:
+        raise ValueError(f"{type(vit).__name__}: non-square patches {ps} are not supported")
     return int(ps[0]), (int(grid[0]), int(grid[1])), int(npre)
 
 # %% ../nbs/08_attention.ipynb #884d0b3d
 _MHA_POSITIONAL = ("key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
+
 
 def _attention_modules(vit: nn.Module, family: str) -> list[nn.Module]:
     "The per-layer attention modules, checked to be ones we can read maps from."
@@ -65,22 +76,28 @@ def _attention_modules(vit: nn.Module, family: str) -> list[nn.Module]:
                     f"open_clip block {i} uses attention class {type(a).__module__}.{type(a).__name__}: "
                     "unsupported (only nn.MultiheadAttention exposes attention weights; models built with "
                     "qk_norm / scaled_cosine_attn / scale_heads / scale_attn_inner / scale_attn / scale_fc "
-                    "use a fused custom Attention)")
+                    "use a fused custom Attention)"
+                )
         return mods
     mods = []
     for i, b in enumerate(vit.blocks):
         a = getattr(b, "attn", b)
         if not (hasattr(a, "fused_attn") and isinstance(getattr(a, "attn_drop", None), nn.Module)):
-            raise TypeError(f"timm block {i} ({type(b).__name__}) uses attention class "
-                            f"{type(a).__module__}.{type(a).__name__}: unsupported (need a `fused_attn` flag "
-                            "and an `attn_drop` module applied to the softmax)")
+            raise TypeError(
+                f"timm block {i} ({type(b).__name__}) uses attention class "
+                f"{type(a).__module__}.{type(a).__name__}: unsupported (need a `fused_attn` flag "
+                "and an `attn_drop` module applied to the softmax)"
+            )
         mods.append(a)
     return mods
 
+
 class AttentionCapture:
     "Context manager recording softmax attention `(B, heads, T, T)` of every layer of a ViT."
-    def __init__(self, model: nn.Module, store: bool = True,
-                 callback: Callable[[int, torch.Tensor], None] | None = None):
+
+    def __init__(
+        self, model: nn.Module, store: bool = True, callback: Callable[[int, torch.Tensor], None] | None = None
+    ):
         self.vit, self.family = unwrap_vit(model)
         self.modules = _attention_modules(self.vit, self.family)
         self.patch_size, self.grid, self.num_prefix_tokens = attention_spec(self.vit)
@@ -91,20 +108,27 @@ class AttentionCapture:
 
     def _record(self, layer: int, attn: torch.Tensor):
         attn = attn.detach()
-        if self.callback is not None: self.callback(layer, attn)
-        if self.store: self.maps.append(attn)
+        if self.callback is not None:
+            self.callback(layer, attn)
+        if self.store:
+            self.maps.append(attn)
 
     def _hook_open_clip(self, i: int, mod: nn.Module):
         def pre(m, args, kwargs):
             kwargs = dict(kwargs)
-            for name, v in zip(_MHA_POSITIONAL, args[3:]): kwargs[name] = v  # positional -> keyword
+            for name, v in zip(_MHA_POSITIONAL, args[3:]):
+                kwargs[name] = v  # positional -> keyword
             kwargs.update(need_weights=True, average_attn_weights=False)
             return args[:3], kwargs
+
         def post(m, args, kwargs, out):
             self._record(i, out[1])
             return out[0], None  # what the caller asked for with need_weights=False
-        self._handles += [mod.register_forward_pre_hook(pre, with_kwargs=True),
-                          mod.register_forward_hook(post, with_kwargs=True)]
+
+        self._handles += [
+            mod.register_forward_pre_hook(pre, with_kwargs=True),
+            mod.register_forward_hook(post, with_kwargs=True),
+        ]
 
     def _hook_timm(self, i: int, mod: nn.Module):
         self._fused.append((mod, mod.fused_attn))
@@ -112,19 +136,23 @@ class AttentionCapture:
         self._handles.append(mod.attn_drop.register_forward_hook(lambda m, inp, out: self._record(i, inp[0])))
 
     def __enter__(self):
-        if self._active: raise RuntimeError("AttentionCapture is already active")
+        if self._active:
+            raise RuntimeError("AttentionCapture is already active")
         self.maps, self._active = [], True
         try:
             for i, mod in enumerate(self.modules):
                 (self._hook_open_clip if self.family == "open_clip" else self._hook_timm)(i, mod)
         except BaseException:
-            self.remove(); raise
+            self.remove()
+            raise
         return self
 
     def remove(self):
         "Remove every hook and restore each timm module's `fused_attn`."
-        for h in self._handles: h.remove()
-        for mod, fused in self._fused: mod.fused_attn = fused
+        for h in self._handles:
+            h.remove()
+        for mod, fused in self._fused:
+            mod.fused_attn = fused
         self._handles, self._fused, self._active = [], [], False
 
     def __exit__(self, *exc):
@@ -134,42 +162,55 @@ class AttentionCapture:
 # %% ../nbs/08_attention.ipynb #c5137d5f
 class AttentionMaps(list):
     "A list of per-layer `(B, heads, T, T)` attention tensors with `patch_size`, `grid`, `num_prefix_tokens`."
+
     def __init__(self, maps, patch_size: int, grid: tuple[int, int], num_prefix_tokens: int):
         super().__init__(maps)
         self.patch_size, self.grid, self.num_prefix_tokens = patch_size, grid, num_prefix_tokens
 
     def __repr__(self):
         shape = tuple(self[0].shape) if len(self) else None
-        return (f"AttentionMaps({len(self)} layers, shape={shape}, patch_size={self.patch_size}, "
-                f"grid={self.grid}, num_prefix_tokens={self.num_prefix_tokens})")
+        return (
+            f"AttentionMaps({len(self)} layers, shape={shape}, patch_size={self.patch_size}, "
+            f"grid={self.grid}, num_prefix_tokens={self.num_prefix_tokens})"
+        )
+
 
 @contextmanager
 def _eval_no_grad(m: nn.Module):
     was = m.training
     m.eval()
     try:
-        with torch.no_grad(): yield
-    finally: m.train(was)
+        with torch.no_grad():
+            yield
+    finally:
+        m.train(was)
+
 
 def _image_grid(images: torch.Tensor, patch_size: int, n_patches: int) -> tuple[int, int]:
     "The patch grid of `images`; falls back to a square grid when the image size does not explain the tokens."
     h, w = images.shape[-2:]
     for g in ((h // patch_size, w // patch_size), (math.ceil(h / patch_size), math.ceil(w / patch_size))):
-        if g[0] * g[1] == n_patches: return g
+        if g[0] * g[1] == n_patches:
+            return g
     return _square_grid(n_patches)
+
 
 def _as_input(images: torch.Tensor, vit: nn.Module) -> torch.Tensor:
     if not torch.is_tensor(images) or images.ndim != 4:
-        raise ValueError(f"`images` must be a (B, C, H, W) tensor, got "
-                         f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
+        raise ValueError(
+            f"`images` must be a (B, C, H, W) tensor, got "
+            f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}"
+        )
     p = next(vit.parameters())
     return images.to(device=p.device, dtype=p.dtype if p.dtype.is_floating_point else images.dtype)
+
 
 def capture_attention(model: nn.Module, images: torch.Tensor) -> AttentionMaps:
     "Per-layer softmax attention `(B, heads, T, T)` (prefix tokens first) of one eval-mode forward."
     with AttentionCapture(model) as cap:
         x = _as_input(images, cap.vit)
-        with _eval_no_grad(cap.vit): cap.vit(x)
+        with _eval_no_grad(cap.vit):
+            cap.vit(x)
     if len(cap.maps) != cap.num_layers:
         raise RuntimeError(f"captured {len(cap.maps)} maps for {cap.num_layers} layers")
     n = cap.maps[0].shape[-1] - cap.num_prefix_tokens
@@ -179,24 +220,32 @@ def capture_attention(model: nn.Module, images: torch.Tensor) -> AttentionMaps:
 def _square_grid(n: int) -> tuple[int, int]:
     s = math.isqrt(n)
     if s * s != n:
-        raise ValueError(f"{n} patch tokens (T - num_prefix_tokens) do not form a square grid; pass `grid=(rows, cols)` "
-                         "or check `num_prefix_tokens`")
+        raise ValueError(
+            f"{n} patch tokens (T - num_prefix_tokens) do not form a square grid; pass `grid=(rows, cols)` "
+            "or check `num_prefix_tokens`"
+        )
     return s, s
 
+
 def _check_grid(grid, n: int) -> tuple[int, int]:
-    if grid is None: return _square_grid(n)
+    if grid is None:
+        return _square_grid(n)
     g = tuple(int(v) for v in grid)
     if len(g) != 2 or g[0] * g[1] != n:
         raise ValueError(f"`grid`={grid} does not hold the {n} patch tokens (T - num_prefix_tokens)")
     return g
 
+
 def _patch_attention(attn: torch.Tensor, num_prefix_tokens: int, grid=None):
     "Patch-to-patch attention, rows renormalised, and its grid."
     if not torch.is_tensor(attn) or attn.ndim != 4 or attn.shape[-1] != attn.shape[-2]:
-        raise ValueError(f"`attn` must be a (B, heads, T, T) tensor, got "
-                         f"{tuple(attn.shape) if torch.is_tensor(attn) else type(attn).__name__}")
+        raise ValueError(
+            f"`attn` must be a (B, heads, T, T) tensor, got "
+            f"{tuple(attn.shape) if torch.is_tensor(attn) else type(attn).__name__}"
+        )
     T, P = attn.shape[-1], int(num_prefix_tokens)
-    if not 0 <= P < T: raise ValueError(f"`num_prefix_tokens`={num_prefix_tokens} must be in [0, T={T})")
+    if not 0 <= P < T:
+        raise ValueError(f"`num_prefix_tokens`={num_prefix_tokens} must be in [0, T={T})")
     g = _check_grid(grid, T - P)
     a = attn[..., P:, P:]
     a = a if a.dtype == torch.float64 else a.float()
@@ -205,6 +254,7 @@ def _patch_attention(attn: torch.Tensor, num_prefix_tokens: int, grid=None):
         raise ValueError(f"{int((mass <= 0).sum())} query rows of `attn` put no mass on patch keys: cannot renormalise")
     return a / mass, g
 
+
 @functools.lru_cache(maxsize=16)
 def _grid_distances(grid: tuple[int, int], patch_size: float) -> torch.Tensor:
     "Pixel distance between patch centres (float64, CPU), patches in row-major order."
@@ -212,15 +262,19 @@ def _grid_distances(grid: tuple[int, int], patch_size: float) -> torch.Tensor:
     pts = torch.stack([r.flatten(), c.flatten()], -1).double()
     return ((pts[:, None] - pts[None]) ** 2).sum(-1).sqrt() * float(patch_size)
 
+
 def _distance_matrix(grid, patch_size, device, dtype) -> torch.Tensor:
     return _grid_distances(tuple(grid), float(patch_size)).to(device=device, dtype=dtype)
+
 
 def _check_patch_size(patch_size):
     if not isinstance(patch_size, (int, float)) or isinstance(patch_size, bool) or not patch_size > 0:
         raise ValueError(f"`patch_size` must be a positive number of pixels, got {patch_size!r}")
 
-def per_image_metrics(attn: torch.Tensor, patch_size: float, num_prefix_tokens: int = 1,
-                      grid=None) -> tuple[torch.Tensor, torch.Tensor]:
+
+def per_image_metrics(
+    attn: torch.Tensor, patch_size: float, num_prefix_tokens: int = 1, grid=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     "Per-image, per-head `(distance, entropy)`, each `(B, heads)` float64, averaged over queries."
     _check_patch_size(patch_size)
     a, g = _patch_attention(attn, num_prefix_tokens, grid)
@@ -228,9 +282,11 @@ def per_image_metrics(attn: torch.Tensor, patch_size: float, num_prefix_tokens: 
     e = -torch.xlogy(a, a).sum(-1).double().mean(-1)  # xlogy(0, 0) = 0
     return d, e
 
+
 def attention_distance(attn: torch.Tensor, patch_size: float, num_prefix_tokens: int = 1, grid=None) -> torch.Tensor:
     "Mean attention distance in pixels per head, `(heads,)` float64 (DESIGN.md's definition)."
     return per_image_metrics(attn, patch_size, num_prefix_tokens, grid)[0].mean(0)
+
 
 def attention_entropy(attn: torch.Tensor, num_prefix_tokens: int = 1, grid=None) -> torch.Tensor:
     "Mean attention entropy in nats per head, `(heads,)` float64 (DESIGN.md's definition)."
@@ -239,8 +295,10 @@ def attention_entropy(attn: torch.Tensor, num_prefix_tokens: int = 1, grid=None)
 # %% ../nbs/08_attention.ipynb #77d1aa05
 STATS_COLUMNS = ["layer", "head", "distance", "entropy", "n_images"]
 
+
 class AttentionStats:
     "Running per-layer, per-head sums of attention distance and entropy (float64, bounded memory)."
+
     def __init__(self, patch_size: float, num_prefix_tokens: int = 1, grid=None):
         _check_patch_size(patch_size)
         self.patch_size, self.num_prefix_tokens, self.grid = patch_size, num_prefix_tokens, grid
@@ -250,76 +308,114 @@ class AttentionStats:
         "Add one batch `(B, heads, T, T)` of layer `layer`."
         d, e = per_image_metrics(attn, self.patch_size, self.num_prefix_tokens, grid if grid is not None else self.grid)
         d, e = d.sum(0).cpu(), e.sum(0).cpu()
-        if layer not in self.sums: self.sums[layer] = [torch.zeros_like(d), torch.zeros_like(e), 0]
+        if layer not in self.sums:
+            self.sums[layer] = [torch.zeros_like(d), torch.zeros_like(e), 0]
         s = self.sums[layer]
         if s[0].shape != d.shape:
             raise ValueError(f"layer {layer}: {d.numel()} heads in this batch, {s[0].numel()} before")
-        s[0] += d; s[1] += e; s[2] += attn.shape[0]
+        s[0] += d
+        s[1] += e
+        s[2] += attn.shape[0]
 
     def to_frame(self) -> pd.DataFrame:
         "Tidy means: columns `layer, head, distance, entropy, n_images`."
-        rows = [(l, h, float(s[0][h] / s[2]), float(s[1][h] / s[2]), s[2])
-                for l, s in sorted(self.sums.items()) for h in range(s[0].numel())]
+        rows = [
+            (l, h, float(s[0][h] / s[2]), float(s[1][h] / s[2]), s[2])
+            for l, s in sorted(self.sums.items())
+            for h in range(s[0].numel())
+        ]
         return pd.DataFrame(rows, columns=STATS_COLUMNS)
+
 
 _IMAGE_KEYS = ("image", "images", "pixel_values", "img")
 
+
 def _batch_images(batch, i: int) -> torch.Tensor:
-    if torch.is_tensor(batch): return batch
+    if torch.is_tensor(batch):
+        return batch
     if isinstance(batch, Mapping):
         for k in _IMAGE_KEYS:
-            if k in batch and torch.is_tensor(batch[k]): return batch[k]
-    if isinstance(batch, (list, tuple)) and batch and torch.is_tensor(batch[0]): return batch[0]
-    raise TypeError(f"batch {i}: cannot find images (a tensor, an (images, ...) tuple, or a dict with one of "
-                    f"{_IMAGE_KEYS}); got {type(batch).__name__}")
+            if k in batch and torch.is_tensor(batch[k]):
+                return batch[k]
+    if isinstance(batch, (list, tuple)) and batch and torch.is_tensor(batch[0]):
+        return batch[0]
+    raise TypeError(
+        f"batch {i}: cannot find images (a tensor, an (images, ...) tuple, or a dict with one of "
+        f"{_IMAGE_KEYS}); got {type(batch).__name__}"
+    )
+
 
 def _batches(src, batch_size: int) -> Iterable[torch.Tensor]:
     if torch.is_tensor(src):
-        if src.ndim != 4: raise ValueError(f"`loader_or_images` tensor must be (N, C, H, W), got {tuple(src.shape)}")
+        if src.ndim != 4:
+            raise ValueError(f"`loader_or_images` tensor must be (N, C, H, W), got {tuple(src.shape)}")
         yield from src.split(batch_size)
     else:
-        for i, b in enumerate(src): yield _batch_images(b, i)
+        for i, b in enumerate(src):
+            yield _batch_images(b, i)
+
 
 def _total(src, max_images):
     "Number of images for the progress bar, when known."
-    try: n = len(src) if torch.is_tensor(src) else len(src.dataset)
-    except (AttributeError, TypeError): n = None  # a list of batches, an iterable dataset
+    try:
+        n = len(src) if torch.is_tensor(src) else len(src.dataset)
+    except (AttributeError, TypeError):
+        n = None  # a list of batches, an iterable dataset
     return min(n, max_images) if (n and max_images) else (n or max_images)
 
-def attention_stats(model: nn.Module, loader_or_images, patch_size: float | None = None,
-                    max_images: int | None = None, progress: bool = True, *, batch_size: int = 32,
-                    grid=None) -> pd.DataFrame:
+
+def attention_stats(
+    model: nn.Module,
+    loader_or_images,
+    patch_size: float | None = None,
+    max_images: int | None = None,
+    progress: bool = True,
+    *,
+    batch_size: int = 32,
+    grid=None,
+) -> pd.DataFrame:
     "Per-layer, per-head mean attention distance and entropy over a data set (tidy DataFrame)."
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"`max_images` must be a positive integer or None, got {max_images!r}")
     from tqdm.auto import tqdm
+
     vit, _ = unwrap_vit(model)
     ps_model, _, npre = attention_spec(vit)
     stats = AttentionStats(patch_size if patch_size is not None else ps_model, npre)
     current = {}
+
     def reduce(layer, attn):  # runs inside the forward: the map is reduced and dropped right away
         g = grid if grid is not None else _image_grid(current["x"], ps_model, attn.shape[-1] - npre)
         stats.update(layer, attn, grid=g)
+
     seen = 0
     bar = tqdm(total=_total(loader_or_images, max_images), unit="img", disable=not progress, desc="attention")
     with AttentionCapture(vit, store=False, callback=reduce) as cap, _eval_no_grad(vit):
         for x in _batches(loader_or_images, batch_size):
-            if max_images is not None: x = x[: max_images - seen]
-            if len(x) == 0: break
+            if max_images is not None:
+                x = x[: max_images - seen]
+            if len(x) == 0:
+                break
             current["x"] = x = _as_input(x, vit)
             vit(x)
-            seen += len(x); bar.update(len(x))
-            if max_images is not None and seen >= max_images: break
+            seen += len(x)
+            bar.update(len(x))
+            if max_images is not None and seen >= max_images:
+                break
     bar.close()
-    if not seen: raise ValueError("`loader_or_images` gave no images")
+    if not seen:
+        raise ValueError("`loader_or_images` gave no images")
     return stats.to_frame()
 
 # %% ../nbs/08_attention.ipynb #1e489279
 def _check_stats(df: pd.DataFrame, label: str = "df") -> pd.DataFrame:
-    if not isinstance(df, pd.DataFrame): raise TypeError(f"{label}: expected a DataFrame, got {type(df).__name__}")
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{label}: expected a DataFrame, got {type(df).__name__}")
     missing = [c for c in ("layer", "head", "distance", "entropy") if c not in df.columns]
-    if missing: raise ValueError(f"{label}: missing columns {missing} (expected those of attention_stats)")
+    if missing:
+        raise ValueError(f"{label}: missing columns {missing} (expected those of attention_stats)")
     return df
+
 
 def collapse_summary(df: pd.DataFrame) -> pd.DataFrame:
     "Per layer: mean, std (ddof=0) and range (max - min) across heads of distance and entropy."
@@ -334,37 +430,58 @@ def collapse_summary(df: pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/08_attention.ipynb #c8626378
 from .runs import save_figure  # PNG + PDF, atomic; `path=None` writes nothing
 
+
 def _as_dict(stats) -> dict:
-    if isinstance(stats, pd.DataFrame): return {"": stats}
-    if not isinstance(stats, Mapping) or not stats: raise ValueError("`stats` must be a non-empty {label: DataFrame} dict")
+    if isinstance(stats, pd.DataFrame):
+        return {"": stats}
+    if not isinstance(stats, Mapping) or not stats:
+        raise ValueError("`stats` must be a non-empty {label: DataFrame} dict")
     return {str(k): _check_stats(v, f"stats[{k!r}]") for k, v in stats.items()}
+
 
 def plot_attention_stats(stats: Mapping[str, pd.DataFrame], path=None):
     "One dot per head per layer: distance (top) and entropy (bottom), one column per model."
     import seaborn as sns
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
+
     stats = _as_dict(stats)
     n = len(stats)
     fig = Figure(figsize=(3.0 * n + 0.6, 5.6), layout="constrained")
     axes = fig.subplots(2, n, squeeze=False, sharey="row")
     for j, (label, df) in enumerate(stats.items()):
-        for i, (col, ylabel) in enumerate([("distance", "mean attention distance (px)"), ("entropy", "attention entropy (nats)")]):
+        for i, (col, ylabel) in enumerate(
+            [("distance", "mean attention distance (px)"), ("entropy", "attention entropy (nats)")]
+        ):
             ax = axes[i, j]
-            sns.scatterplot(data=df, x="layer", y=col, hue="head", palette="viridis", legend=False,
-                            s=22, edgecolor="none", alpha=0.85, ax=ax)
+            sns.scatterplot(
+                data=df,
+                x="layer",
+                y=col,
+                hue="head",
+                palette="viridis",
+                legend=False,
+                s=22,
+                edgecolor="none",
+                alpha=0.85,
+                ax=ax,
+            )
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel("layer" if i else ""); ax.set_ylabel(ylabel if j == 0 else "")
+            ax.set_xlabel("layer" if i else "")
+            ax.set_ylabel(ylabel if j == 0 else "")
             ax.grid(alpha=0.3)
         axes[0, j].set_title(label)
     save_figure(fig, path)
     return fig
 
+
 def plot_collapse_summary(stats: Mapping[str, pd.DataFrame], path=None, spread: str = "std"):
     "Spread across heads (`std` or `range`) of distance and entropy per layer, one line per model."
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
-    if spread not in ("std", "range"): raise ValueError(f"`spread` must be 'std' or 'range', got {spread!r}")
+
+    if spread not in ("std", "range"):
+        raise ValueError(f"`spread` must be 'std' or 'range', got {spread!r}")
     stats = _as_dict(stats)
     fig = Figure(figsize=(9, 3.4), layout="constrained")
     axes = fig.subplots(1, 2)
@@ -374,43 +491,66 @@ def plot_collapse_summary(stats: Mapping[str, pd.DataFrame], path=None, spread: 
             ax.plot(s["layer"], s[f"{c}_{spread}"], marker="o", label=label or None)
     what = "std" if spread == "std" else "max - min"
     for ax, c, unit in zip(axes, ("distance", "entropy"), ("px", "nats")):
-        ax.set_xlabel("layer"); ax.set_ylabel(f"{c} {what} across heads ({unit})")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True)); ax.grid(alpha=0.3)
-    if any(stats): axes[0].legend(fontsize="small")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"{c} {what} across heads ({unit})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    if any(stats):
+        axes[0].legend(fontsize="small")
     save_figure(fig, path)
     return fig
 
+
 def _query_index(query, grid) -> int:
     gh, gw = grid
-    if isinstance(query, str) and query == "center": return (gh // 2) * gw + gw // 2
-    if isinstance(query, int) and not isinstance(query, bool) and 0 <= query < gh * gw: return query
+    if isinstance(query, str) and query == "center":
+        return (gh // 2) * gw + gw // 2
+    if isinstance(query, int) and not isinstance(query, bool) and 0 <= query < gh * gw:
+        return query
     if isinstance(query, (tuple, list)) and len(query) == 2 and 0 <= query[0] < gh and 0 <= query[1] < gw:
         return int(query[0]) * gw + int(query[1])
-    raise ValueError(f"`query` must be 'center', a patch index in [0, {gh * gw}) or (row, col) on the {gh}x{gw} grid; got {query!r}")
+    raise ValueError(
+        f"`query` must be 'center', a patch index in [0, {gh * gw}) or (row, col) on the {gh}x{gw} grid; got {query!r}"
+    )
+
 
 def _display_images(images: torch.Tensor, mean=None, std=None) -> np.ndarray:
     "(B, H, W, 3) floats in [0, 1]: un-normalised with `mean`/`std`, else min-max per image."
     x = images.detach().float().cpu()
-    if x.shape[1] == 1: x = x.expand(-1, 3, -1, -1)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
     if mean is not None and std is not None:
         x = x * torch.as_tensor(std).view(1, -1, 1, 1) + torch.as_tensor(mean).view(1, -1, 1, 1)
     else:
-        lo = x.amin(dim=(1, 2, 3), keepdim=True); hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
         x = (x - lo) / (hi - lo).clamp_min(1e-12)
     return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
-def plot_attention_gallery(model: nn.Module, images: torch.Tensor, layers: Sequence[int] | None = None,
-                           heads: Sequence[int] | None = None, query="center", path=None,
-                           mean=None, std=None, alpha: float = 0.6):
+
+def plot_attention_gallery(
+    model: nn.Module,
+    images: torch.Tensor,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    query="center",
+    path=None,
+    mean=None,
+    std=None,
+    alpha: float = 0.6,
+):
     "Attention of one query patch, per image (rows) and layer x head (columns), overlaid on the image."
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
+
     maps = capture_attention(model, images)
     L, H = len(maps), maps[0].shape[1]
     layers = sorted({0, L // 2, L - 1}) if layers is None else list(layers)
     heads = list(range(min(H, 2))) if heads is None else list(heads)
-    if not layers or any(not 0 <= l < L for l in layers): raise ValueError(f"`layers` must be in [0, {L}), got {layers}")
-    if not heads or any(not 0 <= h < H for h in heads): raise ValueError(f"`heads` must be in [0, {H}), got {heads}")
+    if not layers or any(not 0 <= l < L for l in layers):
+        raise ValueError(f"`layers` must be in [0, {L}), got {layers}")
+    if not heads or any(not 0 <= h < H for h in heads):
+        raise ValueError(f"`heads` must be in [0, {H}), got {heads}")
     (gh, gw), P, ps = maps.grid, maps.num_prefix_tokens, maps.patch_size
     q = _query_index(query, (gh, gw))
     disp = _display_images(images, mean, std)
@@ -422,7 +562,8 @@ def plot_attention_gallery(model: nn.Module, images: torch.Tensor, layers: Seque
     for b in range(B):
         axes[b, 0].imshow(disp[b], extent=(0, disp.shape[2], disp.shape[1], 0))
         axes[b, 0].add_patch(qbox())
-        if b == 0: axes[b, 0].set_title("image", fontsize="small")
+        if b == 0:
+            axes[b, 0].set_title("image", fontsize="small")
         for k, (l, h) in enumerate((l, h) for l in layers for h in heads):
             ax = axes[b, 1 + k]
             a = maps[l][b, h, P + q, P:].float()
@@ -430,7 +571,9 @@ def plot_attention_gallery(model: nn.Module, images: torch.Tensor, layers: Seque
             ax.imshow(disp[b], extent=(0, disp.shape[2], disp.shape[1], 0))
             ax.imshow(a, cmap="inferno", alpha=alpha, extent=extent, interpolation="nearest")
             ax.add_patch(qbox())
-            if b == 0: ax.set_title(f"layer {l}, head {h}", fontsize="small")
-    for ax in axes.flat: ax.set_axis_off()
+            if b == 0:
+                ax.set_title(f"layer {l}, head {h}", fontsize="small")
+    for ax in axes.flat:
+        ax.set_axis_off()
     save_figure(fig, path)
     return fig

@@ -22,12 +22,19 @@ __all__ = ['TOY', 'ClaimsConfig', 'toy_weights', 'labeled_subset', 'bootstrap', 
 # %% ../nbs/11b_claims.ipynb #4907aea6
 TOY = "toy"
 
+
 @dataclasses.dataclass
 class ClaimsConfig(PipelineConfig):
     seeds: list = param([0, 1, 2], "seeds; every claim is measured on each")
-    clip_pretrained: str | None = param(TOY, "'toy': the toy CLIP (trained on first use, cached); else an open_clip tag, a file or None")
-    large_pretrained: bool | str | None = param(None, "'toy': a toy ImageNet classifier of `large`; else true, a file or None (random)")
-    student_pretrained: bool | str | None = param(TOY, "'toy': a toy ImageNet classifier of `student`; else true, a file or None")
+    clip_pretrained: str | None = param(
+        TOY, "'toy': the toy CLIP (trained on first use, cached); else an open_clip tag, a file or None"
+    )
+    large_pretrained: bool | str | None = param(
+        None, "'toy': a toy ImageNet classifier of `large`; else true, a file or None (random)"
+    )
+    student_pretrained: bool | str | None = param(
+        TOY, "'toy': a toy ImageNet classifier of `student`; else true, a file or None"
+    )
     pretrain_images: int = param(4000, "images of the toy pre-training world (seed 1000 + pretrain_seed)", min=10)
     clip_epochs: int = param(8, "toy CLIP training epochs", min=1)
     imagenet_epochs: int = param(8, "toy ImageNet classifier training epochs", min=1)
@@ -39,9 +46,13 @@ class ClaimsConfig(PipelineConfig):
         super().validate()
         uses_toy = [k for k in ("clip_pretrained", "large_pretrained", "student_pretrained") if getattr(self, k) == TOY]
         if uses_toy and self.dataset != "toy":
-            raise ConfigError(f"parameter(s) {uses_toy} = 'toy': the toy pre-trained models are for the toy world (dataset='toy')")
+            raise ConfigError(
+                f"parameter(s) {uses_toy} = 'toy': the toy pre-trained models are for the toy world (dataset='toy')"
+            )
         if self.clip_pretrained == TOY and self.clip != "cskd-toy-vit":
-            raise ConfigError(f"parameter 'clip_pretrained' = 'toy' trains the toy CLIP 'cskd-toy-vit', not {self.clip!r}")
+            raise ConfigError(
+                f"parameter 'clip_pretrained' = 'toy' trains the toy CLIP 'cskd-toy-vit', not {self.clip!r}"
+            )
 
     def pipeline_parameters(self, weights: dict) -> dict:
         "The pipeline notebook's parameters, with the resolved `weights` ({field: value})."
@@ -52,18 +63,23 @@ class ClaimsConfig(PipelineConfig):
 def toy_weights(cfg: ClaimsConfig, progress: bool = True) -> dict:
     "Resolve every `'toy'` weights field of `cfg` to its cached file (training it on the first use)."
     from cskd.toy_pretrain import toy_clip, toy_imagenet
+
     kw = dict(n_images=cfg.pretrain_images, seed=cfg.pretrain_seed, cache_dir=cfg.cache_dir, progress=progress)
     out = {}
-    if cfg.clip_pretrained == TOY: out["clip_pretrained"] = str(toy_clip(epochs=cfg.clip_epochs, **kw))
+    if cfg.clip_pretrained == TOY:
+        out["clip_pretrained"] = str(toy_clip(epochs=cfg.clip_epochs, **kw))
     for field, model in (("large_pretrained", cfg.large), ("student_pretrained", cfg.student)):
-        if getattr(cfg, field) == TOY: out[field] = str(toy_imagenet(model, epochs=cfg.imagenet_epochs, **kw))
+        if getattr(cfg, field) == TOY:
+            out[field] = str(toy_imagenet(model, epochs=cfg.imagenet_epochs, **kw))
     return {k: out.get(k, getattr(cfg, k)) for k in ("clip_pretrained", "large_pretrained", "student_pretrained")}
 
 # %% ../nbs/11b_claims.ipynb #394a7410
 def labeled_subset(n: int, k: int | None, seed: int) -> np.ndarray:
     "Sorted indices of `k` of `n` training items drawn by `seed` (all when `k` is None or >= n)."
-    if k is None or k >= n: return np.arange(n)
+    if k is None or k >= n:
+        return np.arange(n)
     return np.sort(np.random.default_rng([seed, 1]).choice(n, k, replace=False))
+
 
 def bootstrap(n: int, seed: int) -> np.ndarray:
     "A bootstrap resample (indices, with replacement) of `n` test items drawn by `seed`."
@@ -74,11 +90,14 @@ def head_spread(metrics: dict, label: str, metric: str = "distance", deep: float
     """Mean over the deeper `deep` fraction of layers of the std across heads of `metric` for model
     `label`, read from a collapse run's `metrics.json` (`<label>/layer<k>/<metric>_std`)."""
     from cskd.collapse import metric_label
+
     p = metric_label(label)
     layers = metrics.get(f"{p}/layers")
     if layers is None:
-        raise KeyError(f"no collapse metrics for model {label!r} (prefix '{p}/'); models: "
-                       f"{sorted({k.split('/')[0] for k in metrics if '/' in k})}")
+        raise KeyError(
+            f"no collapse metrics for model {label!r} (prefix '{p}/'); models: "
+            f"{sorted({k.split('/')[0] for k in metrics if '/' in k})}"
+        )
     first = int(np.floor(layers * (1 - deep)))
     return float(np.mean([metrics[f"{p}/layer{k}/{metric}_std"] for k in range(first, layers)]))
 
@@ -86,42 +105,84 @@ def head_spread(metrics: dict, label: str, metric: str = "distance", deep: float
 def verdict(diffs) -> str:
     "'holds' (every seed favours the claim), 'does not hold' (the mean does not), else 'mixed'."
     d = np.asarray(diffs, float)
-    if len(d) == 0 or not np.isfinite(d).all(): raise ValueError(f"need finite per-seed differences, got {list(d)}")
-    if (d > 0).all(): return "holds"
+    if len(d) == 0 or not np.isfinite(d).all():
+        raise ValueError(f"need finite per-seed differences, got {list(d)}")
+    if (d > 0).all():
+        return "holds"
     return "does not hold" if d.mean() <= 0 else "mixed"
 
-def claim_row(claim: str, statement: str, metric: str, ours: str, ours_values, baseline: str, baseline_values,
-              higher_is_better: bool = True) -> dict:
+
+def claim_row(
+    claim: str,
+    statement: str,
+    metric: str,
+    ours: str,
+    ours_values,
+    baseline: str,
+    baseline_values,
+    higher_is_better: bool = True,
+) -> dict:
     "One row of the claims table from per-seed values of the claimed model and its baseline (paired by seed)."
     a, b = np.asarray(ours_values, float), np.asarray(baseline_values, float)
-    if a.shape != b.shape or a.ndim != 1: raise ValueError(f"claim {claim}: {len(a)} values for '{ours}' but {len(b)} for '{baseline}'")
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"claim {claim}: {len(a)} values for '{ours}' but {len(b)} for '{baseline}'")
     d = (a - b) if higher_is_better else (b - a)
     sd = lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else float("nan")
-    return dict(claim=claim, statement=statement, metric=metric, ours=ours, ours_mean=float(a.mean()), ours_sd=sd(a),
-                baseline=baseline, baseline_mean=float(b.mean()), baseline_sd=sd(b), gain_mean=float(d.mean()), gain_sd=sd(d),
-                seeds_favouring=f"{int((d > 0).sum())}/{len(d)}", verdict=verdict(d), higher_is_better=higher_is_better)
+    return dict(
+        claim=claim,
+        statement=statement,
+        metric=metric,
+        ours=ours,
+        ours_mean=float(a.mean()),
+        ours_sd=sd(a),
+        baseline=baseline,
+        baseline_mean=float(b.mean()),
+        baseline_sd=sd(b),
+        gain_mean=float(d.mean()),
+        gain_sd=sd(d),
+        seeds_favouring=f"{int((d > 0).sum())}/{len(d)}",
+        verdict=verdict(d),
+        higher_is_better=higher_is_better,
+    )
+
 
 def claims_display(table: pd.DataFrame) -> pd.DataFrame:
     "The claims table as text for reading: `mean ± sd` cells (the CSV keeps the numbers)."
     f = lambda m, s: f"{m:.3f}" + (f" ± {s:.3f}" if np.isfinite(s) else "")
-    return pd.DataFrame(dict(
-        claim=table.claim, statement=table.statement, metric=table.metric,
-        ours=[f"{o}: {f(m, s)}" for o, m, s in zip(table.ours, table.ours_mean, table.ours_sd)],
-        baseline=[f"{o}: {f(m, s)}" for o, m, s in zip(table.baseline, table.baseline_mean, table.baseline_sd)],
-        gain=[f(m, s) for m, s in zip(table.gain_mean, table.gain_sd)], seeds=table.seeds_favouring, verdict=table.verdict))
+    return pd.DataFrame(
+        dict(
+            claim=table.claim,
+            statement=table.statement,
+            metric=table.metric,
+            ours=[f"{o}: {f(m, s)}" for o, m, s in zip(table.ours, table.ours_mean, table.ours_sd)],
+            baseline=[f"{o}: {f(m, s)}" for o, m, s in zip(table.baseline, table.baseline_mean, table.baseline_sd)],
+            gain=[f(m, s) for m, s in zip(table.gain_mean, table.gain_sd)],
+            seeds=table.seeds_favouring,
+            verdict=table.verdict,
+        )
+    )
 
 # %% ../nbs/11b_claims.ipynb #7ecc639b
 def plot_claims(per_seed: pd.DataFrame, table: pd.DataFrame, path=None):
     "Paired per-seed values (`per_seed`: claim, seed, ours, baseline) with each claim's verdict; saved as PNG + PDF."
     import matplotlib.pyplot as plt
     import textwrap
-    cols = min(3, len(table)); rows = -(-len(table) // cols)
+
+    cols = min(3, len(table))
+    rows = -(-len(table) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3.6 * rows), squeeze=False)
-    for ax in axes.flat[len(table):]: ax.axis("off")
+    for ax in axes.flat[len(table) :]:
+        ax.axis("off")
     for ax, row in zip(axes.flat, table.itertuples()):
         g = per_seed[per_seed.claim == row.claim]
         for r in g.itertuples():
-            ax.plot([0, 1], [r.baseline, r.ours], "-o", color="tab:green" if (r.ours > r.baseline) == row.higher_is_better else "tab:red", alpha=0.8)
+            ax.plot(
+                [0, 1],
+                [r.baseline, r.ours],
+                "-o",
+                color="tab:green" if (r.ours > r.baseline) == row.higher_is_better else "tab:red",
+                alpha=0.8,
+            )
         ax.set_xticks([0, 1], [textwrap.fill(row.baseline, 24), textwrap.fill(row.ours, 24)], fontsize=7)
         ax.set_xlim(-0.4, 1.4)
         ax.set_title(f"{row.claim}: {row.verdict}", fontsize=9)

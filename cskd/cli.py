@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import PHASES, ConfigError, add_arguments, load_config
+from .config import PHASES, add_arguments, load_config
 from .images import preresize_images
 from .toy import make_toy_world, plot_samples
 import cskd.align, cskd.distill, cskd.iaa  # noqa: F401  (they register their phases)
@@ -20,12 +20,20 @@ import cskd.align, cskd.distill, cskd.iaa  # noqa: F401  (they register their ph
 __all__ = ['demo', 'main']
 
 # %% ../nbs/90_cli.ipynb #9a871c76
-def demo(root="data/toy", n_images: int = 10_000, figures="figures", seed: int = 0, run_dir="runs/demo",
-         pipeline: bool = True, **claims_parameters) -> dict:
+def demo(
+    root="data/toy",
+    n_images: int = 10_000,
+    figures="figures",
+    seed: int = 0,
+    run_dir="runs/demo",
+    pipeline: bool = True,
+    **claims_parameters,
+) -> dict:
     """The main job on the toy world: write it (cached), draw its sample figure, then measure the papers'
     claims (`nbs/experiments/claims.ipynb`: the toy pre-trained models, then the whole CSKD pipeline) into
     `run_dir` and print the results and claims tables."""
     from cskd.pipeline import run_step
+
     t0 = time.perf_counter()
     world = make_toy_world(root, n_images, seed=seed)
     figure = Path(figures) / "toy_samples.png"
@@ -48,7 +56,9 @@ def demo(root="data/toy", n_images: int = 10_000, figures="figures", seed: int =
 
 # %% ../nbs/90_cli.ipynb #89f381b9
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cskd", description="CLIP-based aesthetics learning (CSKD and the 'CLIP knows image aesthetics' study).")
+    p = argparse.ArgumentParser(
+        prog="cskd", description="CLIP-based aesthetics learning (CSKD and the 'CLIP knows image aesthetics' study)."
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     d = sub.add_parser("demo", help="the main job on the embedded toy world")
     d.add_argument("--root", default="data/toy", help="where the toy world is written (default: data/toy)")
@@ -64,24 +74,40 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--overwrite", action="store_true")
     r = sub.add_parser("preresize", help="copy an image folder with short sides reduced (faster decoding; ids kept)")
-    r.add_argument("src"); r.add_argument("dst")
+    r.add_argument("src")
+    r.add_argument("dst")
     r.add_argument("--short-side", type=int, default=256)
+
     def scorer_args(q):
         g = q.add_mutually_exclusive_group(required=True)
         g.add_argument("--run", help="a fine-tuning or distillation run folder (best checkpoint, else last)")
-        g.add_argument("--checkpoint", help="a model.safetensors file (the run's config.json must lie next to it or above)")
-    s = sub.add_parser("score", help="score images, folders (recursive) and file lists with a trained model",
-                       description="Score images with a trained model. Exit status: 0 all scored, 3 some images unreadable "
-                                   "(listed; empty score and an error in the CSV), 2 an error before scoring.")
-    s.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders, or text files with one image path per line")
+        g.add_argument(
+            "--checkpoint", help="a model.safetensors file (the run's config.json must lie next to it or above)"
+        )
+
+    s = sub.add_parser(
+        "score",
+        help="score images, folders (recursive) and file lists with a trained model",
+        description="Score images with a trained model. Exit status: 0 all scored, 3 some images unreadable "
+        "(listed; empty score and an error in the CSV), 2 an error before scoring.",
+    )
+    s.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image files, folders, or text files with one image path per line"
+    )
     scorer_args(s)
     s.add_argument("--out", default="scores.csv", help="the CSV to write (default: scores.csv)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--num-workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
     s.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
-    s.add_argument("--allow-truncated", action="store_true", help="score truncated JPEGs (missing rows filled grey) instead of reporting them")
+    s.add_argument(
+        "--allow-truncated",
+        action="store_true",
+        help="score truncated JPEGs (missing rows filled grey) instead of reporting them",
+    )
     s.add_argument("--no-progress", action="store_true")
-    e = sub.add_parser("export", help="export a trained model (encoder + head + preprocessing) to ONNX or a torch.export program")
+    e = sub.add_parser(
+        "export", help="export a trained model (encoder + head + preprocessing) to ONNX or a torch.export program"
+    )
     scorer_args(e)
     e.add_argument("--format", required=True, help="onnx or pt2 (a torch.export program)")
     e.add_argument("--out", required=True, help="the file to write")
@@ -90,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("-c", "--config", default=None, help="a YAML file of parameters (flags override it)")
         add_arguments(q, ph.config, ph.defaults)
     return p
+
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
@@ -101,7 +128,10 @@ def main(argv=None) -> int:
             print(json.dumps(json.loads((root / "world.json").read_text()), indent=1))
         elif args.command == "preresize":
             r = preresize_images(args.src, args.dst, args.short_side)
-            print(f"{r['written']} written, {r['up_to_date']} up to date, {len(r['bad'])} bad" + "".join(f"\n  bad: {p}: {why}" for p, why in r["bad"].items()))
+            print(
+                f"{r['written']} written, {r['up_to_date']} up to date, {len(r['bad'])} bad"
+                + "".join(f"\n  bad: {p}: {why}" for p, why in r["bad"].items())
+            )
         elif args.command == "score":
             return _score(args)
         elif args.command == "export":
@@ -112,7 +142,14 @@ def main(argv=None) -> int:
             cfg = load_config(ph.config, args.config, overrides, source="the command line", defaults=ph.defaults)
             result = ph.run(cfg)
             print(json.dumps(result, indent=1, default=str))
-    except (ValueError, KeyError, RuntimeError, FloatingPointError, FileExistsError, FileNotFoundError) as e:  # our errors (a NaN loss included), not bugs
+    except (
+        ValueError,
+        KeyError,
+        RuntimeError,
+        FloatingPointError,
+        FileExistsError,
+        FileNotFoundError,
+    ) as e:  # our errors (a NaN loss included), not bugs
         print(f"cskd {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -120,31 +157,51 @@ def main(argv=None) -> int:
 # %% ../nbs/90_cli.ipynb #daafffff
 def _device(name: str):
     from cskd.engine import resolve_device
-    try: return resolve_device(name)
-    except RuntimeError as e: raise ValueError(f"--device {name!r}: {e}") from None
+
+    try:
+        return resolve_device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r}: {e}") from None
+
 
 def _check_positive(**kw):
     for k, v in kw.items():
-        if v < (0 if k == "num_workers" else 1): raise ValueError(f"--{k.replace('_', '-')} = {v}: must be {'>= 0' if k == 'num_workers' else '>= 1'}")
+        if v < (0 if k == "num_workers" else 1):
+            raise ValueError(f"--{k.replace('_', '-')} = {v}: must be {'>= 0' if k == 'num_workers' else '>= 1'}")
+
 
 def _score(args) -> int:
     from cskd.predict import load_scorer, score_images, score_summary
+
     _check_positive(batch_size=args.batch_size, num_workers=args.num_workers)
     model, _ = load_scorer(args.run, args.checkpoint, _device(args.device))
-    df = score_images(model, args.paths, out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
-                      progress=not args.no_progress, allow_truncated=args.allow_truncated)
+    df = score_images(
+        model,
+        args.paths,
+        out=args.out,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+        allow_truncated=args.allow_truncated,
+    )
     print(f"wrote {len(df)} row(s) to {args.out}")
     bad = int((df.error != "").sum())
     print(score_summary(df), file=sys.stderr if bad else sys.stdout)
     return 3 if bad else 0
 
+
 def _export(args):
     from cskd.export import _check_format, check_parity, export_scorer, load_exported, PARITY_ATOL
+
     _check_format(args.format)
     from cskd.predict import load_scorer
+
     model, _ = load_scorer(args.run, args.checkpoint, "cpu")
     f = export_scorer(model, args.out, args.format)
     d = check_parity(model, load_exported(f))
-    if max(d.values()) > PARITY_ATOL: raise RuntimeError(f"{f}: exported outputs differ from PyTorch by {d} (> {PARITY_ATOL})")
-    print(f"wrote {f} ({f.stat().st_size / 1e6:.1f} MB, {args.format}); max |difference| to PyTorch: "
-          + ", ".join(f"{k} {v:.1e}" for k, v in d.items()))
+    if max(d.values()) > PARITY_ATOL:
+        raise RuntimeError(f"{f}: exported outputs differ from PyTorch by {d} (> {PARITY_ATOL})")
+    print(
+        f"wrote {f} ({f.stat().st_size / 1e6:.1f} MB, {args.format}); max |difference| to PyTorch: "
+        + ", ".join(f"{k} {v:.1e}" for k, v in d.items())
+    )

@@ -5,12 +5,9 @@
 # %% ../nbs/09c_clip_study.ipynb #9ae80daa
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .config import ConfigError, param
@@ -24,9 +21,27 @@ __all__ = ['PAPER_RECIPE', 'TABLE_COLUMNS', 'paper_finetune_config', 'ClipStudyC
            'plot_convergence', 'results_table']
 
 # %% ../nbs/09c_clip_study.ipynb #59088989
-PAPER_RECIPE = dict(optimizer="sgd", momentum=0.5, lr=1e-4, head_lr=1e-2, batch_size=128, epochs=50, patience=10,
-                    best_metric="val_emd2", best_mode="min", head="dist", loss="emd", weight_decay=0.0,
-                    schedule="constant", warmup_epochs=0.0, warmup_steps=0, grad_clip=None, drop_path=0.0, dropout=0.0)
+PAPER_RECIPE = dict(
+    optimizer="sgd",
+    momentum=0.5,
+    lr=1e-4,
+    head_lr=1e-2,
+    batch_size=128,
+    epochs=50,
+    patience=10,
+    best_metric="val_emd2",
+    best_mode="min",
+    head="dist",
+    loss="emd",
+    weight_decay=0.0,
+    schedule="constant",
+    warmup_epochs=0.0,
+    warmup_steps=0,
+    grad_clip=None,
+    drop_path=0.0,
+    dropout=0.0,
+)
+
 
 def paper_finetune_config(encoder: str, **kw) -> FinetuneConfig:
     "The paper's fine-tuning recipe for `encoder` ('clip:<open_clip name>' or a timm name) as a `FinetuneConfig`; `kw` override it."
@@ -37,12 +52,16 @@ def paper_finetune_config(encoder: str, **kw) -> FinetuneConfig:
 class ClipStudyConfig:
     run_dir: str = param("runs/clip_knows", "output folder: tables, figures, metrics, the fine-tuning runs")
     seed: int = param(0, "seed of random-init models, data order and the probe's CV folds", min=0)
-    data_root: str = param("data/toy", "dataset folder (AVA.txt, images/, splits/); the toy world is written there when missing")
+    data_root: str = param(
+        "data/toy", "dataset folder (AVA.txt, images/, splits/); the toy world is written there when missing"
+    )
     toy_images: int = param(2000, "images of the toy world written when data_root does not exist", min=10)
     clip_model: str = param("cskd-toy-vit", "open_clip model name")
     clip_pretrained: str | None = param(None, "open_clip pretrained tag or local weights file; None: random init")
     imagenet_model: str = param("test_vit3", "timm model: the ImageNet-pretrained comparison")
-    imagenet_pretrained: bool | str | None = param(None, "timm weights: true (timm's default), a local file, or None (random init)")
+    imagenet_pretrained: bool | str | None = param(
+        None, "timm weights: true (timm's default), a local file, or None (random init)"
+    )
     image_size: int = param(64, "input size in pixels (both models)", min=16)
     prompt_sets: list = param(["paper", "ensemble", "content"], "zero-shot prompt sets: shipped names or prompt files")
     class_names: str | list = param("auto", "classes for content-aware prompts: auto, a shipped list name, or a list")
@@ -61,30 +80,46 @@ class ClipStudyConfig:
 
     def validate(self):
         sets = self.prompt_sets if isinstance(self.prompt_sets, list) else [self.prompt_sets]
-        if not sets: raise ConfigError("parameter 'prompt_sets': empty; give at least one prompt set")
+        if not sets:
+            raise ConfigError("parameter 'prompt_sets': empty; give at least one prompt set")
         for s in sets:
             if not isinstance(s, str) or (s not in DEFAULT_PROMPTS and not Path(s).is_file()):
-                raise ConfigError(f"parameter 'prompt_sets': {s!r} is neither a shipped prompt set "
-                                  f"({', '.join(DEFAULT_PROMPTS)}) nor a prompt file")
-        if len(set(sets)) != len(sets): raise ConfigError(f"parameter 'prompt_sets': duplicated names in {sets}")
+                raise ConfigError(
+                    f"parameter 'prompt_sets': {s!r} is neither a shipped prompt set "
+                    f"({', '.join(DEFAULT_PROMPTS)}) nor a prompt file"
+                )
+        if len(set(sets)) != len(sets):
+            raise ConfigError(f"parameter 'prompt_sets': duplicated names in {sets}")
         cn = self.class_names
         if isinstance(cn, str) and cn != "auto" and cn not in CLASS_LISTS:
-            raise ConfigError(f"parameter 'class_names': {cn!r}; use 'auto', one of {list(CLASS_LISTS)}, or a list of names")
+            raise ConfigError(
+                f"parameter 'class_names': {cn!r}; use 'auto', one of {list(CLASS_LISTS)}, or a list of names"
+            )
         if isinstance(cn, list) and not (cn and all(isinstance(c, str) and c.strip() for c in cn)):
             raise ConfigError(f"parameter 'class_names': a list of non-empty strings, got {cn!r}")
-        bad = [m for m in self.probe_methods if m not in ("ridge", "ols")] if isinstance(self.probe_methods, list) else [self.probe_methods]
-        if bad or not self.probe_methods: raise ConfigError(f"parameter 'probe_methods': {self.probe_methods!r}; use a list of 'ridge' and/or 'ols'")
+        bad = (
+            [m for m in self.probe_methods if m not in ("ridge", "ols")]
+            if isinstance(self.probe_methods, list)
+            else [self.probe_methods]
+        )
+        if bad or not self.probe_methods:
+            raise ConfigError(f"parameter 'probe_methods': {self.probe_methods!r}; use a list of 'ridge' and/or 'ols'")
         for k in ("lr", "head_lr"):
-            if getattr(self, k) <= 0: raise ConfigError(f"parameter '{k}': {getattr(self, k)!r} must be > 0")
+            if getattr(self, k) <= 0:
+                raise ConfigError(f"parameter '{k}': {getattr(self, k)!r} must be > 0")
         import open_clip, timm
-        if open_clip.get_model_config(self.clip_model.replace("/", "-")) is None and not self.clip_model.startswith(("hf-hub:", "local-dir:")):
+
+        if open_clip.get_model_config(self.clip_model.replace("/", "-")) is None and not self.clip_model.startswith(
+            ("hf-hub:", "local-dir:")
+        ):
             raise ConfigError(f"parameter 'clip_model': {self.clip_model!r} is not an open_clip model")
         name = self.imagenet_model[5:] if self.imagenet_model.startswith("timm:") else self.imagenet_model
         if not (timm.is_model(name) or name.startswith(("hf-hub:", "local-dir:"))):
             raise ConfigError(f"parameter 'imagenet_model': {self.imagenet_model!r} is not a timm model")
 
     @property
-    def data_dir(self) -> Path: return Path(self.data_root)
+    def data_dir(self) -> Path:
+        return Path(self.data_root)
 
 # %% ../nbs/09c_clip_study.ipynb #97b7fac6
 def subset_splits(data_root, out_dir, n_train=None, n_val=None, n_test=None, split_dir: str = "splits") -> Path:
@@ -92,7 +127,8 @@ def subset_splits(data_root, out_dir, n_train=None, n_val=None, n_test=None, spl
     out_dir = Path(out_dir)
     for name, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         ids = read_split(Path(data_root) / split_dir / f"{name}.txt")
-        if not ids: raise ValueError(f"{Path(data_root) / split_dir / f'{name}.txt'}: no image ids")
+        if not ids:
+            raise ValueError(f"{Path(data_root) / split_dir / f'{name}.txt'}: no image ids")
         write_text_atomic(out_dir / f"{name}.txt", "".join(i + "\n" for i in ids[:n]))
     return out_dir
 
@@ -100,20 +136,27 @@ def subset_splits(data_root, out_dir, n_train=None, n_val=None, n_test=None, spl
 def _curve(run_dir, metric: str) -> pd.DataFrame:
     m = read_metrics(run_dir)
     key = metric if metric.startswith("eval/") else f"eval/{metric}"
-    if key not in m.columns: raise KeyError(f"{Path(run_dir) / 'metrics.jsonl'} has no '{key}'; it has {sorted(c for c in m.columns if c.startswith('eval/'))}")
+    if key not in m.columns:
+        raise KeyError(
+            f"{Path(run_dir) / 'metrics.jsonl'} has no '{key}'; it has {sorted(c for c in m.columns if c.startswith('eval/'))}"
+        )
     return m.dropna(subset=[key])[["epoch", key]].rename(columns={key: "value"}).reset_index(drop=True)
+
 
 def epochs_run(run_dir, metric: str = "val_emd2", mode: str = "min") -> dict:
     "`epochs` (evaluations logged), `best_epoch` (the epoch of the best `metric`) and `best` of a fine-tuning run."
     c = _curve(run_dir, metric)
-    if c.empty: return dict(epochs=0, best_epoch=float("nan"), best=float("nan"))
+    if c.empty:
+        return dict(epochs=0, best_epoch=float("nan"), best=float("nan"))
     i = int(c.value.idxmin() if mode == "min" else c.value.idxmax())
     return dict(epochs=len(c), best_epoch=float(c.epoch[i]), best=float(c.value[i]))
+
 
 def plot_convergence(runs: dict, metrics=("val_srcc", "val_emd2"), path=None, title: str | None = None):
     "One panel per metric, one line per model (`runs`: {label: run_dir}), metric against epoch; saved as PNG + PDF at `path`."
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.8 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
@@ -123,7 +166,8 @@ def plot_convergence(runs: dict, metrics=("val_srcc", "val_emd2"), path=None, ti
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
-    if title: fig.suptitle(title)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
     return fig
@@ -131,12 +175,14 @@ def plot_convergence(runs: dict, metrics=("val_srcc", "val_emd2"), path=None, ti
 # %% ../nbs/09c_clip_study.ipynb #531d98ca
 TABLE_COLUMNS = ("step", "model", "variant", "srcc", "plcc", "acc", "emd2", "epochs", "best_epoch", "n_test")
 
+
 def results_table(rows) -> pd.DataFrame:
     "A DataFrame of result rows (dicts with `step`, `model`, `variant` and metrics); columns in `TABLE_COLUMNS` order, then any others."
     rows = list(rows)
     for i, r in enumerate(rows):
         miss = [k for k in ("step", "model", "variant") if k not in r]
-        if miss: raise ValueError(f"results row {i} lacks {miss}: {r}")
+        if miss:
+            raise ValueError(f"results row {i} lacks {miss}: {r}")
     df = pd.DataFrame(rows)
     cols = [c for c in TABLE_COLUMNS if c in df.columns] + [c for c in df.columns if c not in TABLE_COLUMNS]
     return df[cols]

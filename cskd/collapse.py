@@ -8,7 +8,7 @@ summaries into `metrics.json` keys."""
 from __future__ import annotations
 import json, re
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import pandas as pd
 import torch
@@ -27,97 +27,136 @@ __all__ = ['SPEC_PREFIXES', 'parse_spec', 'check_spec', 'load_vit', 'split_image
 # %% ../nbs/08b_collapse.ipynb #21d0e050
 SPEC_PREFIXES = ("clip", "timm", "align", "finetune")
 
+
 def parse_spec(spec: str, what: str = "spec") -> tuple[str, str, str | None]:
     "`(prefix, argument, weights)` of a model spec; `weights` only for `clip:` and `timm:`."
     if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"{what} {spec!r}: expected '<prefix>:<name or run folder>' with prefix one of "
-                         f"{', '.join(p + ':' for p in SPEC_PREFIXES)}")
+        raise ValueError(
+            f"{what} {spec!r}: expected '<prefix>:<name or run folder>' with prefix one of "
+            f"{', '.join(p + ':' for p in SPEC_PREFIXES)}"
+        )
     prefix, arg = spec.split(":", 1)
     if prefix not in SPEC_PREFIXES:
-        raise ValueError(f"{what} {spec!r}: unknown prefix '{prefix}:'; use one of {', '.join(p + ':' for p in SPEC_PREFIXES)}")
-    if not arg: raise ValueError(f"{what} {spec!r}: nothing after '{prefix}:'")
+        raise ValueError(
+            f"{what} {spec!r}: unknown prefix '{prefix}:'; use one of {', '.join(p + ':' for p in SPEC_PREFIXES)}"
+        )
+    if not arg:
+        raise ValueError(f"{what} {spec!r}: nothing after '{prefix}:'")
     weights = None
     if prefix in ("clip", "timm") and "@" in arg:
         arg, weights = arg.split("@", 1)
-        if not arg or not weights: raise ValueError(f"{what} {spec!r}: expected '{prefix}:<name>@<weights>'")
+        if not arg or not weights:
+            raise ValueError(f"{what} {spec!r}: expected '{prefix}:<name>@<weights>'")
     return prefix, arg, weights
+
 
 def check_spec(spec: str, what: str = "spec") -> tuple[str, str, str | None]:
     "`parse_spec`, and for run specs a check that the folder holds a `config.json`."
     prefix, arg, weights = parse_spec(spec, what)
     if prefix in ("align", "finetune") and not (Path(arg) / "config.json").is_file():
-        raise FileNotFoundError(f"{what} {spec!r}: {Path(arg) / 'config.json'} does not exist: is {arg} a {prefix} run folder?")
+        raise FileNotFoundError(
+            f"{what} {spec!r}: {Path(arg) / 'config.json'} does not exist: is {arg} a {prefix} run folder?"
+        )
     return prefix, arg, weights
 
 # %% ../nbs/08b_collapse.ipynb #5c99b2c1
 def _align_encoder(run: Path) -> nn.Module:
     from cskd.align import AlignConfig
     from cskd.iaa import load_encoder_weights
+
     saved = json.loads((run / "config.json").read_text())
     if "student" not in saved or "image_size" not in saved:
-        raise ValueError(f"{run / 'config.json'} has no 'student' / 'image_size': is {run} a phase-1 (align) run folder?")
+        raise ValueError(
+            f"{run / 'config.json'} has no 'student' / 'image_size': is {run} a phase-1 (align) run folder?"
+        )
     known = AlignConfig.__dataclass_fields__
-    cfg = AlignConfig(**{k: v for k, v in saved.items() if k in known and k not in ("device", "precision", "student_pretrained")})
+    cfg = AlignConfig(
+        **{k: v for k, v in saved.items() if k in known and k not in ("device", "precision", "student_pretrained")}
+    )
     enc = build_encoder(cfg.student, None, cfg.image_size, cfg.drop_path)
     load_encoder_weights(enc, run, prefix="encoder.")
     return enc
 
+
 def load_vit(spec: str, image_size: int | None = None, what: str = "spec") -> nn.Module:
     "The ViT of a model spec (see the table above) in eval mode, with `mean`, `std`, `image_size`, `normalize`."
     prefix, arg, weights = check_spec(spec, what)
-    if prefix == "clip": model = clip_teacher(arg, weights)
+    if prefix == "clip":
+        model = clip_teacher(arg, weights)
     elif prefix == "timm":
         w = {"true": True, "false": None}.get(weights.lower(), weights) if weights else None
         model = build_encoder("timm:" + arg, w, image_size)
-    elif prefix == "align": model = _align_encoder(Path(arg))
+    elif prefix == "align":
+        model = _align_encoder(Path(arg))
     else:
         from cskd.distill import teacher_from_run
+
         model = teacher_from_run(arg)[0].encoder
-    try: unwrap_vit(model)
-    except TypeError as e: raise ValueError(f"{what} {spec!r}: not a ViT, attention analysis needs one ({e})") from None
+    try:
+        unwrap_vit(model)
+    except TypeError as e:
+        raise ValueError(f"{what} {spec!r}: not a ViT, attention analysis needs one ({e})") from None
     return model.eval()
 
 # %% ../nbs/08b_collapse.ipynb #5bf9579c
-def split_images(data_root, n: int, split: str = "test", size: int | None = None, images: str = "images") -> torch.Tensor:
+def split_images(
+    data_root, n: int, split: str = "test", size: int | None = None, images: str = "images"
+) -> torch.Tensor:
     "The first `n` images of `data_root/splits/<split>.txt` as `(n, 3, size, size)` floats in [0, 1]."
     root = Path(data_root)
     ids = read_split(root / "splits" / f"{split}.txt")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1: raise ValueError(f"`n` must be a positive integer, got {n!r}")
-    if len(ids) < n: raise ValueError(f"{root / 'splits' / f'{split}.txt'} lists {len(ids)} images, fewer than n={n}")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"`n` must be a positive integer, got {n!r}")
+    if len(ids) < n:
+        raise ValueError(f"{root / 'splits' / f'{split}.txt'} lists {len(ids)} images, fewer than n={n}")
     pics = [load_image(root / images / f"{i}.jpg") for i in ids[:n]]
     size = size or min(pics[0].size)
     tfm = eval_transform(size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # identity normalisation: [0, 1] pixels
     return torch.stack([tfm(p) for p in pics])
 
+
 def model_input(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     "`images` (uint8 or [0, 1] floats) resized to `model.image_size` and normalised with the model's mean/std."
     for a in ("image_size", "normalize"):
-        if not hasattr(model, a): raise TypeError(f"{type(model).__name__} has no `{a}`: pass a model from `load_vit`")
+        if not hasattr(model, a):
+            raise TypeError(f"{type(model).__name__} has no `{a}`: pass a model from `load_vit`")
     return teacher_input(model, images)
 
 # %% ../nbs/08b_collapse.ipynb #67395510
 def metric_label(label: str) -> str:
     "`label` as a metrics-key prefix: lower case, runs of non-alphanumerics -> `_`."
     s = re.sub(r"[^a-z0-9]+", "_", str(label).lower()).strip("_")
-    if not s: raise ValueError(f"model label {label!r} has no letters or digits")
+    if not s:
+        raise ValueError(f"model label {label!r} has no letters or digits")
     return s
 
-def collapse_study(models: Mapping[str, str | nn.Module], images: torch.Tensor, batch_size: int = 32,
-                   image_size: int | None = None, progress: bool = False) -> dict[str, pd.DataFrame]:
+
+def collapse_study(
+    models: Mapping[str, str | nn.Module],
+    images: torch.Tensor,
+    batch_size: int = 32,
+    image_size: int | None = None,
+    progress: bool = False,
+) -> dict[str, pd.DataFrame]:
     "Per-layer, per-head attention distance and entropy of every model on `images` ([0, 1] floats): `{label: DataFrame}`."
-    if not isinstance(models, Mapping) or not models: raise ValueError("`models` must be a non-empty {label: spec or model} dict")
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("`models` must be a non-empty {label: spec or model} dict")
     slugs = {}
     for label, m in models.items():
-        if isinstance(m, str): check_spec(m, f"model {label!r}")
-        elif not isinstance(m, nn.Module): raise TypeError(f"model {label!r}: a spec string or a module, got {type(m).__name__}")
+        if isinstance(m, str):
+            check_spec(m, f"model {label!r}")
+        elif not isinstance(m, nn.Module):
+            raise TypeError(f"model {label!r}: a spec string or a module, got {type(m).__name__}")
         s = metric_label(label)
-        if s in slugs: raise ValueError(f"model labels {slugs[s]!r} and {label!r} give the same metrics prefix '{s}'")
+        if s in slugs:
+            raise ValueError(f"model labels {slugs[s]!r} and {label!r} give the same metrics prefix '{s}'")
         slugs[s] = label
     out = {}
     for label, m in models.items():
         vit = load_vit(m, image_size, f"model {label!r}") if isinstance(m, str) else m
         out[label] = attention_stats(vit, model_input(vit, images), progress=progress, batch_size=batch_size)
     return out
+
 
 def collapse_metrics(stats: Mapping[str, pd.DataFrame]) -> dict[str, float]:
     "Flat `metrics.json` mapping of per-layer collapse summaries (naming above)."

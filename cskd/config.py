@@ -23,6 +23,7 @@ __all__ = ['PHASES', 'ConfigError', 'param', 'check_value', 'from_dict', 'to_dic
 class ConfigError(ValueError):
     "A bad run parameter: the message names it, where it came from, and what is allowed."
 
+
 def param(default, help: str = "", choices=None, min=None, max=None):
     "A config field with its documentation and constraints."
     meta = dict(help=help, choices=tuple(choices) if choices is not None else None, min=min, max=max)
@@ -30,9 +31,11 @@ def param(default, help: str = "", choices=None, min=None, max=None):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
+
 def _field_types(cls) -> dict:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
 
 def _base_types(tp) -> tuple:
     "The runtime types a hint admits: `int | None` -> (int, NoneType)."
@@ -44,35 +47,45 @@ def _base_types(tp) -> tuple:
 # %% ../nbs/04b_config.ipynb #9c00593e
 _TRUE, _FALSE, _NONE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}, {"none", "null", "~"}
 
+
 def _coerce(name, value, tp, source):
     allowed = _base_types(tp)
     low = value.strip().lower() if isinstance(value, str) else None
-    if low in _NONE and type(None) in allowed: return None
+    if low in _NONE and type(None) in allowed:
+        return None
     if low in _TRUE | _FALSE and bool in allowed:
         return low in _TRUE  # e.g. `pretrained: bool | str`: "true" asks for default weights
     if isinstance(value, str) and str not in allowed:
         for t in (int, float):
             if t in allowed:
-                try: return t(value)
-                except ValueError: pass
+                try:
+                    return t(value)
+                except ValueError:
+                    pass
         if list in allowed or tuple in allowed:
             return [v.strip() for v in value.split(",") if v.strip()]
-    if value is None and type(None) in allowed: return value
+    if value is None and type(None) in allowed:
+        return value
     if isinstance(value, bool) and bool not in allowed:
         raise ConfigError(f"parameter '{name}' ({source}): got {value!r}, expected {_type_name(tp)}")
-    if isinstance(value, int) and float in allowed and not isinstance(value, bool) and int not in allowed: return float(value)
-    if isinstance(value, (list, tuple)) and (list in allowed or tuple in allowed): return list(value)
+    if isinstance(value, int) and float in allowed and not isinstance(value, bool) and int not in allowed:
+        return float(value)
+    if isinstance(value, (list, tuple)) and (list in allowed or tuple in allowed):
+        return list(value)
     if not isinstance(value, tuple(t for t in allowed if isinstance(t, type))):
         raise ConfigError(f"parameter '{name}' ({source}): got {value!r}, expected {_type_name(tp)}")
     return value
 
+
 def _type_name(tp) -> str:
     return " or ".join("None" if t is type(None) else getattr(t, "__name__", str(t)) for t in _base_types(tp))
+
 
 def check_value(cls, name: str, v, source: str = "config"):
     "Check one field's value against its metadata constraints (choices, min, max)."
     m = {f.name: f for f in dataclasses.fields(cls)}[name].metadata
-    if v is None: return
+    if v is None:
+        return
     if m.get("choices") is not None and v not in m["choices"]:
         raise ConfigError(f"parameter '{name}' ({source}): {v!r} is not allowed; choose one of {list(m['choices'])}")
     if m.get("min") is not None and v < m["min"]:
@@ -88,50 +101,73 @@ def from_dict(cls, values: dict, source: str = "parameters", strict: bool = True
     where = lambda k: f"{source}:{lines[k]}" if lines and k in lines else source
     unknown = [k for k in values if k not in types_]
     if unknown and strict:
-        hints = "; ".join(f"'{k}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, types_, 1)) else "")
-                          + (f" at {where(k)}" if lines and k in lines else "") for k in unknown)
+        hints = "; ".join(
+            f"'{k}'"
+            + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, types_, 1)) else "")
+            + (f" at {where(k)}" if lines and k in lines else "")
+            for k in unknown
+        )
         raise ConfigError(f"unknown parameter(s) in {source}: {hints}. Known: {sorted(types_)}")
     kwargs = {k: _coerce(k, v, types_[k], where(k)) for k, v in values.items() if k in types_}
-    for k, v in kwargs.items(): check_value(cls, k, v, where(k))  # before __post_init__'s cross-field checks
+    for k, v in kwargs.items():
+        check_value(cls, k, v, where(k))  # before __post_init__'s cross-field checks
     cfg = cls(**kwargs)
-    if hasattr(cfg, "validate"): cfg.validate()
+    if hasattr(cfg, "validate"):
+        cfg.validate()
     return cfg
+
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
+
 def load_yaml(path) -> dict:
     "A flat YAML mapping; errors name the file and the line."
     path = Path(path)
-    if not path.exists(): raise ConfigError(f"config file {path} does not exist")
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"config file {path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
-    if data is None: return YamlParams()
-    if not isinstance(data, dict): raise ConfigError(f"config file {path}: expected a mapping of parameters, got {type(data).__name__}")
+    if data is None:
+        return YamlParams()
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of parameters, got {type(data).__name__}")
     nested = [k for k, v in data.items() if isinstance(v, dict)]
-    if nested: raise ConfigError(f"config file {path}: parameters are flat; {nested} hold mappings")
+    if nested:
+        raise ConfigError(f"config file {path}: parameters are flat; {nested} hold mappings")
     return YamlParams(data, lines=_key_lines(path.read_text()))
+
 
 class YamlParams(dict):
     "The parameters of a YAML file, with `lines`: the line number of each key (for errors that say `file:line`)."
-    def __init__(self, *a, lines: dict | None = None, **kw): super().__init__(*a, **kw); self.lines = dict(lines or {})
+
+    def __init__(self, *a, lines: dict | None = None, **kw):
+        super().__init__(*a, **kw)
+        self.lines = dict(lines or {})
+
 
 def _key_lines(text: str) -> dict:
     "Line (1-based) of each top-level key of a YAML mapping, from the parser's node marks."
     node = yaml.compose(text, Loader=yaml.SafeLoader)
-    if not isinstance(node, yaml.MappingNode): return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
     return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
 
-def load_config(cls, yaml_path=None, overrides: dict | None = None, source: str = "overrides", defaults: dict | None = None):
+
+def load_config(
+    cls, yaml_path=None, overrides: dict | None = None, source: str = "overrides", defaults: dict | None = None
+):
     "`defaults` (a phase's), then a YAML file, then overrides (command line or notebook), validated once."
     values = dict(defaults or {})
     if yaml_path:
         in_file = load_yaml(yaml_path)
-        from_dict(cls, dict(values, **in_file), source=str(yaml_path), lines=in_file.lines)  # errors in the file name file:line
+        from_dict(
+            cls, dict(values, **in_file), source=str(yaml_path), lines=in_file.lines
+        )  # errors in the file name file:line
         values.update(in_file)
     values.update(overrides or {})
     return from_dict(cls, values, source=source if overrides else str(yaml_path or "defaults"))
@@ -143,10 +179,18 @@ def from_namespace(cls, params: dict, extra=(), defaults: dict | None = None, so
     types_ = _field_types(cls)
     new = set(params) - set(types_) - set(extra)
     if new:
-        hints = "; ".join(f"'{k}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, list(types_) + list(extra), 1)) else "")
-                          for k in sorted(new))
+        hints = "; ".join(
+            f"'{k}'"
+            + (
+                f" (did you mean '{m[0]}'?)"
+                if (m := difflib.get_close_matches(k, list(types_) + list(extra), 1))
+                else ""
+            )
+            for k in sorted(new)
+        )
         raise ConfigError(f"unknown parameter(s) in {source}: {hints}")
     return from_dict(cls, dict(defaults or {}, **{k: v for k, v in params.items() if k in types_}), source=source)
+
 
 def notebook_parameters(namespace: dict, before) -> dict:
     "The variables of `namespace` defined after the names in `before` (a notebook's parameters and papermill's)."
@@ -157,12 +201,23 @@ def add_arguments(parser: argparse.ArgumentParser, cls, defaults: dict | None = 
     for f in dataclasses.fields(cls):
         m = f.metadata
         extra = f" (one of {list(m['choices'])})" if m.get("choices") else ""
-        default = (defaults or {}).get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS,
-                            metavar=f.name.upper(), help=f"{m.get('help', '')}{extra} [default: {default!r}]")
+        default = (defaults or {}).get(
+            f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        )
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            metavar=f.name.upper(),
+            help=f"{m.get('help', '')}{extra} [default: {default!r}]",
+        )
+
 
 PHASES: dict = {}
 
+
 def register_phase(name: str, config_cls, run, help: str, defaults: dict | None = None):
     "Make a phase runnable from `python -m cskd NAME`: its config class, its defaults, and `run(cfg)`."
-    PHASES[name] = types.SimpleNamespace(name=name, config=config_cls, run=run, help=help, defaults=dict(defaults or {}))
+    PHASES[name] = types.SimpleNamespace(
+        name=name, config=config_cls, run=run, help=help, defaults=dict(defaults or {})
+    )

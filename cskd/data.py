@@ -5,15 +5,23 @@ the multi-source `UnlabeledPool` of phase 1 / 2c. Images are decoded by `cskd.im
 
 # %% ../nbs/01_data.ipynb #8fdb640e
 from __future__ import annotations
-import os, re, warnings
-from dataclasses import dataclass, field
+import os, warnings
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
 from torchvision import transforms as T
-from .images import (load_image, BadImageError, BadImageLog, collate_skip_none, train_transform,
-                         eval_transform, scan, ImageTransform)
+from cskd.images import (  # noqa: F401 (re-exported: the data chapter is where users look for them)
+    load_image,
+    BadImageError,
+    BadImageLog,
+    collate_skip_none,
+    train_transform,
+    eval_transform,
+    scan,
+    ImageTransform,
+)
 
 # %% auto #0
 __all__ = ['VOTE_COLS', 'AVA_FIELDS', 'CSV_MAPPINGS', 'IMG_EXTS', 'LabelFileError', 'read_ava', 'votes_to_dist', 'read_split',
@@ -22,68 +30,104 @@ __all__ = ['VOTE_COLS', 'AVA_FIELDS', 'CSV_MAPPINGS', 'IMG_EXTS', 'LabelFileErro
            'scan', 'ImageTransform']
 
 # %% ../nbs/01_data.ipynb #cf32495b
-_all_ = ["load_image", "BadImageError", "BadImageLog", "collate_skip_none", "train_transform", "eval_transform",
-         "scan", "ImageTransform"]  # re-exported: `from cskd.data import load_image` works too
+_all_ = [
+    "load_image",
+    "BadImageError",
+    "BadImageLog",
+    "collate_skip_none",
+    "train_transform",
+    "eval_transform",
+    "scan",
+    "ImageTransform",
+]  # re-exported: `from cskd.data import load_image` works too
 
 # %% ../nbs/01_data.ipynb #d43779d7
 VOTE_COLS = [f"votes_{k}" for k in range(1, 11)]
 AVA_FIELDS = 15
 
+
 class LabelFileError(ValueError):
     "A label file (AVA.txt, CSV, split file) with bad content; the message names the file and line/column."
+
 
 def _field_counts(data: bytes):
     "Number of whitespace-separated fields on every line (numpy, no per-line Python loop)."
     b = np.frombuffer(data, np.uint8)
-    if b.size == 0: return np.zeros(0, int)
+    if b.size == 0:
+        return np.zeros(0, int)
     nl = b == 10
     ws = nl | (b == 32) | (b == 9) | (b == 13) | (b == 11) | (b == 12)
-    start = ~ws & np.concatenate([[True], ws[:-1]])       # first byte of a field
-    line = np.concatenate([[0], np.cumsum(nl)[:-1]])        # line index of every byte
+    start = ~ws & np.concatenate([[True], ws[:-1]])  # first byte of a field
+    line = np.concatenate([[0], np.cumsum(nl)[:-1]])  # line index of every byte
     n_lines = int(nl.sum()) + (0 if nl[-1] else 1)
     return np.bincount(line[start], minlength=n_lines)
 
+
 def _report(path, bad: dict, lines_of, on_bad, what="line"):
     "Raise or warn about `bad = {lineno: reason}`."
-    if not bad: return
+    if not bad:
+        return
     items = sorted(bad.items())
     text = lines_of([k for k, _ in items[:10]])
     msg = "\n".join(f"  {path}:{k}: {r}: {text[k]!r}" for k, r in items[:10])
     more = f"\n  ... and {len(items) - 10} more" if len(items) > 10 else ""
     if on_bad == "raise":
-        raise LabelFileError(f"{path}: {len(items)} bad {what}(s):\n{msg}{more}\n(pass on_bad='skip' to drop them; in a phase's config: on_bad_label: skip)")
+        raise LabelFileError(
+            f"{path}: {len(items)} bad {what}(s):\n{msg}{more}\n(pass on_bad='skip' to drop them; in a phase's config: on_bad_label: skip)"
+        )
     warnings.warn(f"{path}: skipped {len(items)} bad {what}(s):\n{msg}{more}", stacklevel=3)
+
 
 def _line_getter(data: bytes):
     def get(nums):
         lines = data.decode("utf-8", "replace").splitlines()
         return {n: (lines[n - 1] if 0 < n <= len(lines) else "") for n in nums}
+
     return get
 
+
 def _check_on_bad(on_bad):
-    if on_bad not in ("raise", "skip"): raise ValueError(f"on_bad={on_bad!r}: use 'raise' or 'skip'")
+    if on_bad not in ("raise", "skip"):
+        raise ValueError(f"on_bad={on_bad!r}: use 'raise' or 'skip'")
 
 # %% ../nbs/01_data.ipynb #35b12f47
 def read_ava(path, on_bad: str = "raise") -> pd.DataFrame:
     "Read an AVA.txt-format file: `image_id`, `votes_1..votes_10`, `mean`, `tag1`, `tag2`, `challenge`."
     _check_on_bad(on_bad)
     path = Path(path)
-    try: data = path.read_bytes()
-    except OSError as e: raise LabelFileError(f"{path}: cannot read AVA file ({e})") from None
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise LabelFileError(f"{path}: cannot read AVA file ({e})") from None
     counts = _field_counts(data)
     ncol = max(AVA_FIELDS, int(counts.max()) if counts.size else 0)
     blank = counts == 0
-    if blank.all(): raise LabelFileError(f"{path}: no data lines (empty AVA file)")
+    if blank.all():
+        raise LabelFileError(f"{path}: no data lines (empty AVA file)")
     try:
-        raw = pd.read_csv(path, sep=r"\s+", header=None, names=range(ncol), dtype=str, skip_blank_lines=False,
-                          engine="c", encoding="utf-8", encoding_errors="replace")
-    except Exception as e: raise LabelFileError(f"{path}: cannot parse as AVA.txt ({e})") from None
-    if len(raw) < len(counts): raw = raw.reindex(range(len(counts)))  # trailing whitespace-only lines
-    raw = raw.iloc[:len(counts)]
+        raw = pd.read_csv(
+            path,
+            sep=r"\s+",
+            header=None,
+            names=range(ncol),
+            dtype=str,
+            skip_blank_lines=False,
+            engine="c",
+            encoding="utf-8",
+            encoding_errors="replace",
+        )
+    except Exception as e:
+        raise LabelFileError(f"{path}: cannot parse as AVA.txt ({e})") from None
+    if len(raw) < len(counts):
+        raw = raw.reindex(range(len(counts)))  # trailing whitespace-only lines
+    raw = raw.iloc[: len(counts)]
     lineno = np.arange(1, len(counts) + 1)
-    bad = {}   # lineno -> reason; first reason wins
+    bad = {}  # lineno -> reason; first reason wins
+
     def flag(mask, reason):
-        for n in lineno[mask & ~blank]: bad.setdefault(int(n), reason)
+        for n in lineno[mask & ~blank]:
+            bad.setdefault(int(n), reason)
+
     flag(counts != AVA_FIELDS, "wrong number of fields")
     c = counts == AVA_FIELDS
     num = {}
@@ -105,8 +149,10 @@ def read_ava(path, on_bad: str = "raise") -> pd.DataFrame:
     df = pd.DataFrame(v, columns=VOTE_COLS)
     df.insert(0, "image_id", ids[keep])
     df["mean"] = (v @ np.arange(1, 11)) / v.sum(1)
-    for name, j in (("tag1", 12), ("tag2", 13), ("challenge", 14)): df[name] = num[j][keep].astype(np.int64)
-    if df.empty: raise LabelFileError(f"{path}: no valid lines left after skipping {len(bad)} bad line(s)")
+    for name, j in (("tag1", 12), ("tag2", 13), ("challenge", 14)):
+        df[name] = num[j][keep].astype(np.int64)
+    if df.empty:
+        raise LabelFileError(f"{path}: no valid lines left after skipping {len(bad)} bad line(s)")
     df.attrs.update(source=str(path), skipped=len(bad), skipped_lines=dict(sorted(bad.items())))
     return df
 
@@ -114,48 +160,65 @@ def read_ava(path, on_bad: str = "raise") -> pd.DataFrame:
 def votes_to_dist(df) -> np.ndarray:
     "Normalised 10-bin vote distributions, (N, 10) float32."
     miss = [c for c in VOTE_COLS if c not in df.columns]
-    if miss: raise KeyError(f"votes_to_dist: missing columns {miss}")
+    if miss:
+        raise KeyError(f"votes_to_dist: missing columns {miss}")
     v = df[VOTE_COLS].to_numpy(np.float64)
     s = v.sum(1, keepdims=True)
-    if (s <= 0).any(): raise ValueError(f"votes_to_dist: {(s <= 0).sum()} row(s) with no votes")
+    if (s <= 0).any():
+        raise ValueError(f"votes_to_dist: {(s <= 0).sum()} row(s) with no votes")
     return (v / s).astype(np.float32)
 
 # %% ../nbs/01_data.ipynb #83fd791a
 def read_split(path) -> list[str]:
     "Image ids of a split file (one per line)."
     path = Path(path)
-    try: lines = path.read_text().splitlines()
-    except OSError as e: raise LabelFileError(f"{path}: cannot read split file ({e})") from None
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise LabelFileError(f"{path}: cannot read split file ({e})") from None
     ids, seen = [], {}
     for n, l in enumerate(lines, 1):
         s = l.strip()
-        if not s: continue
-        if len(s.split()) != 1: raise LabelFileError(f"{path}:{n}: expected one image id per line, got {l!r}")
-        if s in seen: raise LabelFileError(f"{path}:{n}: duplicated image id {s!r} (first on line {seen[s]})")
-        seen[s] = n; ids.append(s)
+        if not s:
+            continue
+        if len(s.split()) != 1:
+            raise LabelFileError(f"{path}:{n}: expected one image id per line, got {l!r}")
+        if s in seen:
+            raise LabelFileError(f"{path}:{n}: duplicated image id {s!r} (first on line {seen[s]})")
+        seen[s] = n
+        ids.append(s)
     return ids
+
 
 def write_split(path, ids):
     "Write ids one per line (atomic: temp file + rename)."
     path, ids = Path(path), [str(i) for i in ids]
     bad = [i for i in ids if not i or len(i.split()) != 1 or i != i.strip()]
-    if bad: raise ValueError(f"write_split({path}): ids must be non-empty without whitespace, got {bad[:5]}")
-    if len(set(ids)) != len(ids): raise ValueError(f"write_split({path}): duplicated ids")
+    if bad:
+        raise ValueError(f"write_split({path}): ids must be non-empty without whitespace, got {bad[:5]}")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"write_split({path}): duplicated ids")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text("".join(i + "\n" for i in ids)); os.replace(tmp, path)
+    tmp.write_text("".join(i + "\n" for i in ids))
+    os.replace(tmp, path)
+
 
 def random_split(ids, sizes=(0.8, 0.1, 0.1), seed: int = 0) -> tuple[list[str], ...]:
     "Deterministic seeded split of `ids` into parts of the given fractions or counts."
     ids = sorted(str(i) for i in ids)
-    if len(set(ids)) != len(ids): raise ValueError("random_split: duplicated ids")
+    if len(set(ids)) != len(ids):
+        raise ValueError("random_split: duplicated ids")
     n, sizes = len(ids), list(sizes)
-    if any(s < 0 for s in sizes): raise ValueError(f"random_split: negative size in {sizes}")
+    if any(s < 0 for s in sizes):
+        raise ValueError(f"random_split: negative size in {sizes}")
     if all(isinstance(s, (int, np.integer)) for s in sizes):
-        if sum(sizes) > n: raise ValueError(f"random_split: sizes {sizes} sum to more than {n} ids")
+        if sum(sizes) > n:
+            raise ValueError(f"random_split: sizes {sizes} sum to more than {n} ids")
         bounds = np.cumsum([0, *sizes])
     else:
-        if sum(sizes) > 1 + 1e-9: raise ValueError(f"random_split: fractions {sizes} sum to more than 1")
+        if sum(sizes) > 1 + 1e-9:
+            raise ValueError(f"random_split: fractions {sizes} sum to more than 1")
         bounds = np.round(np.cumsum([0, *sizes]) * n).astype(int)
     perm = np.random.default_rng(seed).permutation(n)
     return tuple([ids[j] for j in sorted(perm[lo:hi])] for lo, hi in zip(bounds[:-1], bounds[1:]))
@@ -164,12 +227,14 @@ def random_split(ids, sizes=(0.8, 0.1, 0.1), seed: int = 0) -> tuple[list[str], 
 @dataclass
 class CSVMapping:
     "Column mapping of a CSV label file."
+
     image_col: str
     score_col: str
     score_range: tuple = (1.0, 10.0)
     dist_cols: list | None = None
-    to_range: tuple | None = (1.0, 10.0)   # rescale target; None keeps the raw score
+    to_range: tuple | None = (1.0, 10.0)  # rescale target; None keeps the raw score
     sep: str = ","
+
 
 CSV_MAPPINGS = {
     "AADB": CSVMapping("ImageFile", "score", (0.0, 1.0)),
@@ -177,25 +242,32 @@ CSV_MAPPINGS = {
     "TAD66K": CSVMapping("image", "score", (1.0, 10.0)),
 }
 
+
 def read_csv_labels(path, mapping) -> pd.DataFrame:
     "Labels from a CSV file: `image_id`, `file`, `score_raw`, `mean` (rescaled), and `votes_*` if `dist_cols`."
     path = Path(path)
     if isinstance(mapping, str):
-        if mapping not in CSV_MAPPINGS: raise KeyError(f"unknown CSV mapping {mapping!r}; known: {list(CSV_MAPPINGS)}")
+        if mapping not in CSV_MAPPINGS:
+            raise KeyError(f"unknown CSV mapping {mapping!r}; known: {list(CSV_MAPPINGS)}")
         mapping = CSV_MAPPINGS[mapping]
-    elif isinstance(mapping, dict): mapping = CSVMapping(**mapping)
-    try: raw = pd.read_csv(path, sep=mapping.sep, dtype={mapping.image_col: str})
-    except Exception as e: raise LabelFileError(f"{path}: cannot read CSV ({e})") from None
+    elif isinstance(mapping, dict):
+        mapping = CSVMapping(**mapping)
+    try:
+        raw = pd.read_csv(path, sep=mapping.sep, dtype={mapping.image_col: str})
+    except Exception as e:
+        raise LabelFileError(f"{path}: cannot read CSV ({e})") from None
     need = [mapping.image_col, mapping.score_col, *(mapping.dist_cols or [])]
     miss = [c for c in need if c not in raw.columns]
-    if miss: raise LabelFileError(f"{path}: missing column(s) {miss}; the file has {list(raw.columns)}")
+    if miss:
+        raise LabelFileError(f"{path}: missing column(s) {miss}; the file has {list(raw.columns)}")
     score = pd.to_numeric(raw[mapping.score_col], errors="coerce").to_numpy(np.float64)
     lo, hi = mapping.score_range
     bad = np.flatnonzero(~np.isfinite(score) | (score < lo) | (score > hi))
     if bad.size:
         rows = ", ".join(f"line {i + 2} ({raw[mapping.score_col].iloc[i]!r})" for i in bad[:5])
-        raise LabelFileError(f"{path}: column {mapping.score_col!r}: {bad.size} value(s) not numbers in "
-                             f"[{lo}, {hi}]: {rows}")
+        raise LabelFileError(
+            f"{path}: column {mapping.score_col!r}: {bad.size} value(s) not numbers in [{lo}, {hi}]: {rows}"
+        )
     files = raw[mapping.image_col].astype(str)
     if raw[mapping.image_col].isna().any():
         i = int(np.flatnonzero(raw[mapping.image_col].isna())[0])
@@ -203,78 +275,115 @@ def read_csv_labels(path, mapping) -> pd.DataFrame:
     df = pd.DataFrame({"image_id": [Path(f).stem for f in files], "file": files, "score_raw": score})
     dupe = df.image_id.duplicated(keep=False)
     if dupe.any():
-        raise LabelFileError(f"{path}: duplicated image ids {df.image_id[dupe].unique()[:5].tolist()} "
-                             f"(lines {(np.flatnonzero(dupe)[:5] + 2).tolist()})")
+        raise LabelFileError(
+            f"{path}: duplicated image ids {df.image_id[dupe].unique()[:5].tolist()} "
+            f"(lines {(np.flatnonzero(dupe)[:5] + 2).tolist()})"
+        )
     if mapping.to_range:
         a, b = mapping.to_range
         df["mean"] = a + (score - lo) / (hi - lo) * (b - a)
-    else: df["mean"] = score
+    else:
+        df["mean"] = score
     if mapping.dist_cols:
-        if len(mapping.dist_cols) != 10: raise ValueError(f"dist_cols: expected 10 columns, got {len(mapping.dist_cols)}")
+        if len(mapping.dist_cols) != 10:
+            raise ValueError(f"dist_cols: expected 10 columns, got {len(mapping.dist_cols)}")
         v = raw[mapping.dist_cols].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
         if not np.isfinite(v).all() or (v < 0).any() or (v.sum(1) <= 0).any():
             i = int(np.flatnonzero(~np.isfinite(v).all(1) | (v < 0).any(1) | (v.sum(1) <= 0))[0])
             raise LabelFileError(f"{path}: line {i + 2}: distribution columns need non-negative numbers, not all 0")
-        for k, c in enumerate(VOTE_COLS): df[c] = v[:, k]
+        for k, c in enumerate(VOTE_COLS):
+            df[c] = v[:, k]
     df.attrs["source"] = str(path)
     return df
 
 # %% ../nbs/01_data.ipynb #8d770ded
 class _ImageItems(torch.utils.data.Dataset):
     def __init__(self, paths, ids, transform=None, on_error="raise", allow_truncated=False, bad_log=None):
-        if on_error not in ("raise", "skip"): raise ValueError(f"on_error={on_error!r}: use 'raise' or 'skip'")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error={on_error!r}: use 'raise' or 'skip'")
         self.paths, self.ids = [str(p) for p in paths], [str(i) for i in ids]
         self.transform = transform if transform is not None else T.ToTensor()
         self.on_error, self.allow_truncated = on_error, allow_truncated
         self.bad_log = bad_log if isinstance(bad_log, BadImageLog) else BadImageLog(bad_log)
 
-    def __len__(self): return len(self.paths)
+    def __len__(self):
+        return len(self.paths)
+
     def _image(self, i):
         "The transformed image of item `i`, or None (skip policy) if its file is bad."
         try:
             img = load_image(self.paths[i], getattr(self.transform, "draft_size", None), self.allow_truncated)
         except BadImageError as e:
-            if self.on_error == "raise": raise
-            self.bad_log.record(e.path, e.reason, self.ids[i]); return None
+            if self.on_error == "raise":
+                raise
+            self.bad_log.record(e.path, e.reason, self.ids[i])
+            return None
         return self.transform(img)
 
     @property
-    def bad_images(self) -> dict: return self.bad_log.bad
-    def summary(self) -> str: return self.bad_log.summary()
-    def warn_bad(self) -> int: return self.bad_log.warn()
+    def bad_images(self) -> dict:
+        return self.bad_log.bad
+
+    def summary(self) -> str:
+        return self.bad_log.summary()
+
+    def warn_bad(self) -> int:
+        return self.bad_log.warn()
+
     def scan(self, decode: bool = False) -> dict:
         "Check all files up front (`cskd.images.scan`); bad ones are recorded in the log and returned."
         bad = scan(self.paths, decode=decode)
         idx = {p: i for i, p in enumerate(self.paths)}
-        for p, r in bad.items(): self.bad_log.record(p, r, self.ids[idx[p]])
+        for p, r in bad.items():
+            self.bad_log.record(p, r, self.ids[idx[p]])
         return bad
 
 # %% ../nbs/01_data.ipynb #0183cba7
 class IAADataset(_ImageItems):
     "Labeled images: items `(image, target, image_id)`; target = 10-bin distribution or scalar mean."
-    def __init__(self, images, labels: pd.DataFrame, transform=None, template: str = "{image_id}.jpg",
-                 path_col: str | None = None, target: str = "auto", on_error: str = "raise",
-                 allow_truncated: bool = False, bad_log=None):
-        if "image_id" not in labels.columns: raise KeyError("labels need an 'image_id' column")
+
+    def __init__(
+        self,
+        images,
+        labels: pd.DataFrame,
+        transform=None,
+        template: str = "{image_id}.jpg",
+        path_col: str | None = None,
+        target: str = "auto",
+        on_error: str = "raise",
+        allow_truncated: bool = False,
+        bad_log=None,
+    ):
+        if "image_id" not in labels.columns:
+            raise KeyError("labels need an 'image_id' column")
         ids = labels["image_id"].astype(str).tolist()
         if isinstance(images, (str, os.PathLike)):
             root = Path(images)
-            if not root.is_dir(): raise FileNotFoundError(f"image folder {root} does not exist")
-            if path_col: paths = [root / f for f in labels[path_col].astype(str)]
-            else: paths = [root / template.format(image_id=i) for i in ids]
+            if not root.is_dir():
+                raise FileNotFoundError(f"image folder {root} does not exist")
+            if path_col:
+                paths = [root / f for f in labels[path_col].astype(str)]
+            else:
+                paths = [root / template.format(image_id=i) for i in ids]
         else:
             by_stem = {}
-            for p in map(Path, images): by_stem.setdefault(p.stem, p)
+            for p in map(Path, images):
+                by_stem.setdefault(p.stem, p)
             miss = [i for i in ids if i not in by_stem]
-            if miss: raise KeyError(f"{len(miss)} labeled image id(s) not in the given paths, e.g. {miss[:5]}")
+            if miss:
+                raise KeyError(f"{len(miss)} labeled image id(s) not in the given paths, e.g. {miss[:5]}")
             paths = [by_stem[i] for i in ids]
         has_votes = all(c in labels.columns for c in VOTE_COLS)
-        if target == "auto": target = "dist" if has_votes else "mean"
-        if target == "dist": self.targets = torch.from_numpy(votes_to_dist(labels))
+        if target == "auto":
+            target = "dist" if has_votes else "mean"
+        if target == "dist":
+            self.targets = torch.from_numpy(votes_to_dist(labels))
         elif target == "mean":
-            if "mean" not in labels.columns: raise KeyError("labels have neither votes_1..votes_10 nor 'mean'")
+            if "mean" not in labels.columns:
+                raise KeyError("labels have neither votes_1..votes_10 nor 'mean'")
             self.targets = torch.tensor(labels["mean"].to_numpy(np.float32))
-        else: raise ValueError(f"target={target!r}: use 'auto', 'dist' or 'mean'")
+        else:
+            raise ValueError(f"target={target!r}: use 'auto', 'dist' or 'mean'")
         self.target_kind = target
         super().__init__(paths, ids, transform, on_error, allow_truncated, bad_log)
 
@@ -285,30 +394,52 @@ class IAADataset(_ImageItems):
 # %% ../nbs/01_data.ipynb #4e5406dc
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
+
 def _source_paths(src, exts):
     "(paths, ids) of one source."
-    if hasattr(src, "paths") and hasattr(src, "ids"): return list(map(Path, src.paths)), list(src.ids)
+    if hasattr(src, "paths") and hasattr(src, "ids"):
+        return list(map(Path, src.paths)), list(src.ids)
     p = Path(src)
     if p.is_dir():
         paths = sorted(q for q in p.rglob("*") if q.suffix.lower() in exts and q.is_file())
     elif p.is_file():
         paths = []
         for n, l in enumerate(p.read_text().splitlines(), 1):
-            if not l.strip(): continue
-            q = Path(l.strip()); paths.append(q if q.is_absolute() else p.parent / q)
-    else: raise FileNotFoundError(f"pool source {p} is neither a folder nor a file list")
+            if not l.strip():
+                continue
+            q = Path(l.strip())
+            paths.append(q if q.is_absolute() else p.parent / q)
+    else:
+        raise FileNotFoundError(f"pool source {p} is neither a folder nor a file list")
     return paths, [q.stem for q in paths]
+
 
 class UnlabeledPool(_ImageItems):
     "Deduplicated union of image sources minus excluded ids; items `(image, image_id)`."
-    def __init__(self, sources, exclude_ids=(), include_test: bool = False, transform=None,
-                 dedup: str = "stem", exts=IMG_EXTS, on_error: str = "raise", allow_truncated: bool = False,
-                 bad_log=None):
-        if dedup not in ("stem", "path"): raise ValueError(f"dedup={dedup!r}: use 'stem' or 'path'")
-        if isinstance(sources, (str, os.PathLike)) or hasattr(sources, "paths"): sources = [sources]
-        named = sources.items() if isinstance(sources, dict) else \
-            ((f"{k}:{type(s).__name__ if hasattr(s, 'paths') else s}", s) for k, s in enumerate(sources))
-        if isinstance(exclude_ids, (str, os.PathLike)): exclude_ids = read_split(exclude_ids)
+
+    def __init__(
+        self,
+        sources,
+        exclude_ids=(),
+        include_test: bool = False,
+        transform=None,
+        dedup: str = "stem",
+        exts=IMG_EXTS,
+        on_error: str = "raise",
+        allow_truncated: bool = False,
+        bad_log=None,
+    ):
+        if dedup not in ("stem", "path"):
+            raise ValueError(f"dedup={dedup!r}: use 'stem' or 'path'")
+        if isinstance(sources, (str, os.PathLike)) or hasattr(sources, "paths"):
+            sources = [sources]
+        named = (
+            sources.items()
+            if isinstance(sources, dict)
+            else ((f"{k}:{type(s).__name__ if hasattr(s, 'paths') else s}", s) for k, s in enumerate(sources))
+        )
+        if isinstance(exclude_ids, (str, os.PathLike)):
+            exclude_ids = read_split(exclude_ids)
         excl = set() if include_test else {str(i) for i in exclude_ids}
         seen_path, seen_id, paths, ids, self.stats = set(), set(), [], [], {}
         for name, src in named:
@@ -317,9 +448,17 @@ class UnlabeledPool(_ImageItems):
             for p, i in zip(sp, si):
                 rp = os.path.realpath(p)
                 key = i if dedup == "stem" else rp
-                if i in excl: st["excluded"] += 1; continue
-                if rp in seen_path or key in seen_id: st["duplicates"] += 1; continue
-                seen_path.add(rp); seen_id.add(key); paths.append(p); ids.append(key); st["added"] += 1
+                if i in excl:
+                    st["excluded"] += 1
+                    continue
+                if rp in seen_path or key in seen_id:
+                    st["duplicates"] += 1
+                    continue
+                seen_path.add(rp)
+                seen_id.add(key)
+                paths.append(p)
+                ids.append(key)
+                st["added"] += 1
             self.stats[str(name)] = st
         super().__init__(paths, ids, transform, on_error, allow_truncated, bad_log)
 
@@ -333,17 +472,37 @@ class UnlabeledPool(_ImageItems):
 
     def pool_summary(self) -> str:
         "How many images each source gave, and how many were duplicates or excluded."
-        rows = [f"  {n}: found {s['found']}, added {s['added']}, duplicates {s['duplicates']}, excluded {s['excluded']}"
-                for n, s in self.stats.items()]
+        rows = [
+            f"  {n}: found {s['found']}, added {s['added']}, duplicates {s['duplicates']}, excluded {s['excluded']}"
+            for n, s in self.stats.items()
+        ]
         tot = {k: sum(s[k] for s in self.stats.values()) for k in ("found", "duplicates", "excluded")}
-        return (f"UnlabeledPool: {len(self)} images from {len(self.stats)} source(s) "
-                f"({tot['found']} found, {tot['duplicates']} duplicates, {tot['excluded']} excluded)\n" + "\n".join(rows))
+        return (
+            f"UnlabeledPool: {len(self)} images from {len(self.stats)} source(s) "
+            f"({tot['found']} found, {tot['duplicates']} duplicates, {tot['excluded']} excluded)\n" + "\n".join(rows)
+        )
 
 # %% ../nbs/01_data.ipynb #8b15cc73
-def make_loader(dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0, seed: int = 0,
-                drop_last: bool = False, **kwargs) -> torch.utils.data.DataLoader:
+def make_loader(
+    dataset,
+    batch_size: int,
+    shuffle: bool = False,
+    num_workers: int = 0,
+    seed: int = 0,
+    drop_last: bool = False,
+    **kwargs,
+) -> torch.utils.data.DataLoader:
     "A `DataLoader` with `collate_skip_none` and a seeded generator."
-    g = torch.Generator(); g.manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size, shuffle=shuffle, num_workers=num_workers, generator=g,
-                                       collate_fn=collate_skip_none, drop_last=drop_last,
-                                       persistent_workers=num_workers > 0, **kwargs)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        generator=g,
+        collate_fn=collate_skip_none,
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+        **kwargs,
+    )

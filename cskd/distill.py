@@ -20,8 +20,16 @@ from torch import nn
 from .config import ConfigError, param, register_phase
 from .data import UnlabeledPool, eval_transform, read_split, train_transform
 from .engine import fit
-from .iaa import (FINETUNE_DEFAULTS, FinetuneConfig, build_iaa_model, checkpoint_file, iaa_splits,
-                      load_encoder_weights, predict, prediction_metrics)
+from cskd.iaa import (
+    FINETUNE_DEFAULTS,
+    FinetuneConfig,
+    build_iaa_model,
+    checkpoint_file,
+    iaa_splits,
+    load_encoder_weights,
+    predict,
+    prediction_metrics,
+)
 from .losses import emd_loss, kl_loss
 from .metrics import mean_score
 from .runs import write_text_atomic
@@ -34,7 +42,9 @@ __all__ = ['DISTILL_DEFAULTS', 'DistillConfig', 'teacher_from_run', 'pseudo_labe
 # %% ../nbs/07_distill.ipynb #65502bca
 @dataclass
 class DistillConfig(FinetuneConfig):
-    teacher_run: str | None = param(None, "run folder of the fine-tuned IAA teacher (its config.json and best checkpoint)")
+    teacher_run: str | None = param(
+        None, "run folder of the fine-tuned IAA teacher (its config.json and best checkpoint)"
+    )
     pool_sources: list = param([], "unlabeled image folders / file lists; empty: the labeled images folder")
     include_test: bool = param(False, "let the test split's images into the pool (transductive; off by default)")
     pool_limit: int | None = param(None, "use only the first n pool images (tiny runs); None: all", min=1)
@@ -42,7 +52,9 @@ class DistillConfig(FinetuneConfig):
     temperature: float = param(1.0, "KL temperature", min=0.05)
     lambda_u: float = param(1.0, "weight of the unlabeled (distillation) loss", min=0.0)
     rampup_epochs: float = param(1.0, "epochs over which lambda ramps up", min=0.0)
-    confidence: float | None = param(None, "keep the most confident fraction of pseudo-labels; None: all", min=0.01, max=1.0)
+    confidence: float | None = param(
+        None, "keep the most confident fraction of pseudo-labels; None: all", min=0.01, max=1.0
+    )
     tta: bool = param(False, "average the teacher's predictions over the image and its horizontal flip")
     mutual: bool = param(False, "train two students that also distil each other")
     peer_encoder: str | None = param(None, "the second student's encoder (mutual); None: same as encoder")
@@ -51,8 +63,12 @@ class DistillConfig(FinetuneConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.head != "dist" or self.loss != "emd":
-            raise ConfigError("parameters 'head' / 'loss': distillation needs head='dist' and loss='emd' on the labeled part (score distributions)")
-        if self.teacher_run is None: raise ConfigError("parameter 'teacher_run': the fine-tuned IAA teacher's run folder is required")
+            raise ConfigError(
+                "parameters 'head' / 'loss': distillation needs head='dist' and loss='emd' on the labeled part (score distributions)"
+            )
+        if self.teacher_run is None:
+            raise ConfigError("parameter 'teacher_run': the fine-tuned IAA teacher's run folder is required")
+
 
 DISTILL_DEFAULTS = dict(FINETUNE_DEFAULTS)
 
@@ -61,13 +77,19 @@ def teacher_from_run(run_dir) -> tuple[IAAModel, FinetuneConfig]:
     "The IAA model of a fine-tuning or distillation run folder (of a mutual run: student `a`), with its best (else last) weights, in eval mode."
     run = Path(run_dir)
     cfg_file = run / "config.json"
-    if not cfg_file.exists(): raise FileNotFoundError(f"{cfg_file} does not exist: is {run} a fine-tuning run folder?")
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{cfg_file} does not exist: is {run} a fine-tuning run folder?")
     saved = json.loads(cfg_file.read_text())
     known = FinetuneConfig.__dataclass_fields__
-    cfg = FinetuneConfig(**{k: v for k, v in saved.items() if k in known and k not in ("device", "precision", "init", "pretrained")})
+    cfg = FinetuneConfig(
+        **{k: v for k, v in saved.items() if k in known and k not in ("device", "precision", "init", "pretrained")}
+    )
     model = build_iaa_model(cfg)
-    load_encoder_weights(model, run, prefix="a." if saved.get("mutual") else "")  # a mutual run: its first student, the one it reports
+    load_encoder_weights(
+        model, run, prefix="a." if saved.get("mutual") else ""
+    )  # a mutual run: its first student, the one it reports
     return model.eval(), cfg
+
 
 def _pool_key(teacher_file: Path, ids, tta: bool, size: int) -> str:
     h = hashlib.sha256()
@@ -76,14 +98,23 @@ def _pool_key(teacher_file: Path, ids, tta: bool, size: int) -> str:
     h.update("\n".join(ids).encode())
     return h.hexdigest()[:16]
 
+
 @torch.no_grad()
-def pseudo_labels(teacher: IAAModel, pool: UnlabeledPool, cache=None, key: str | None = None, tta: bool = False,
-                  batch_size: int = 128, progress: bool = True) -> pd.DataFrame:
+def pseudo_labels(
+    teacher: IAAModel,
+    pool: UnlabeledPool,
+    cache=None,
+    key: str | None = None,
+    tta: bool = False,
+    batch_size: int = 128,
+    progress: bool = True,
+) -> pd.DataFrame:
     "Teacher distributions `p1..p10` for every readable pool image, cached at `cache` (a CSV) under `key`."
     cache = Path(cache) if cache else None
     if cache and cache.exists() and key:
         head = json.loads(cache.with_suffix(".json").read_text()) if cache.with_suffix(".json").exists() else {}
-        if head.get("key") == key: return pd.read_csv(cache, dtype={"image_id": str})
+        if head.get("key") == key:
+            return pd.read_csv(cache, dtype={"image_id": str})
     pred = predict(teacher, pool, batch_size, progress=progress)
     if tta:
         flip = _Flipped(pool)
@@ -96,17 +127,25 @@ def pseudo_labels(teacher: IAAModel, pool: UnlabeledPool, cache=None, key: str |
         write_text_atomic(cache.with_suffix(".json"), json.dumps(dict(key=key, n=len(pred), tta=tta)))
     return pred
 
+
 class _Flipped(torch.utils.data.Dataset):
     "A dataset's items with the image flipped left-right (test-time augmentation)."
-    def __init__(self, ds): self.ds = ds
-    def __len__(self): return len(self.ds)
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
     def __getitem__(self, i):
         item = self.ds[i]
         return None if item is None else (item[0].flip(-1), *item[1:])
 
+
 def confident(pred: pd.DataFrame, keep: float | None) -> pd.DataFrame:
     "The `keep` fraction of pseudo-labels with the smallest predicted standard deviation (all when `keep` is None)."
-    if keep is None or keep >= 1: return pred
+    if keep is None or keep >= 1:
+        return pred
     p = pred[[c for c in pred.columns if c[0] == "p" and c[1:].isdigit()]].to_numpy()
     s = np.arange(1, p.shape[1] + 1)
     sd = np.sqrt((p * (s - (p @ s)[:, None]) ** 2).sum(1))
@@ -120,7 +159,10 @@ class SemiSupervised(torch.utils.data.Dataset):
         self.labeled, self.pool = labeled, pool
         self.pool_index = [i for i, id_ in enumerate(pool.ids) if id_ in targets]
         self.pool_targets = [targets[pool.ids[i]] for i in self.pool_index]
-    def __len__(self): return len(self.labeled) + len(self.pool_index)
+
+    def __len__(self):
+        return len(self.labeled) + len(self.pool_index)
+
     def __getitem__(self, i):
         if i < len(self.labeled):
             item = self.labeled[i]
@@ -132,19 +174,27 @@ class SemiSupervised(torch.utils.data.Dataset):
 # %% ../nbs/07_distill.ipynb #70162810
 def rampup(epoch: float, epochs: float) -> float:
     "Sigmoid-shaped ramp from 0 to 1 over `epochs` (1 from the start when `epochs` is 0)."
-    if epochs <= 0 or epoch >= epochs: return 1.0
+    if epochs <= 0 or epoch >= epochs:
+        return 1.0
     return math.exp(-5.0 * (1.0 - epoch / epochs) ** 2)
+
 
 class MutualPair(nn.Module):
     "Two students trained together; `forward` gives both students' logits."
+
     def __init__(self, a: IAAModel, b: IAAModel):
         super().__init__()
         self.a, self.b = a, b
-    def forward(self, x): return self.a(x), self.b(x)
+
+    def forward(self, x):
+        return self.a(x), self.b(x)
+
 
 def _d(logits, target, kind, temperature):
-    if kind == "emd": return emd_loss(logits.float().softmax(-1), target)
+    if kind == "emd":
+        return emd_loss(logits.float().softmax(-1), target)
     return kl_loss(logits.float(), target, temperature)
+
 
 def distill_step(model, batch, info, cfg: DistillConfig):
     "Labeled loss + lambda(t) * distillation loss for one batch `(images, targets, is_labeled)`."
@@ -166,46 +216,94 @@ def distill_step(model, batch, info, cfg: DistillConfig):
 # %% ../nbs/07_distill.ipynb #3108f6f2
 def _student(cfg: DistillConfig, encoder: str, init) -> IAAModel:
     enc = build_encoder(encoder, cfg.pretrained, cfg.image_size, cfg.drop_path)
-    if init: load_encoder_weights(enc, init)
+    if init:
+        load_encoder_weights(enc, init)
     return IAAModel(enc, IAAHead(enc.dim, kind="dist", dropout=cfg.dropout))
+
 
 def distill(cfg: DistillConfig) -> dict:
     "Phase 2c: train the student on labels plus the teacher's pseudo-labels; returns flat metrics."
     teacher, tcfg = teacher_from_run(cfg.teacher_run)
     torch.manual_seed(cfg.seed)
     student = _student(cfg, cfg.encoder, cfg.init)
-    model = MutualPair(student, _student(cfg, cfg.peer_encoder or cfg.encoder, cfg.peer_init or cfg.init)) if cfg.mutual else student
+    model = (
+        MutualPair(student, _student(cfg, cfg.peer_encoder or cfg.encoder, cfg.peer_init or cfg.init))
+        if cfg.mutual
+        else student
+    )
     enc = student.encoder
     data = iaa_splits(cfg, enc.mean, enc.std)
     root = Path(cfg.data_root)
     sources = cfg.pool_sources or [str(root / cfg.images)]
     # evaluation images stay out of the pool: test always (unless include_test), val too, since it selects checkpoints
     exclude = read_split(root / cfg.test_split) + read_split(root / cfg.val_split)
-    tpool = UnlabeledPool(sources, exclude_ids=exclude, include_test=cfg.include_test,
-                          transform=eval_transform(tcfg.image_size, teacher.encoder.mean, teacher.encoder.std), on_error=cfg.on_bad_image)
-    if cfg.pool_limit: tpool.paths, tpool.ids = tpool.paths[:cfg.pool_limit], tpool.ids[:cfg.pool_limit]
+    tpool = UnlabeledPool(
+        sources,
+        exclude_ids=exclude,
+        include_test=cfg.include_test,
+        transform=eval_transform(tcfg.image_size, teacher.encoder.mean, teacher.encoder.std),
+        on_error=cfg.on_bad_image,
+    )
+    if cfg.pool_limit:
+        tpool.paths, tpool.ids = tpool.paths[: cfg.pool_limit], tpool.ids[: cfg.pool_limit]
     tfile = checkpoint_file(cfg.teacher_run)
-    pseudo = pseudo_labels(teacher, tpool, Path(cfg.run_dir) / "teacher_predictions.csv" if cfg.run_dir else None,
-                           _pool_key(tfile, tpool.ids, cfg.tta, tcfg.image_size), cfg.tta, cfg.eval_batch_size, cfg.progress)
+    pseudo = pseudo_labels(
+        teacher,
+        tpool,
+        Path(cfg.run_dir) / "teacher_predictions.csv" if cfg.run_dir else None,
+        _pool_key(tfile, tpool.ids, cfg.tta, tcfg.image_size),
+        cfg.tta,
+        cfg.eval_batch_size,
+        cfg.progress,
+    )
     kept = confident(pseudo, cfg.confidence)
-    spool = UnlabeledPool(sources, exclude_ids=exclude, include_test=cfg.include_test,
-                          transform=train_transform(cfg.image_size, enc.mean, enc.std, scale=(cfg.crop_scale, 1.0)), on_error=cfg.on_bad_image)
+    spool = UnlabeledPool(
+        sources,
+        exclude_ids=exclude,
+        include_test=cfg.include_test,
+        transform=train_transform(cfg.image_size, enc.mean, enc.std, scale=(cfg.crop_scale, 1.0)),
+        on_error=cfg.on_bad_image,
+    )
     train = SemiSupervised(data["train"], spool, kept)
-    evaluate = lambda m: {f"val_{k}": v for k, v in prediction_metrics(predict(m, data["val"], cfg.eval_batch_size)).items()}
+    evaluate = lambda m: {
+        f"val_{k}": v for k, v in prediction_metrics(predict(m, data["val"], cfg.eval_batch_size)).items()
+    }
     from cskd.data import collate_skip_none
+
     train_cfg = dataclasses.replace(cfg, head_prefixes=("a.head", "b.head")) if cfg.mutual else cfg
-    res = fit(model, train, lambda m, b, info: distill_step(m, b, info, cfg), train_cfg,
-              eval_fn=lambda m: evaluate(m.a if cfg.mutual else m), collate_fn=collate_skip_none)
-    if res.best_checkpoint is not None: load_encoder_weights(model, res.best_checkpoint, prefix="")
+    res = fit(
+        model,
+        train,
+        lambda m, b, info: distill_step(m, b, info, cfg),
+        train_cfg,
+        eval_fn=lambda m: evaluate(m.a if cfg.mutual else m),
+        collate_fn=collate_skip_none,
+    )
+    if res.best_checkpoint is not None:
+        load_encoder_weights(model, res.best_checkpoint, prefix="")
     out = dict(n_labeled=len(data["train"]), n_pseudo=len(kept), n_pool=len(tpool))
     for split in ("val", "test"):
         pred = predict(student, data[split], cfg.eval_batch_size)
         out.update({f"{split}_{k}": v for k, v in prediction_metrics(pred).items()})
-        if cfg.run_dir: pred.to_csv(Path(cfg.run_dir) / f"predictions_{split}.csv", index=False)
+        if cfg.run_dir:
+            pred.to_csv(Path(cfg.run_dir) / f"predictions_{split}.csv", index=False)
     if cfg.mutual:
-        out.update({f"peer_test_{k}": v for k, v in prediction_metrics(predict(model.b, data["test"], cfg.eval_batch_size)).items()})
+        out.update(
+            {
+                f"peer_test_{k}": v
+                for k, v in prediction_metrics(predict(model.b, data["test"], cfg.eval_batch_size)).items()
+            }
+        )
     out.update(best_step=res.best_step, steps=res.global_step)
-    if cfg.run_dir: write_text_atomic(Path(cfg.run_dir) / "results.json", json.dumps(out, indent=1) + "\n")
+    if cfg.run_dir:
+        write_text_atomic(Path(cfg.run_dir) / "results.json", json.dumps(out, indent=1) + "\n")
     return out
 
-register_phase("distill", DistillConfig, distill, "phase 2: semi-supervised distillation of the IAA teacher into a student", DISTILL_DEFAULTS)
+
+register_phase(
+    "distill",
+    DistillConfig,
+    distill,
+    "phase 2: semi-supervised distillation of the IAA teacher into a student",
+    DISTILL_DEFAULTS,
+)

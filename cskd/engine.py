@@ -11,7 +11,7 @@ import dataclasses, difflib, inspect, json, math, os, random, shutil, socket, sy
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -33,21 +33,28 @@ __all__ = ['TrainConfig', 'lr_factor', 'mix_seed', 'StepBatchSampler', 'build_pa
            'is_main_process', 'NonFiniteLossError', 'StepInfo', 'FitResult', 'resolve_device', 'fit']
 
 # %% ../nbs/04_engine.ipynb #2163bce3
-_CHOICES = dict(optimizer=("adamw", "sgd"), schedule=("cosine", "constant"),
-                precision=("auto", "bf16", "fp32"), best_mode=("min", "max"), resume=(False, True, "auto"))
+_CHOICES = dict(
+    optimizer=("adamw", "sgd"),
+    schedule=("cosine", "constant"),
+    precision=("auto", "bf16", "fp32"),
+    best_mode=("min", "max"),
+    resume=(False, True, "auto"),
+)
+
 
 @dataclass
 class TrainConfig:
     "Everything a run needs besides model, data and loss. Phases set fields; they never copy the loop."
+
     epochs: int = 1
-    batch_size: int = 32                # global: samples per optimizer step over all ranks and micro-batches
+    batch_size: int = 32  # global: samples per optimizer step over all ranks and micro-batches
     lr: float = 1e-3
-    head_lr: Optional[float] = None     # None: same as lr
-    head_prefixes: tuple = ("head",)    # parameter-name prefixes that head_lr applies to
-    weight_decay: float = 0.05          # never applied to biases, norm weights or timm's no_weight_decay()
+    head_lr: Optional[float] = None  # None: same as lr
+    head_prefixes: tuple = ("head",)  # parameter-name prefixes that head_lr applies to
+    weight_decay: float = 0.05  # never applied to biases, norm weights or timm's no_weight_decay()
     optimizer: str = "adamw"
-    momentum: float = 0.9               # sgd only
-    betas: tuple = (0.9, 0.999)         # adamw only
+    momentum: float = 0.9  # sgd only
+    betas: tuple = (0.9, 0.999)  # adamw only
     warmup_steps: int = 0
     warmup_epochs: float = 0.0
     schedule: str = "cosine"
@@ -57,55 +64,88 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool = False
     compile: bool = False
-    device: str = "auto"                # auto: cuda (this rank's LOCAL_RANK) if available, else cpu
+    device: str = "auto"  # auto: cuda (this rank's LOCAL_RANK) if available, else cpu
     num_workers: int = 0
     seed: int = 0
-    eval_every: int = 1                 # epochs; 0 = only at the end
-    ckpt_every: int = 0                 # optimizer steps; 0 = only at the end of each epoch
-    best_metric: Optional[str] = None   # a key of eval_fn's dict; keeps checkpoints/best
+    eval_every: int = 1  # epochs; 0 = only at the end
+    ckpt_every: int = 0  # optimizer steps; 0 = only at the end of each epoch
+    best_metric: Optional[str] = None  # a key of eval_fn's dict; keeps checkpoints/best
     best_mode: str = "max"
-    patience: Optional[int] = None      # early stopping: evaluations without a better best_metric; None = off
-    log_every: int = 10                 # optimizer steps
+    patience: Optional[int] = None  # early stopping: evaluations without a better best_metric; None = off
+    log_every: int = 10  # optimizer steps
     progress: bool = True
-    run_dir: Optional[str] = None       # None: write nothing
+    run_dir: Optional[str] = None  # None: write nothing
     resume: Union[bool, str] = "auto"
 
     def __post_init__(self):
-        def bad(name, why): raise ValueError(f"TrainConfig.{name} = {getattr(self, name)!r} {why}")
+        def bad(name, why):
+            raise ValueError(f"TrainConfig.{name} = {getattr(self, name)!r} {why}")
+
         def integer(name, lo):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int): bad(name, "must be an integer")
-            if v < lo: bad(name, f"must be >= {lo}")
+            if isinstance(v, bool) or not isinstance(v, int):
+                bad(name, "must be an integer")
+            if v < lo:
+                bad(name, f"must be >= {lo}")
+
         def number(name, lo, strict=False, optional=False):
             v = getattr(self, name)
-            if v is None and optional: return
-            if isinstance(v, bool) or not isinstance(v, (int, float)): bad(name, "must be a number")
-            if v < lo or (strict and v == lo): bad(name, f"must be {'>' if strict else '>='} {lo}")
+            if v is None and optional:
+                return
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                bad(name, "must be a number")
+            if v < lo or (strict and v == lo):
+                bad(name, f"must be {'>' if strict else '>='} {lo}")
             setattr(self, name, float(v))
+
         for k, v in _CHOICES.items():
             val = getattr(self, k)
             if not any(val is c or (isinstance(c, str) and val == c) for c in v):
                 bad(k, f"is not allowed; choose one of {', '.join(map(repr, v))}")
-        for k, lo in dict(epochs=1, batch_size=1, accum_steps=1, warmup_steps=0, num_workers=0, seed=0,
-                          eval_every=0, ckpt_every=0, log_every=1).items(): integer(k, lo)
-        number("lr", 0, strict=True); number("head_lr", 0, strict=True, optional=True)
-        number("weight_decay", 0); number("momentum", 0); number("min_lr", 0); number("warmup_epochs", 0)
+        for k, lo in dict(
+            epochs=1,
+            batch_size=1,
+            accum_steps=1,
+            warmup_steps=0,
+            num_workers=0,
+            seed=0,
+            eval_every=0,
+            ckpt_every=0,
+            log_every=1,
+        ).items():
+            integer(k, lo)
+        number("lr", 0, strict=True)
+        number("head_lr", 0, strict=True, optional=True)
+        number("weight_decay", 0)
+        number("momentum", 0)
+        number("min_lr", 0)
+        number("warmup_epochs", 0)
         number("grad_clip", 0, optional=True)
         if self.patience is not None:
             integer("patience", 1)
-            if not self.best_metric: bad("patience", "needs best_metric (the metric whose improvement it waits for)")
-        if self.grad_clip == 0: self.grad_clip = None
-        if self.min_lr > self.lr: bad("min_lr", f"must be <= lr ({self.lr})")
-        if self.warmup_steps and self.warmup_epochs: bad("warmup_epochs", "cannot be set together with warmup_steps")
+            if not self.best_metric:
+                bad("patience", "needs best_metric (the metric whose improvement it waits for)")
+        if self.grad_clip == 0:
+            self.grad_clip = None
+        if self.min_lr > self.lr:
+            bad("min_lr", f"must be <= lr ({self.lr})")
+        if self.warmup_steps and self.warmup_epochs:
+            bad("warmup_epochs", "cannot be set together with warmup_steps")
         for k in ("channels_last", "compile", "progress"):
-            if not isinstance(getattr(self, k), bool): bad(k, "must be True or False")
-        if isinstance(self.head_prefixes, str): self.head_prefixes = (self.head_prefixes,)
+            if not isinstance(getattr(self, k), bool):
+                bad(k, "must be True or False")
+        if isinstance(self.head_prefixes, str):
+            self.head_prefixes = (self.head_prefixes,)
         self.head_prefixes, self.betas = tuple(self.head_prefixes), tuple(float(b) for b in self.betas)
-        if len(self.betas) != 2: bad("betas", "must be two numbers")
-        if self.run_dir is not None: self.run_dir = str(self.run_dir)
-        if not isinstance(self.device, str): self.device = str(self.device)
+        if len(self.betas) != 2:
+            bad("betas", "must be two numbers")
+        if self.run_dir is not None:
+            self.run_dir = str(self.run_dir)
+        if not isinstance(self.device, str):
+            self.device = str(self.device)
 
-    def to_dict(self) -> dict: return dataclasses.asdict(self)
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -123,8 +163,10 @@ class TrainConfig:
 # %% ../nbs/04_engine.ipynb #5498c7c4
 def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = "cosine", min_ratio: float = 0.0) -> float:
     "Multiplier of the base learning rate for optimizer step `step` (0-based) of `total`."
-    if step < warmup: return (step + 1) / warmup
-    if schedule == "constant": return 1.0
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
     p = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
@@ -133,47 +175,77 @@ def mix_seed(*xs) -> int:
     "A 63-bit seed from non-negative ints: distinct tuples give unrelated streams."
     return int(np.random.SeedSequence([int(x) for x in xs]).generate_state(1, np.uint64)[0] >> 1)
 
+
 class _Batch(list):
     "The indices of one micro-batch and the seed its data worker uses (a picklable list)."
+
     seed: int = 0
+
 
 class StepBatchSampler:
     "Yields this rank's micro-batches of indices for one epoch, from optimizer step `start` on."
-    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, accum_steps: int = 1):
+
+    def __init__(
+        self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, accum_steps: int = 1
+    ):
         if batch_size % (world_size * accum_steps):
-            raise ValueError(f"batch_size={batch_size} is not divisible by world_size * accum_steps = "
-                             f"{world_size} * {accum_steps}; the global batch must split into equal micro-batches")
-        self.n, self.batch_size, self.seed, self.rank, self.world_size, self.accum = n, batch_size, seed, rank, world_size, accum_steps
+            raise ValueError(
+                f"batch_size={batch_size} is not divisible by world_size * accum_steps = "
+                f"{world_size} * {accum_steps}; the global batch must split into equal micro-batches"
+            )
+        self.n, self.batch_size, self.seed, self.rank, self.world_size, self.accum = (
+            n,
+            batch_size,
+            seed,
+            rank,
+            world_size,
+            accum_steps,
+        )
         self.micro = batch_size // (world_size * accum_steps)
         self.steps = n // batch_size  # drop_last
         self.epoch, self.start = 0, 0
 
-    def set_position(self, epoch: int, start: int = 0): self.epoch, self.start = epoch, start
+    def set_position(self, epoch: int, start: int = 0):
+        self.epoch, self.start = epoch, start
+
     def permutation(self, epoch: int) -> torch.Tensor:
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
-    def __len__(self): return (self.steps - self.start) * self.accum
+
+    def __len__(self):
+        return (self.steps - self.start) * self.accum
 
     def __iter__(self):
         perm, per_rank = self.permutation(self.epoch).tolist(), self.batch_size // self.world_size
         for k in range(self.start, self.steps):
             lo = k * self.batch_size + self.rank * per_rank
             for m in range(self.accum):
-                b = _Batch(perm[lo + m * self.micro: lo + (m + 1) * self.micro])
+                b = _Batch(perm[lo + m * self.micro : lo + (m + 1) * self.micro])
                 b.seed = mix_seed(self.seed, self.epoch, k, m, self.rank)
                 yield b
 
+
 class _SeededFetch(Dataset):
     "Wraps a map-style dataset: in a data worker, seed the RNGs from the micro-batch before loading it."
-    def __init__(self, ds): self.ds = ds
-    def __len__(self): return len(self.ds)
-    def __getitem__(self, i): return self.ds[i]
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.ds[i]
+
     def __getitems__(self, batch):
         if isinstance(batch, _Batch) and torch.utils.data.get_worker_info() is not None:
-            random.seed(batch.seed); np.random.seed(batch.seed % 2**32); torch.manual_seed(batch.seed)
+            random.seed(batch.seed)
+            np.random.seed(batch.seed % 2**32)
+            torch.manual_seed(batch.seed)
         return [self.ds[i] for i in batch]
 
 # %% ../nbs/04_engine.ipynb #43c5238b
 _GROUP_KEYS = {"params", "lr", "lr_mult", "weight_decay", "name"}
+
 
 def build_param_groups(model: nn.Module, cfg: TrainConfig, param_groups=None) -> list:
     "Optimizer parameter groups (each with `base_lr`): user/head groups, each split into decay / no-decay."
@@ -185,109 +257,161 @@ def build_param_groups(model: nn.Module, cfg: TrainConfig, param_groups=None) ->
         head = [p for n, p in named if is_head(n)]
         if not head:
             tops = sorted({n.split(".")[0] for n, _ in named})
-            raise ValueError(f"TrainConfig.head_lr is set but no parameter name starts with head_prefixes="
-                             f"{cfg.head_prefixes}; the model's top-level parameter names: {tops}")
+            raise ValueError(
+                f"TrainConfig.head_lr is set but no parameter name starts with head_prefixes="
+                f"{cfg.head_prefixes}; the model's top-level parameter names: {tops}"
+            )
         param_groups = [dict(params=head, lr=cfg.head_lr, name="head")]
     groups = list(param_groups(model) if callable(param_groups) else (param_groups or []))
     seen, out = set(), []
+
     def add(params, g, gname):
         lr = g.get("lr", cfg.lr * g.get("lr_mult", 1.0))
         wd = g.get("weight_decay", cfg.weight_decay)
         decay = [p for p in params if p.ndim >= 2 and name_of[id(p)] not in skip]
         no_decay = [p for p in params if not (p.ndim >= 2 and name_of[id(p)] not in skip)]
         for ps, w, suffix in ((decay, wd, ""), (no_decay, 0.0, "/no_decay")):
-            if ps: out.append(dict(params=ps, lr=lr, base_lr=lr, weight_decay=w, name=gname + suffix))
+            if ps:
+                out.append(dict(params=ps, lr=lr, base_lr=lr, weight_decay=w, name=gname + suffix))
+
     for i, g in enumerate(groups):
         extra = set(g) - _GROUP_KEYS
-        if extra: raise ValueError(f"param_groups[{i}] has unknown key(s) {sorted(extra)}; allowed: {sorted(_GROUP_KEYS)}")
+        if extra:
+            raise ValueError(f"param_groups[{i}] has unknown key(s) {sorted(extra)}; allowed: {sorted(_GROUP_KEYS)}")
         params = [p[1] if isinstance(p, tuple) else p for p in g["params"]]
         params = [p for p in params if p.requires_grad]
         for p in params:
-            if id(p) not in name_of: raise ValueError(f"param_groups[{i}] holds a tensor that is not a parameter of the model")
-            if id(p) in seen: raise ValueError(f"parameter {name_of[id(p)]!r} is in more than one of param_groups")
+            if id(p) not in name_of:
+                raise ValueError(f"param_groups[{i}] holds a tensor that is not a parameter of the model")
+            if id(p) in seen:
+                raise ValueError(f"parameter {name_of[id(p)]!r} is in more than one of param_groups")
             seen.add(id(p))
         add(params, g, g.get("name", f"group{i}"))
     rest = [p for _, p in named if id(p) not in seen]
-    if rest: add(rest, {}, "default")
+    if rest:
+        add(rest, {}, "default")
     return out
 
+
 def _make_optimizer(groups, cfg):
-    if cfg.optimizer == "sgd": return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 # %% ../nbs/04_engine.ipynb #6e0f12e5
 def _fsync(path: Path):
     fd = os.open(path, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 def _atomic_dir(final: Path, write: Callable[[Path], None]):
     "Create folder `final` through `write(tmp_folder)` so that readers never see it half written."
-    final = Path(final); final.parent.mkdir(parents=True, exist_ok=True)
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = (final.with_name(f"{final.name}.{t}-{os.getpid()}") for t in ("tmp", "old"))
-    for d in (tmp, old): shutil.rmtree(d, ignore_errors=True)
+    for d in (tmp, old):
+        shutil.rmtree(d, ignore_errors=True)
     tmp.mkdir()
     try:
         write(tmp)
-        for f in tmp.iterdir(): _fsync(f)
+        for f in tmp.iterdir():
+            _fsync(f)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed write (full disk, quota) leaves no debris; `final` is untouched
+        shutil.rmtree(
+            tmp, ignore_errors=True
+        )  # a failed write (full disk, quota) leaves no debris; `final` is untouched
         raise
-    if final.exists(): os.replace(final, old)  # a kill after this line leaves a complete `old`
+    if final.exists():
+        os.replace(final, old)  # a kill after this line leaves a complete `old`
     os.replace(tmp, final)
     _fsync(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
+
 def _resolve_checkpoint(path) -> Optional[Path]:
     "The complete checkpoint folder at `path`, or the `.old-` copy a kill between two renames left; None if neither."
     path = Path(path)
-    if (path / "state.pt").exists() or (path / "model.safetensors").exists(): return path
-    olds = sorted(path.parent.glob(f"{path.name}.old-*"), key=lambda p: p.stat().st_mtime) if path.parent.exists() else []
+    if (path / "state.pt").exists() or (path / "model.safetensors").exists():
+        return path
+    olds = (
+        sorted(path.parent.glob(f"{path.name}.old-*"), key=lambda p: p.stat().st_mtime) if path.parent.exists() else []
+    )
     return olds[-1] if olds else None
+
 
 def save_checkpoint(path, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, **state) -> Path:
     "Atomically write `path/model.safetensors` and `path/state.pt` (optimizer state + `state`, plain values and tensors)."
     path = Path(path)
+
     def write(tmp):
-        for name, save in (("model.safetensors", lambda f: save_model(model, str(f), force_contiguous=True)),
-                           ("state.pt", lambda f: torch.save(dict(state, optimizer=optimizer.state_dict() if optimizer is not None else None), f))):
-            try: save(tmp / name)
-            except Exception as e: raise CheckpointWriteError(path, name, e) from e
+        for name, save in (
+            ("model.safetensors", lambda f: save_model(model, str(f), force_contiguous=True)),
+            (
+                "state.pt",
+                lambda f: torch.save(
+                    dict(state, optimizer=optimizer.state_dict() if optimizer is not None else None), f
+                ),
+            ),
+        ):
+            try:
+                save(tmp / name)
+            except Exception as e:
+                raise CheckpointWriteError(path, name, e) from e
+
     _atomic_dir(path, write)
     return path
 
+
 class CheckpointWriteError(RuntimeError):
     "Writing a checkpoint failed (a full disk, a quota, a file-size limit...); the previous checkpoint is untouched."
+
     def __init__(self, path, name: str, cause: BaseException):
         path, self.cause = Path(path), cause
         self.path, self.file = path, name
-        try: free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on that file system"
-        except OSError: free = ""
+        try:
+            free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on that file system"
+        except OSError:
+            free = ""
         prev = _resolve_checkpoint(path)
-        super().__init__(f"could not write checkpoint {path}: writing {name} failed: {str(cause).strip()} "
-                         f"(is the disk full, or a quota or file-size limit reached?{free}); "
-                         + (f"the previous checkpoint {prev} is intact and loadable" if prev else "there is no previous checkpoint"))
+        super().__init__(
+            f"could not write checkpoint {path}: writing {name} failed: {str(cause).strip()} "
+            f"(is the disk full, or a quota or file-size limit reached?{free}); "
+            + (f"the previous checkpoint {prev} is intact and loadable" if prev else "there is no previous checkpoint")
+        )
+
 
 class CheckpointError(ValueError):
     "A checkpoint file that cannot be read: damaged, not a checkpoint, or holding code (refused)."
 
+
 def _load_state(f: Path, map_location):
     "torch.load(weights_only=True) of a state.pt, with errors that name the file and never suggest weights_only=False."
-    try: return torch.load(f, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(f, map_location=map_location, weights_only=True)
     except Exception as e:
         lines = [l.strip() for l in str(e).splitlines() if l.strip()]
         why = next((l for l in lines if "GLOBAL" in l or "Unsupported" in l), lines[-1] if lines else type(e).__name__)
-        raise CheckpointError(f"{f}: not a loadable checkpoint state ({why}); cskd reads only tensors and plain values from "
-                              f"state.pt and runs no code from it: the file is damaged, or was not written by cskd") from None
+        raise CheckpointError(
+            f"{f}: not a loadable checkpoint state ({why}); cskd reads only tensors and plain values from "
+            f"state.pt and runs no code from it: the file is damaged, or was not written by cskd"
+        ) from None
+
 
 def load_checkpoint(path, model: Optional[nn.Module] = None, optimizer=None, map_location="cpu") -> dict:
     "Load a checkpoint folder's weights into `model`, its optimizer state into `optimizer`; return the state dict."
     found = _resolve_checkpoint(path)
-    if found is None: raise FileNotFoundError(f"no checkpoint at {path} (expected {Path(path) / 'state.pt'})")
-    if model is not None: load_weights(model, found)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint at {path} (expected {Path(path) / 'state.pt'})")
+    if model is not None:
+        load_weights(model, found)
     state = _load_state(found / "state.pt", map_location)
-    if optimizer is not None and state.get("optimizer") is not None: optimizer.load_state_dict(state["optimizer"])
+    if optimizer is not None and state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
     return state
+
 
 def load_weights(model: nn.Module, path, strict: bool = True) -> nn.Module:
     "Load safetensors weights (a `.safetensors` file or a checkpoint folder) into `model`, naming any mismatch."
@@ -295,171 +419,274 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> nn.Module:
     if path.is_dir() or not path.suffix:
         found = _resolve_checkpoint(path)
         path = (found or path) / "model.safetensors"
-    if not path.exists(): raise FileNotFoundError(f"no weights file at {path}")
+    if not path.exists():
+        raise FileNotFoundError(f"no weights file at {path}")
     own = model.state_dict()
     try:
         with safe_open(str(path), framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e: raise CheckpointError(f"{path}: not a valid safetensors file ({str(e).strip()})") from None
-    bad = [f"{k}: file {shapes[k]} vs model {tuple(own[k].shape)}" for k in shapes if k in own and shapes[k] != tuple(own[k].shape)]
-    if bad: raise ValueError(f"{path}: weights do not fit {type(model).__name__}; shape mismatch: " + "; ".join(bad[:10]))
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({str(e).strip()})") from None
+    bad = [
+        f"{k}: file {shapes[k]} vs model {tuple(own[k].shape)}"
+        for k in shapes
+        if k in own and shapes[k] != tuple(own[k].shape)
+    ]
+    if bad:
+        raise ValueError(f"{path}: weights do not fit {type(model).__name__}; shape mismatch: " + "; ".join(bad[:10]))
     missing, unexpected = load_model(model, str(path), strict=False)
     if strict and (missing or unexpected):
-        raise ValueError(f"{path}: weights do not fit {type(model).__name__}; missing keys: {sorted(missing)[:10]}"
-                         f"{' ...' if len(missing) > 10 else ''}; unexpected keys: {sorted(unexpected)[:10]}"
-                         f"{' ...' if len(unexpected) > 10 else ''}")
+        raise ValueError(
+            f"{path}: weights do not fit {type(model).__name__}; missing keys: {sorted(missing)[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}; unexpected keys: {sorted(unexpected)[:10]}"
+            f"{' ...' if len(unexpected) > 10 else ''}"
+        )
     return model
 
 # %% ../nbs/04_engine.ipynb #06f4bacc
 class RunLockedError(RuntimeError):
     "Another live process holds the run folder."
 
+
 def _pid_alive(pid: int) -> bool:
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
     try:  # a killed but not yet reaped child is a zombie: dead for our purpose
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError: return True
+    except OSError:
+        return True
+
 
 def _acquire_lock(run_dir: Path) -> Path:
     lock, host = Path(run_dir) / "run.lock", socket.gethostname()
     for _ in range(3):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            with os.fdopen(fd, "w") as f: f.write(f"{os.getpid()} {host}\n")
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()} {host}\n")
             return lock
         except FileExistsError:
-            try: pid_s, lock_host = lock.read_text().split()[:2]; pid = int(pid_s)
-            except (OSError, ValueError): pid, lock_host = None, host  # unreadable: treat as stale
+            try:
+                pid_s, lock_host = lock.read_text().split()[:2]
+                pid = int(pid_s)
+            except (OSError, ValueError):
+                pid, lock_host = None, host  # unreadable: treat as stale
             if pid is not None and lock_host != host:
-                raise RunLockedError(f"run_dir {run_dir} is locked by pid {pid} on host {lock_host}; "
-                                     f"if that run is dead, delete {lock}") from None
+                raise RunLockedError(
+                    f"run_dir {run_dir} is locked by pid {pid} on host {lock_host}; if that run is dead, delete {lock}"
+                ) from None
             if pid is not None and _pid_alive(pid):
-                raise RunLockedError(f"run_dir {run_dir} is in use by running process {pid} (lock file {lock}); "
-                                     f"wait for it, stop it, or choose another run_dir") from None
-            try: lock.unlink()  # stale: its process is gone
-            except FileNotFoundError: pass
+                raise RunLockedError(
+                    f"run_dir {run_dir} is in use by running process {pid} (lock file {lock}); "
+                    f"wait for it, stop it, or choose another run_dir"
+                ) from None
+            try:
+                lock.unlink()  # stale: its process is gone
+            except FileNotFoundError:
+                pass
     raise RunLockedError(f"could not take the lock {lock}")
+
 
 def _release_lock(lock: Optional[Path]):
     try:
-        if lock is not None and lock.read_text().split()[0] == str(os.getpid()): lock.unlink()
-    except (OSError, IndexError): pass
+        if lock is not None and lock.read_text().split()[0] == str(os.getpid()):
+            lock.unlink()
+    except (OSError, IndexError):
+        pass
 
 # %% ../nbs/04_engine.ipynb #6cadeb61
 def _rng_state() -> dict:
     v, st, gauss = random.getstate()
     _, keys, pos, has_gauss, cached = np.random.get_state()
-    return dict(python=[v, list(st), gauss], numpy=[keys.tolist(), int(pos), int(has_gauss), float(cached)],
-                torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [])
+    return dict(
+        python=[v, list(st), gauss],
+        numpy=[keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        torch=torch.get_rng_state(),
+        cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+    )
+
 
 def _set_rng_state(s: dict):
-    v, st, gauss = s["python"]; random.setstate((v, tuple(st), gauss))
-    keys, pos, has_gauss, cached = s["numpy"]; np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    v, st, gauss = s["python"]
+    random.setstate((v, tuple(st), gauss))
+    keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(s["torch"])
-    if s.get("cuda") and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+    if s.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
 
 def _seed_all(seed: int):
-    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
 
 def is_main_process() -> bool:
     "True on rank 0 of a distributed run (or when not distributed): the process that logs and saves."
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank() == 0
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
     return int(os.environ.get("RANK", "0")) == 0
+
 
 def _init_distributed() -> bool:
     "Initialise the process group when started by torchrun with more than one process; True if we created it."
-    if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1: return False
-    if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return True
+
 
 def _world() -> tuple:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
+
 def _share(obj, world: int):
     "Rank 0's `obj` on every rank."
-    if world == 1: return obj
-    box = [obj]; dist.broadcast_object_list(box, src=0); return box[0]
+    if world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
 
 def _gather(obj, world: int) -> list:
-    if world == 1: return [obj]
-    out = [None] * world; dist.all_gather_object(out, obj); return out
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
 
 # %% ../nbs/04_engine.ipynb #58f6c64b
 class NonFiniteLossError(FloatingPointError):
     "The loss became NaN or infinite; raised before the optimizer step."
+
     def __init__(self, loss: float, step: int, epoch: int, checkpoint=None):
         self.loss, self.step, self.epoch, self.checkpoint = loss, step, epoch, checkpoint
-        super().__init__(f"non-finite loss {loss} at step {step} (epoch {epoch}); the optimizer step was skipped and "
-                         f"training stopped; " + (f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written"))
+        super().__init__(
+            f"non-finite loss {loss} at step {step} (epoch {epoch}); the optimizer step was skipped and "
+            f"training stopped; "
+            + (f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written")
+        )
+
 
 class StepInfo(NamedTuple):
     "Where training is, for a `step_fn(model, batch, info)` that needs it."
-    step: int             # optimizer steps done
+
+    step: int  # optimizer steps done
     epoch: int
-    epoch_float: float    # fractional epochs done
+    epoch_float: float  # fractional epochs done
     total_steps: int
+
 
 @dataclass
 class FitResult:
     "What `fit` returns."
-    metrics: dict                 # last eval metrics (eval/...) and the last logged train loss
-    best: Optional[float]         # best value of cfg.best_metric, if set
+
+    metrics: dict  # last eval metrics (eval/...) and the last logged train loss
+    best: Optional[float]  # best value of cfg.best_metric, if set
     best_step: Optional[int]
     global_step: int
     steps_per_epoch: int
     run_dir: Optional[Path]
     last_checkpoint: Optional[Path]
     best_checkpoint: Optional[Path]
-    resumed_from: Optional[int]   # the global step loaded at start, None for a fresh run
+    resumed_from: Optional[int]  # the global step loaded at start, None for a fresh run
     seconds: float
+
 
 def _to_device(x, device, channels_last=False):
     if isinstance(x, torch.Tensor):
         x = x.to(device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 and x.is_floating_point() else x
-    if isinstance(x, dict): return {k: _to_device(v, device, channels_last) for k, v in x.items()}
-    if isinstance(x, tuple) and hasattr(x, "_fields"): return type(x)(*(_to_device(v, device, channels_last) for v in x))
-    if isinstance(x, (list, tuple)): return type(x)(_to_device(v, device, channels_last) for v in x)
+        return (
+            x.contiguous(memory_format=torch.channels_last)
+            if channels_last and x.ndim == 4 and x.is_floating_point()
+            else x
+        )
+    if isinstance(x, dict):
+        return {k: _to_device(v, device, channels_last) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return type(x)(*(_to_device(v, device, channels_last) for v in x))
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_device(v, device, channels_last) for v in x)
     return x
+
 
 def resolve_device(cfg) -> torch.device:
     "The device of `cfg.device` (or a device name): 'auto' and a bare 'cuda' mean this rank's GPU (LOCAL_RANK)."
     name = cfg if isinstance(cfg, str) else cfg.device
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if name == "auto": return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    if name == "auto":
+        return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     dev = torch.device(name)
     return torch.device("cuda", local) if dev.type == "cuda" and dev.index is None else dev
 
+
 def _floats(d: dict, where: str) -> dict:
-    if not isinstance(d, dict): raise TypeError(f"{where} must return a dict of scalars, got {type(d).__name__}")
+    if not isinstance(d, dict):
+        raise TypeError(f"{where} must return a dict of scalars, got {type(d).__name__}")
     return {str(k): float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v) for k, v in d.items()}
+
 
 def _trim_metrics(path: Path, max_step: int):
     "Keep the metrics lines of steps <= max_step (a resumed run re-does the later ones); drop a torn last line."
-    if not path.exists(): return
+    if not path.exists():
+        return
     keep = []
     for line in path.read_text().splitlines():
-        try: rec = json.loads(line)
-        except json.JSONDecodeError: continue
-        if rec.get("step", 0) <= max_step: keep.append(line)
-    tmp = path.with_name(path.name + ".tmp"); tmp.write_text("".join(l + "\n" for l in keep)); os.replace(tmp, path)
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("step", 0) <= max_step:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(l + "\n" for l in keep))
+    os.replace(tmp, path)
 
-_RESUME_SENSITIVE = ("epochs", "batch_size", "lr", "head_lr", "weight_decay", "optimizer", "momentum", "betas",
-                     "warmup_steps", "warmup_epochs", "schedule", "min_lr", "grad_clip", "accum_steps", "seed")
+
+_RESUME_SENSITIVE = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "head_lr",
+    "weight_decay",
+    "optimizer",
+    "momentum",
+    "betas",
+    "warmup_steps",
+    "warmup_epochs",
+    "schedule",
+    "min_lr",
+    "grad_clip",
+    "accum_steps",
+    "seed",
+)
 
 # %% ../nbs/04_engine.ipynb #8866b848
-def fit(model: nn.Module, train_set, step_fn: Callable, cfg: Union[TrainConfig, dict, None] = None,
-        eval_fn: Optional[Callable] = None, param_groups=None, collate_fn: Optional[Callable] = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    train_set,
+    step_fn: Callable,
+    cfg: Union[TrainConfig, dict, None] = None,
+    eval_fn: Optional[Callable] = None,
+    param_groups=None,
+    collate_fn: Optional[Callable] = None,
+) -> FitResult:
     """Train `model` on `train_set`; `step_fn(model, batch)` returns the loss or `(loss, {name: scalar})`.
     `eval_fn(model) -> {metric: value}` runs every `cfg.eval_every` epochs and at the end; `param_groups` (list of
     dicts or `model -> list`) sets per-group `lr` / `lr_mult` / `weight_decay`; `collate_fn` goes to the DataLoader."""
     cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else (cfg or TrainConfig())
     if not (hasattr(train_set, "__len__") and hasattr(train_set, "__getitem__")):
-        raise TypeError(f"train_set must be a map-style dataset (__len__ and __getitem__), got {type(train_set).__name__}")
+        raise TypeError(
+            f"train_set must be a map-style dataset (__len__ and __getitem__), got {type(train_set).__name__}"
+        )
     owns_pg = _init_distributed()
     rank, world = _world()
     main = rank == 0
@@ -471,69 +698,136 @@ def fit(model: nn.Module, train_set, step_fn: Callable, cfg: Union[TrainConfig, 
         err = None
         if run and main:
             run.mkdir(parents=True, exist_ok=True)
-            try: lock = _acquire_lock(run)
-            except RunLockedError as e: err = str(e)
+            try:
+                lock = _acquire_lock(run)
+            except RunLockedError as e:
+                err = str(e)
             if lock is not None and ckdir.exists():  # a kill between two renames: put `.old-` back; drop temp folders
                 for name in ("last", "best"):
-                    if not (ckdir / name).exists() and (old := _resolve_checkpoint(ckdir / name)) is not None: os.replace(old, ckdir / name)
-                for junk in list(ckdir.glob("*.tmp-*")) + list(ckdir.glob("*.old-*")): shutil.rmtree(junk, ignore_errors=True)
-        if (err := _share(err, world)) is not None: raise RunLockedError(err)  # also makes the other ranks wait for the recovery
+                    if not (ckdir / name).exists() and (old := _resolve_checkpoint(ckdir / name)) is not None:
+                        os.replace(old, ckdir / name)
+                for junk in list(ckdir.glob("*.tmp-*")) + list(ckdir.glob("*.old-*")):
+                    shutil.rmtree(junk, ignore_errors=True)
+        if (err := _share(err, world)) is not None:
+            raise RunLockedError(err)  # also makes the other ranks wait for the recovery
         ckpt = ckdir / "last" if run and cfg.resume and (ckdir / "last" / "state.pt").exists() else None
-        if cfg.resume is True and ckpt is None: raise FileNotFoundError(f"resume=True but there is no checkpoint at {ckdir / 'last' if ckdir else 'run_dir=None'}")
+        if cfg.resume is True and ckpt is None:
+            raise FileNotFoundError(
+                f"resume=True but there is no checkpoint at {ckdir / 'last' if ckdir else 'run_dir=None'}"
+            )
 
         # ---- devices, data, optimizer
         device = resolve_device(cfg)
-        precision = ("bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32") if cfg.precision == "auto" else cfg.precision
+        precision = (
+            ("bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32")
+            if cfg.precision == "auto"
+            else cfg.precision
+        )
         autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
         sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, rank, world, cfg.accum_steps)
         spe = sampler.steps
-        if spe == 0: raise ValueError(f"train_set has {len(train_set)} samples, fewer than TrainConfig.batch_size={cfg.batch_size}: no full batch to train on")
+        if spe == 0:
+            raise ValueError(
+                f"train_set has {len(train_set)} samples, fewer than TrainConfig.batch_size={cfg.batch_size}: no full batch to train on"
+            )
         total = cfg.epochs * spe
         warmup = cfg.warmup_steps or round(cfg.warmup_epochs * spe)
-        loader = DataLoader(_SeededFetch(train_set), batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate_fn,
-                            pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0,
-                            generator=torch.Generator().manual_seed(cfg.seed))  # keeps the loader off the global RNG
+        loader = DataLoader(
+            _SeededFetch(train_set),
+            batch_sampler=sampler,
+            num_workers=cfg.num_workers,
+            collate_fn=collate_fn,
+            pin_memory=device.type == "cuda",
+            persistent_workers=cfg.num_workers > 0,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )  # keeps the loader off the global RNG
         model.to(device)
-        if cfg.channels_last: model.to(memory_format=torch.channels_last)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
         opt = _make_optimizer(build_param_groups(model, cfg, param_groups), cfg)
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
-        if cfg.compile: net = torch.compile(net)
+        net = (
+            nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            if world > 1
+            else model
+        )
+        if cfg.compile:
+            net = torch.compile(net)
 
         # ---- position: fresh start or resume
         epoch0, step0, gstep = 0, 0, 0
         best = dict(metric=cfg.best_metric, mode=cfg.best_mode, value=None, step=None)
         last_eval, resumed_from = {}, None
         if ckpt is not None:
-            st = load_checkpoint(ckpt, model, opt)  # on the CPU: RNG states must stay CPU tensors; the optimizer moves its state to the params' device
-            epoch0, step0, gstep, best, last_eval = st["epoch"], st["step_in_epoch"], st["global_step"], st["best"], st["eval"]
-            if st["steps_per_epoch"] != spe: raise ValueError(f"checkpoint {ckpt} has {st['steps_per_epoch']} steps per epoch, this run {spe}: "
-                                                             f"the dataset or batch_size changed; start a new run_dir")
+            st = load_checkpoint(
+                ckpt, model, opt
+            )  # on the CPU: RNG states must stay CPU tensors; the optimizer moves its state to the params' device
+            epoch0, step0, gstep, best, last_eval = (
+                st["epoch"],
+                st["step_in_epoch"],
+                st["global_step"],
+                st["best"],
+                st["eval"],
+            )
+            if st["steps_per_epoch"] != spe:
+                raise ValueError(
+                    f"checkpoint {ckpt} has {st['steps_per_epoch']} steps per epoch, this run {spe}: "
+                    f"the dataset or batch_size changed; start a new run_dir"
+                )
             rngs, resumed_from = st["rng"], gstep
-            if len(rngs) == world: _set_rng_state(rngs[rank])
-            else: _seed_all(mix_seed(cfg.seed, rank, gstep)); warnings.warn(f"resuming {world} ranks from a {len(rngs)}-rank checkpoint: RNG streams reseeded")
+            if len(rngs) == world:
+                _set_rng_state(rngs[rank])
+            else:
+                _seed_all(mix_seed(cfg.seed, rank, gstep))
+                warnings.warn(f"resuming {world} ranks from a {len(rngs)}-rank checkpoint: RNG streams reseeded")
             changed = [k for k in _RESUME_SENSITIVE if st["config"].get(k) != cfg.to_dict()[k]]
-            if changed and main: warnings.warn(f"resuming {ckpt} with changed settings {changed}: the run will not match an uninterrupted one")
-        else: _seed_all(cfg.seed + rank)
+            if changed and main:
+                warnings.warn(
+                    f"resuming {ckpt} with changed settings {changed}: the run will not match an uninterrupted one"
+                )
+        else:
+            _seed_all(cfg.seed + rank)
         if run and main:
             resolved = dict(cfg.to_dict(), precision=precision, device=str(device))
             write_text_atomic(run / "config.json", json.dumps(resolved, indent=1) + "\n")
             if ckpt is None:
                 (run / "metrics.jsonl").write_text("")
-                for name in ("last", "best"): shutil.rmtree(ckdir / name, ignore_errors=True)
-            else: _trim_metrics(run / "metrics.jsonl", gstep)
+                for name in ("last", "best"):
+                    shutil.rmtree(ckdir / name, ignore_errors=True)
+            else:
+                _trim_metrics(run / "metrics.jsonl", gstep)
         log_file = open(run / "metrics.jsonl", "a") if run and main else None
+
         def log(rec):
-            if log_file: log_file.write(json.dumps(rec) + "\n"); log_file.flush()
+            if log_file:
+                log_file.write(json.dumps(rec) + "\n")
+                log_file.flush()
 
         def checkpoint(epoch, step_in_epoch, improved=False):
             "Save `last` (and `best`); collective under DDP: all ranks hand rank 0 their RNG states."
-            if epoch is not None and step_in_epoch == spe: epoch, step_in_epoch = epoch + 1, 0
+            if epoch is not None and step_in_epoch == spe:
+                epoch, step_in_epoch = epoch + 1, 0
             rngs = _gather(_rng_state(), world)
             if run and main:
-                save_checkpoint(ckdir / "last", model, opt, epoch=epoch, step_in_epoch=step_in_epoch, global_step=gstep,
-                                steps_per_epoch=spe, world_size=world, rng=rngs, best=best, eval=last_eval, config=cfg.to_dict())
-                if improved: _atomic_dir(ckdir / "best", lambda tmp: [_link_or_copy(f, tmp / f.name) for f in (ckdir / "last").iterdir()])
-            if world > 1: dist.barrier()
+                save_checkpoint(
+                    ckdir / "last",
+                    model,
+                    opt,
+                    epoch=epoch,
+                    step_in_epoch=step_in_epoch,
+                    global_step=gstep,
+                    steps_per_epoch=spe,
+                    world_size=world,
+                    rng=rngs,
+                    best=best,
+                    eval=last_eval,
+                    config=cfg.to_dict(),
+                )
+                if improved:
+                    _atomic_dir(
+                        ckdir / "best", lambda tmp: [_link_or_copy(f, tmp / f.name) for f in (ckdir / "last").iterdir()]
+                    )
+            if world > 1:
+                dist.barrier()
 
         def evaluate(epoch):
             "Run eval_fn on rank 0 without touching the training RNG streams; returns {'eval/<k>': v}."
@@ -542,86 +836,153 @@ def fit(model: nn.Module, train_set, step_fn: Callable, cfg: Union[TrainConfig, 
                 states, was_training = _rng_state(), model.training
                 model.eval()
                 try:
-                    with torch.no_grad(), autocast(): out = {f"eval/{k}": v for k, v in _floats(eval_fn(model), "eval_fn").items()}
-                finally: model.train(was_training); _set_rng_state(states)
+                    with torch.no_grad(), autocast():
+                        out = {f"eval/{k}": v for k, v in _floats(eval_fn(model), "eval_fn").items()}
+                finally:
+                    model.train(was_training)
+                    _set_rng_state(states)
             return _share(out, world)
 
         # ---- the loop
-        pbar = tqdm(total=total, initial=gstep, disable=not (main and cfg.progress), dynamic_ncols=True,
-                    mininterval=0.2 if sys.stderr.isatty() else 5.0, unit="step")
+        pbar = tqdm(
+            total=total,
+            initial=gstep,
+            disable=not (main and cfg.progress),
+            dynamic_ncols=True,
+            mininterval=0.2 if sys.stderr.isatty() else 5.0,
+            unit="step",
+        )
         net.train()
         sums, n_logged, last_train, t0 = {}, 0, {}, time.perf_counter()
         wants_info = len(inspect.signature(step_fn).parameters) >= 3
         for epoch in range(epoch0, cfg.epochs):
-            if cfg.patience and best.get("stale", 0) >= cfg.patience: break
+            if cfg.patience and best.get("stale", 0) >= cfg.patience:
+                break
             sampler.set_position(epoch, step0 if epoch == epoch0 else 0)
             step_in_epoch, micro, step_loss = sampler.start, 0, 0.0
             pbar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
             for batch in loader:
                 last_micro = micro == cfg.accum_steps - 1
-                if batch is None: extras = None  # every item of this micro-batch was unreadable
+                if batch is None:
+                    extras = None  # every item of this micro-batch was unreadable
                 else:
                     batch = _to_device(batch, device, cfg.channels_last)
-                    with (net.no_sync() if world > 1 and not last_micro else nullcontext()):
+                    with net.no_sync() if world > 1 and not last_micro else nullcontext():
                         info = StepInfo(gstep, epoch, gstep / spe + micro / (spe * cfg.accum_steps), total)
-                        with autocast(): out = step_fn(net, batch, info) if wants_info else step_fn(net, batch)
+                        with autocast():
+                            out = step_fn(net, batch, info) if wants_info else step_fn(net, batch)
                         loss, extras = out if isinstance(out, tuple) else (out, None)
                         (loss / cfg.accum_steps).backward()
                     step_loss = step_loss + loss.detach().float() / cfg.accum_steps
-                for k, v in (extras or {}).items(): sums[k] = sums.get(k, 0.0) + (v.detach().float() if isinstance(v, torch.Tensor) else float(v)) / cfg.accum_steps
-                if not last_micro: micro += 1; continue
+                for k, v in (extras or {}).items():
+                    sums[k] = (
+                        sums.get(k, 0.0)
+                        + (v.detach().float() if isinstance(v, torch.Tensor) else float(v)) / cfg.accum_steps
+                    )
+                if not last_micro:
+                    micro += 1
+                    continue
                 micro = 0
                 # -- one optimizer step: check the loss first, so a NaN never reaches the weights
-                if world > 1: dist.all_reduce(step_loss); step_loss = step_loss / world
+                if world > 1:
+                    dist.all_reduce(step_loss)
+                    step_loss = step_loss / world
                 loss_value, step_loss = float(step_loss), 0.0
                 if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(loss_value, gstep + 1, epoch, _resolve_checkpoint(ckdir / "last") if ckdir else None)
-                if cfg.grad_clip: sums["grad_norm"] = sums.get("grad_norm", 0.0) + nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    raise NonFiniteLossError(
+                        loss_value, gstep + 1, epoch, _resolve_checkpoint(ckdir / "last") if ckdir else None
+                    )
+                if cfg.grad_clip:
+                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + nn.utils.clip_grad_norm_(
+                        model.parameters(), cfg.grad_clip
+                    )
                 f = lr_factor(gstep, total, warmup, cfg.schedule, cfg.min_lr / cfg.lr)
-                for g in opt.param_groups: g["lr"] = g["base_lr"] * f
+                for g in opt.param_groups:
+                    g["lr"] = g["base_lr"] * f
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                gstep += 1; step_in_epoch += 1; n_logged += 1
+                gstep += 1
+                step_in_epoch += 1
+                n_logged += 1
                 sums["loss"] = sums.get("loss", 0.0) + loss_value
                 pbar.update(1)
                 if gstep % cfg.log_every == 0 or step_in_epoch == spe:
                     last_train = {k: float(v) / n_logged for k, v in sums.items()}
-                    log(dict(step=gstep, epoch=round(gstep / spe, 4), lr=opt.param_groups[0]["lr"], time=round(time.perf_counter() - t0, 3), **last_train))
-                    pbar.set_postfix(loss=f"{last_train['loss']:.4g}", lr=f"{opt.param_groups[0]['lr']:.3g}", refresh=False)
+                    log(
+                        dict(
+                            step=gstep,
+                            epoch=round(gstep / spe, 4),
+                            lr=opt.param_groups[0]["lr"],
+                            time=round(time.perf_counter() - t0, 3),
+                            **last_train,
+                        )
+                    )
+                    pbar.set_postfix(
+                        loss=f"{last_train['loss']:.4g}", lr=f"{opt.param_groups[0]['lr']:.3g}", refresh=False
+                    )
                     sums, n_logged = {}, 0
-                if cfg.ckpt_every and gstep % cfg.ckpt_every == 0 and step_in_epoch < spe: checkpoint(epoch, step_in_epoch)
+                if cfg.ckpt_every and gstep % cfg.ckpt_every == 0 and step_in_epoch < spe:
+                    checkpoint(epoch, step_in_epoch)
             # -- end of epoch: evaluate, track the best, save
             improved = False
-            if eval_fn is not None and ((cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch + 1 == cfg.epochs):
+            if eval_fn is not None and (
+                (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch + 1 == cfg.epochs
+            ):
                 last_eval = evaluate(epoch)
                 log(dict(step=gstep, epoch=round(gstep / spe, 4), **last_eval))
                 if cfg.best_metric:
                     key = f"eval/{cfg.best_metric}"
-                    if key not in last_eval: raise KeyError(f"TrainConfig.best_metric={cfg.best_metric!r} is not among eval_fn's metrics {sorted(k[5:] for k in last_eval)}")
+                    if key not in last_eval:
+                        raise KeyError(
+                            f"TrainConfig.best_metric={cfg.best_metric!r} is not among eval_fn's metrics {sorted(k[5:] for k in last_eval)}"
+                        )
                     v = last_eval[key]
-                    improved = best["value"] is None or (v > best["value"] if cfg.best_mode == "max" else v < best["value"])
-                    best = dict(best, value=v, step=gstep, stale=0) if improved else dict(best, stale=best.get("stale", 0) + 1)
+                    improved = best["value"] is None or (
+                        v > best["value"] if cfg.best_mode == "max" else v < best["value"]
+                    )
+                    best = (
+                        dict(best, value=v, step=gstep, stale=0)
+                        if improved
+                        else dict(best, stale=best.get("stale", 0) + 1)
+                    )
                     if cfg.patience and best["stale"] >= cfg.patience:
                         log(dict(step=gstep, epoch=round(gstep / spe, 4), early_stop=1))
-                        if main: pbar.write(f"early stop: no better {cfg.best_metric} for {cfg.patience} evaluations")
+                        if main:
+                            pbar.write(f"early stop: no better {cfg.best_metric} for {cfg.patience} evaluations")
             checkpoint(epoch, spe, improved)
         pbar.close()
-        if main and hasattr(train_set, "warn_bad"): train_set.warn_bad()
+        if main and hasattr(train_set, "warn_bad"):
+            train_set.warn_bad()
         metrics = dict(last_eval, **{f"train/{k}": v for k, v in last_train.items()})
-        return FitResult(metrics, best["value"], best["step"], gstep, spe, run,
-                         ckdir / "last" if run else None, ckdir / "best" if run and (ckdir / "best").exists() else None,
-                         resumed_from, time.perf_counter() - t_start)
+        return FitResult(
+            metrics,
+            best["value"],
+            best["step"],
+            gstep,
+            spe,
+            run,
+            ckdir / "last" if run else None,
+            ckdir / "best" if run and (ckdir / "best").exists() else None,
+            resumed_from,
+            time.perf_counter() - t_start,
+        )
     finally:
-        if pbar is not None: pbar.close()
-        if log_file: log_file.close()
+        if pbar is not None:
+            pbar.close()
+        if log_file:
+            log_file.close()
         _release_lock(lock)
         if owns_pg:
             # ranks that finished together leave together: a rank tearing gloo down while its peer still
             # talks to it can abort ("terminate called without an active exception")
-            if sys.exc_info()[0] is None: dist.barrier()
+            if sys.exc_info()[0] is None:
+                dist.barrier()
             dist.destroy_process_group()
+
 
 def _link_or_copy(src: Path, dst: Path):
     "Checkpoint files are never modified after writing, so `best` can share them with `last` through hard links."
-    try: os.link(src, dst)
-    except OSError: shutil.copy2(src, dst)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

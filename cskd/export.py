@@ -25,57 +25,88 @@ __all__ = ['FORMATS', 'OPSET', 'PARITY_ATOL', 'export_metadata', 'export_scorer'
 # %% ../nbs/13_export.ipynb #29240de4
 class _ScoreModule(nn.Module):
     "An IAA model as `image -> (score, dist)` (or `image -> score` for a scalar head)."
+
     def __init__(self, model):
         super().__init__()
         self.model, self.kind = model, model.head.kind
+
     def forward(self, image):
         out = self.model(image)
-        if self.kind != "dist": return out
+        if self.kind != "dist":
+            return out
         p = out.softmax(-1)
         s = (p * torch.arange(1, p.shape[-1] + 1, dtype=p.dtype, device=p.device)).sum(-1)
         return s, p
+
 
 def export_metadata(model, fmt: str) -> dict:
     "The preprocessing constants and output description stored with an exported `IAAModel`."
     enc = model.encoder
     size = enc.image_size if isinstance(enc.image_size, int) else enc.image_size[0]
-    return dict(format=fmt, image_size=int(size), mean=[float(v) for v in enc.mean], std=[float(v) for v in enc.std],
-                resize="short side to image_size (bilinear), centre crop image_size, then (x/255 - mean) / std",
-                head=model.head.kind, bins=int(model.head.bins) if model.head.kind == "dist" else 1,
-                encoder=str(getattr(enc, "name", type(enc).__name__)),
-                input="image", outputs=["score", "dist"] if model.head.kind == "dist" else ["score"])
+    return dict(
+        format=fmt,
+        image_size=int(size),
+        mean=[float(v) for v in enc.mean],
+        std=[float(v) for v in enc.std],
+        resize="short side to image_size (bilinear), centre crop image_size, then (x/255 - mean) / std",
+        head=model.head.kind,
+        bins=int(model.head.bins) if model.head.kind == "dist" else 1,
+        encoder=str(getattr(enc, "name", type(enc).__name__)),
+        input="image",
+        outputs=["score", "dist"] if model.head.kind == "dist" else ["score"],
+    )
 
 # %% ../nbs/13_export.ipynb #caf05411
 def _check_format(fmt: str) -> str:
-    if fmt in FORMATS: return fmt
-    why = (" (we export a torch.export program instead: torch.jit.trace fails on open_clip ViTs; use 'pt2')"
-           if fmt.lower() in ("torchscript", "jit", "ts") else "")
+    if fmt in FORMATS:
+        return fmt
+    why = (
+        " (we export a torch.export program instead: torch.jit.trace fails on open_clip ViTs; use 'pt2')"
+        if fmt.lower() in ("torchscript", "jit", "ts")
+        else ""
+    )
     raise ValueError(f"unknown export format {fmt!r}{why}; choose one of {', '.join(FORMATS)}")
+
 
 def _export_onnx(module, x, path: Path, meta: dict):
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as e:
-        raise RuntimeError(f"ONNX export needs the optional packages onnx and onnxscript ({e}); pip install 'cskd[export]'") from None
+        raise RuntimeError(
+            f"ONNX export needs the optional packages onnx and onnxscript ({e}); pip install 'cskd[export]'"
+        ) from None
     import onnx
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prog = torch.onnx.export(module, (x,), dynamo=True, opset_version=OPSET, input_names=["image"],
-                                 output_names=meta["outputs"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                                 verbose=False, external_data=False)
+        prog = torch.onnx.export(
+            module,
+            (x,),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=["image"],
+            output_names=meta["outputs"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
+            external_data=False,
+        )
     m = prog.model_proto
     onnx.helper.set_model_props(m, {"cskd": json.dumps(meta)})
     onnx.save(m, str(path))
+
 
 def _export_pt2(module, x, path: Path, meta: dict):
     ep = torch.export.export(module, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(ep, str(path), extra_files={"cskd.json": json.dumps(meta)})
 
+
 def export_scorer(model, path, fmt: str | None = None) -> Path:
     "Write `model` (an `IAAModel`) with its preprocessing metadata to `path` as ONNX or a `torch.export` program (`fmt` from the suffix if None)."
     path = Path(path)
-    fmt = _check_format(fmt or {v: k for k, v in FORMATS.items()}.get(path.suffix.lower(), path.suffix.lstrip(".") or "?"))
+    fmt = _check_format(
+        fmt or {v: k for k, v in FORMATS.items()}.get(path.suffix.lower(), path.suffix.lstrip(".") or "?")
+    )
     model = model.float().cpu().eval()
     meta = export_metadata(model, fmt)
     s = meta["image_size"]
@@ -83,33 +114,46 @@ def export_scorer(model, path, fmt: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with torch.no_grad(): (_export_onnx if fmt == "onnx" else _export_pt2)(_ScoreModule(model), x, tmp, meta)
+        with torch.no_grad():
+            (_export_onnx if fmt == "onnx" else _export_pt2)(_ScoreModule(model), x, tmp, meta)
         os.replace(tmp, path)
     finally:
-        if tmp.exists(): tmp.unlink()
+        if tmp.exists():
+            tmp.unlink()
     return path
 
 # %% ../nbs/13_export.ipynb #802a4e71
 class ExportedScorer:
     "A scorer backed by an exported file: ONNX Runtime for `.onnx`, torch for `.pt2`."
+
     def __init__(self, path, threads: int | None = None):
         self.path = Path(path)
-        if not self.path.is_file(): raise FileNotFoundError(f"exported model {self.path} does not exist")
-        fmt = _check_format({v: k for k, v in FORMATS.items()}.get(self.path.suffix.lower(), self.path.suffix.lstrip(".")))
+        if not self.path.is_file():
+            raise FileNotFoundError(f"exported model {self.path} does not exist")
+        fmt = _check_format(
+            {v: k for k, v in FORMATS.items()}.get(self.path.suffix.lower(), self.path.suffix.lstrip("."))
+        )
         if fmt == "onnx":
-            try: import onnxruntime as ort
-            except ImportError: raise RuntimeError("scoring an ONNX file needs onnxruntime; pip install 'cskd[export]'") from None
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                raise RuntimeError("scoring an ONNX file needs onnxruntime; pip install 'cskd[export]'") from None
             so = ort.SessionOptions()
-            if threads: so.intra_op_num_threads = threads
+            if threads:
+                so.intra_op_num_threads = threads
             self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
             props = self.session.get_modelmeta().custom_metadata_map
-            if "cskd" not in props: raise ValueError(f"{self.path}: no 'cskd' metadata (not written by cskd.export)")
+            if "cskd" not in props:
+                raise ValueError(f"{self.path}: no 'cskd' metadata (not written by cskd.export)")
             self.meta = json.loads(props["cskd"])
         else:
             extra = {"cskd.json": ""}
-            try: self.program = torch.export.load(str(self.path), extra_files=extra)
-            except Exception as e: raise ValueError(f"{self.path}: not a torch.export program ({type(e).__name__}: {e})") from None
-            if not extra["cskd.json"]: raise ValueError(f"{self.path}: no cskd.json metadata (not written by cskd.export)")
+            try:
+                self.program = torch.export.load(str(self.path), extra_files=extra)
+            except Exception as e:
+                raise ValueError(f"{self.path}: not a torch.export program ({type(e).__name__}: {e})") from None
+            if not extra["cskd.json"]:
+                raise ValueError(f"{self.path}: no cskd.json metadata (not written by cskd.export)")
             self.meta = json.loads(extra["cskd.json"])
             self.module = self.program.module()
         self.format, self.head = fmt, self.meta["head"]
@@ -118,9 +162,11 @@ class ExportedScorer:
     def __call__(self, x) -> dict:
         "Raw outputs `{score, dist}` (numpy) for a normalised batch `x` (B, 3, S, S)."
         x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-        if self.format == "onnx": outs = self.session.run(None, {"image": x})
+        if self.format == "onnx":
+            outs = self.session.run(None, {"image": x})
         else:
-            with torch.no_grad(): outs = self.module(torch.from_numpy(x))
+            with torch.no_grad():
+                outs = self.module(torch.from_numpy(x))
             outs = [o.numpy() for o in (outs if isinstance(outs, (tuple, list)) else (outs,))]
         return dict(zip(self.meta["outputs"], outs))
 
@@ -128,7 +174,9 @@ class ExportedScorer:
         o = self(x.numpy() if isinstance(x, torch.Tensor) else x)
         return o["score"], o.get("dist")
 
-    def __repr__(self): return f"ExportedScorer({self.path.name}, {self.format}, {self.meta['encoder']}, {self.meta['image_size']} px)"
+    def __repr__(self):
+        return f"ExportedScorer({self.path.name}, {self.format}, {self.meta['encoder']}, {self.meta['image_size']} px)"
+
 
 def load_exported(path, threads: int | None = None) -> ExportedScorer:
     "A scorer from a file written by `export_scorer` (preprocessing read from its metadata)."

@@ -10,15 +10,22 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from .config import ConfigError, param, register_phase
-from .data import (CSV_MAPPINGS, IAADataset, collate_skip_none, eval_transform, read_ava, read_csv_labels,
-                       read_split, train_transform)
+from cskd.data import (
+    CSV_MAPPINGS,
+    IAADataset,
+    collate_skip_none,
+    eval_transform,
+    read_ava,
+    read_csv_labels,
+    read_split,
+    train_transform,
+)
 from .engine import CheckpointError, TrainConfig, fit
 from .losses import emd_loss, score_loss
 from .metrics import iaa_metrics, mean_score
@@ -32,6 +39,7 @@ __all__ = ['LABEL_FORMATS', 'FINETUNE_DEFAULTS', 'FinetuneConfig', 'finetune_con
 
 # %% ../nbs/06_iaa.ipynb #27858f75
 LABEL_FORMATS = ("ava",) + tuple(k.lower() for k in CSV_MAPPINGS)
+
 
 @dataclass
 class FinetuneConfig(TrainConfig):
@@ -54,18 +62,34 @@ class FinetuneConfig(TrainConfig):
     dropout: float = param(0.0, "dropout before the head", min=0.0, max=1.0)
     eval_batch_size: int = param(128, min=1)
     on_bad_image: str = param("skip", "a corrupt image: skip it (and report) or raise", choices=("skip", "raise"))
-    on_bad_label: str = param("raise", "a malformed AVA label line: stop, naming file:line, or skip it (one warning names the lines)",
-                              choices=("raise", "skip"))
+    on_bad_label: str = param(
+        "raise",
+        "a malformed AVA label line: stop, naming file:line, or skip it (one warning names the lines)",
+        choices=("raise", "skip"),
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if (self.loss == "emd") != (self.head == "dist"):
-            raise ConfigError(f"parameter 'loss' = {self.loss!r} does not fit head={self.head!r}: "
-                              "loss='emd' needs head='dist' (vote distributions); 'mse' and 'l1' need head='scalar' (mean scores)")
+            raise ConfigError(
+                f"parameter 'loss' = {self.loss!r} does not fit head={self.head!r}: "
+                "loss='emd' needs head='dist' (vote distributions); 'mse' and 'l1' need head='scalar' (mean scores)"
+            )
 
 # %% ../nbs/06_iaa.ipynb #89159e5f
-FINETUNE_DEFAULTS = dict(epochs=4, batch_size=32, lr=3e-4, head_lr=3e-3, weight_decay=0.05, warmup_epochs=0.5,
-                         grad_clip=1.0, best_metric="val_srcc", best_mode="max", log_every=5)
+FINETUNE_DEFAULTS = dict(
+    epochs=4,
+    batch_size=32,
+    lr=3e-4,
+    head_lr=3e-3,
+    weight_decay=0.05,
+    warmup_epochs=0.5,
+    grad_clip=1.0,
+    best_metric="val_srcc",
+    best_mode="max",
+    log_every=5,
+)
+
 
 def finetune_config(**kw) -> FinetuneConfig:
     "A `FinetuneConfig` with the phase's defaults, then `kw`."
@@ -74,54 +98,85 @@ def finetune_config(**kw) -> FinetuneConfig:
 # %% ../nbs/06_iaa.ipynb #90e55622
 def read_labels(path, label_format: str = "ava", on_bad: str = "raise") -> pd.DataFrame:
     "Labels with `image_id` and `mean` (and `votes_*` for distributions) from an AVA.txt (bad lines: `on_bad`) or a named CSV format."
-    if label_format == "ava": return read_ava(path, on_bad)
+    if label_format == "ava":
+        return read_ava(path, on_bad)
     return read_csv_labels(path, {k.lower(): k for k in CSV_MAPPINGS}[label_format])
+
 
 def iaa_splits(cfg: FinetuneConfig, mean, std) -> dict:
     "The train / val / test `IAADataset`s of `cfg`, normalised with `mean` and `std`."
     root = Path(cfg.data_root)
-    if not root.is_dir(): raise ConfigError(f"parameter 'data_root': {root} is not a folder (for the toy world: python -m cskd toy {root})")
+    if not root.is_dir():
+        raise ConfigError(
+            f"parameter 'data_root': {root} is not a folder (for the toy world: python -m cskd toy {root})"
+        )
     labels = read_labels(root / cfg.labels, cfg.label_format, cfg.on_bad_label).set_index("image_id", drop=False)
-    tfm = dict(train=train_transform(cfg.image_size, mean, std, scale=(cfg.crop_scale, 1.0)), val=eval_transform(cfg.image_size, mean, std))
+    tfm = dict(
+        train=train_transform(cfg.image_size, mean, std, scale=(cfg.crop_scale, 1.0)),
+        val=eval_transform(cfg.image_size, mean, std),
+    )
     target = "dist" if cfg.head == "dist" else "mean"
     out = {}
     for split in ("train", "val", "test"):
         ids = read_split(root / getattr(cfg, f"{split}_split"))
         missing = [i for i in ids if i not in labels.index]
         where = f"{root / getattr(cfg, f'{split}_split')}: {len(missing)} ids have no label in {root / cfg.labels}, e.g. {missing[:3]}"
-        if missing and cfg.on_bad_label == "skip":  # their label lines were bad and skipped: leave the images out, loudly
+        if (
+            missing and cfg.on_bad_label == "skip"
+        ):  # their label lines were bad and skipped: leave the images out, loudly
             warnings.warn(f"{where}; left out (on_bad_label='skip')")
             ids = [i for i in ids if i in labels.index]
-        elif missing: raise ValueError(where)
-        if split == "train" and cfg.n_train: ids = ids[:cfg.n_train]
-        out[split] = IAADataset(root / cfg.images, labels.loc[ids].reset_index(drop=True), tfm["train" if split == "train" else "val"],
-                                target=target, on_error=cfg.on_bad_image)
+        elif missing:
+            raise ValueError(where)
+        if split == "train" and cfg.n_train:
+            ids = ids[: cfg.n_train]
+        out[split] = IAADataset(
+            root / cfg.images,
+            labels.loc[ids].reset_index(drop=True),
+            tfm["train" if split == "train" else "val"],
+            target=target,
+            on_error=cfg.on_bad_image,
+        )
     return out
 
 # %% ../nbs/06_iaa.ipynb #33487576
 def checkpoint_file(path) -> Path:
     "The weights file of a run folder, a checkpoint folder or a file (best checkpoint first)."
     p = Path(path)
-    for c in (p, p / "model.safetensors", p / "checkpoints" / "best" / "model.safetensors", p / "checkpoints" / "last" / "model.safetensors"):
-        if c.is_file(): return c
+    for c in (
+        p,
+        p / "model.safetensors",
+        p / "checkpoints" / "best" / "model.safetensors",
+        p / "checkpoints" / "last" / "model.safetensors",
+    ):
+        if c.is_file():
+            return c
     raise FileNotFoundError(f"no model.safetensors in {p} (looked in it, in checkpoints/best and in checkpoints/last)")
+
 
 def load_encoder_weights(encoder: torch.nn.Module, path, prefix: str = "encoder.") -> Path:
     "Load the `prefix` keys of a checkpoint into `encoder`; errors name missing and unexpected keys."
     f = checkpoint_file(path)
-    try: tensors = load_file(str(f))
-    except Exception as e: raise CheckpointError(f"{f}: not a valid safetensors file ({str(e).strip()})") from None
-    sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    if not sd: raise ValueError(f"{f} holds no weights under '{prefix}'")
+    try:
+        tensors = load_file(str(f))
+    except Exception as e:
+        raise CheckpointError(f"{f}: not a valid safetensors file ({str(e).strip()})") from None
+    sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if not sd:
+        raise ValueError(f"{f} holds no weights under '{prefix}'")
     missing, unexpected = encoder.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{f} does not fit {type(encoder).__name__} ({getattr(encoder, 'name', '')}): "
-                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        raise ValueError(
+            f"{f} does not fit {type(encoder).__name__} ({getattr(encoder, 'name', '')}): "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
     return f
+
 
 def build_iaa_model(cfg: FinetuneConfig) -> IAAModel:
     enc = build_encoder(cfg.encoder, cfg.pretrained, cfg.image_size, cfg.drop_path)
-    if cfg.init: load_encoder_weights(enc, cfg.init)
+    if cfg.init:
+        load_encoder_weights(enc, cfg.init)
     return IAAModel(enc, IAAHead(enc.dim, kind=cfg.head, dropout=cfg.dropout))
 
 # %% ../nbs/06_iaa.ipynb #000e5ecf
@@ -129,13 +184,18 @@ def iaa_loss(model, batch, loss: str = "emd"):
     "The IAA loss of one batch `(images, targets, ids)`."
     x, y, _ = batch
     out = model(x).float()
-    if loss == "emd": return emd_loss(out.softmax(-1), y)
+    if loss == "emd":
+        return emd_loss(out.softmax(-1), y)
     return score_loss(out, y.float(), kind=loss)
 
+
 @torch.no_grad()
-def predict(model: IAAModel, dataset, batch_size: int = 128, num_workers: int = 0, device=None, progress: bool = False) -> pd.DataFrame:
+def predict(
+    model: IAAModel, dataset, batch_size: int = 128, num_workers: int = 0, device=None, progress: bool = False
+) -> pd.DataFrame:
     "Predictions for every readable item of `dataset`: `image_id`, `pred_mean` (+ `p1..p10`, and `true_mean` for labeled data)."
     from tqdm.auto import tqdm
+
     device = device or next(model.parameters()).device
     was = model.training
     model.eval()
@@ -143,7 +203,8 @@ def predict(model: IAAModel, dataset, batch_size: int = 128, num_workers: int = 
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_none)
     try:
         for batch in tqdm(loader, disable=not progress, desc="predict"):
-            if batch is None: continue
+            if batch is None:
+                continue
             x, ids = batch[0].to(device), batch[-1]
             out = model(x).float()
             rec = dict(image_id=list(ids))
@@ -156,11 +217,13 @@ def predict(model: IAAModel, dataset, batch_size: int = 128, num_workers: int = 
             if len(batch) == 3:
                 y = batch[1].float()
                 rec["true_mean"] = (mean_score(y) if y.ndim == 2 else y).numpy()
-                if y.ndim == 2: rec.update({f"t{k + 1}": y[:, k].numpy() for k in range(y.shape[-1])})
+                if y.ndim == 2:
+                    rec.update({f"t{k + 1}": y[:, k].numpy() for k in range(y.shape[-1])})
             rows.append(pd.DataFrame(rec))
     finally:
         model.train(was)
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["image_id", "pred_mean"])
+
 
 def prediction_metrics(pred: pd.DataFrame, threshold: float = 5.0) -> dict:
     "Every IAA metric of a predictions table (EMD when it holds both distributions)."
@@ -176,18 +239,29 @@ def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
     model = model or build_iaa_model(cfg)
     enc = model.encoder
     data = iaa_splits(cfg, enc.mean, enc.std)
-    eval_fn = lambda m: {f"val_{k}": v for k, v in prediction_metrics(predict(m, data["val"], cfg.eval_batch_size)).items()}
-    res = fit(model, data["train"], lambda m, b: iaa_loss(m, b, cfg.loss), cfg, eval_fn=eval_fn, collate_fn=collate_skip_none)
-    if res.best_checkpoint is not None: load_encoder_weights(model, res.best_checkpoint, prefix="")
+    eval_fn = lambda m: {
+        f"val_{k}": v for k, v in prediction_metrics(predict(m, data["val"], cfg.eval_batch_size)).items()
+    }
+    res = fit(
+        model, data["train"], lambda m, b: iaa_loss(m, b, cfg.loss), cfg, eval_fn=eval_fn, collate_fn=collate_skip_none
+    )
+    if res.best_checkpoint is not None:
+        load_encoder_weights(model, res.best_checkpoint, prefix="")
     out = {}
     for split in ("val", "test"):
         pred = predict(model, data[split], cfg.eval_batch_size)
         out.update({f"{split}_{k}": v for k, v in prediction_metrics(pred).items()})
-        if cfg.run_dir: pred.to_csv(Path(cfg.run_dir) / f"predictions_{split}.csv", index=False)
+        if cfg.run_dir:
+            pred.to_csv(Path(cfg.run_dir) / f"predictions_{split}.csv", index=False)
     out.update(best_step=res.best_step, steps=res.global_step, train_loss=res.metrics.get("train/loss", float("nan")))
     for d in data.values():
-        if d.bad_images: d.warn_bad()
-    if cfg.run_dir: write_text_atomic(Path(cfg.run_dir) / "results.json", json.dumps(out, indent=1) + "\n")
+        if d.bad_images:
+            d.warn_bad()
+    if cfg.run_dir:
+        write_text_atomic(Path(cfg.run_dir) / "results.json", json.dumps(out, indent=1) + "\n")
     return out
 
-register_phase("finetune", FinetuneConfig, finetune, "IAA fine-tuning: an encoder + score head on labeled data", FINETUNE_DEFAULTS)
+
+register_phase(
+    "finetune", FinetuneConfig, finetune, "IAA fine-tuning: an encoder + score head on labeled data", FINETUNE_DEFAULTS
+)

@@ -18,8 +18,11 @@ __all__ = ['BadImageError', 'load_image', 'ImageTransform', 'train_transform', '
            'collate_skip_none', 'scan', 'preresize_images']
 
 # %% ../nbs/01_images.ipynb #a4ecc6f0
-class BadImageError(ValueError):  # a bad input, like other ValueErrors: `python -m cskd` reports it (exit 2), no traceback
+class BadImageError(
+    ValueError
+):  # a bad input, like other ValueErrors: `python -m cskd` reports it (exit 2), no traceback
     "An image file that cannot be decoded; `path` and `reason` say which and why."
+
     def __init__(self, path, reason=None):
         if reason is None:  # one-argument form: torch re-raises worker errors as `type(e)(message_with_traceback)`
             msg = str(path)
@@ -28,15 +31,20 @@ class BadImageError(ValueError):  # a bad input, like other ValueErrors: `python
             return super().__init__(msg)
         self.path, self.reason = str(path), reason
         super().__init__(f"{self.path}: {reason}")
-    def __reduce__(self): return (type(self), (self.path, self.reason))  # picklable across workers
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))  # picklable across workers
 
 # %% ../nbs/01_images.ipynb #577d0c1e
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     "Convert any PIL mode to RGB (alpha composited on white, high bit depths rescaled)."
-    if im.mode == "RGB": return im
-    if im.mode == "P" and "transparency" in im.info: im = im.convert("RGBA")
+    if im.mode == "RGB":
+        return im
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
     if im.mode in _ALPHA_MODES:
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -48,32 +56,41 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         return Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), "L").convert("RGB")
     return im.convert("RGB")
 
+
 def _decode(data: bytes, path, draft_size, max_pixels):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves
         im = Image.open(io.BytesIO(data))
     w, h = im.size
     if max_pixels and w * h > max_pixels:
-        raise BadImageError(path, f"decompression bomb: {w}x{h} = {w*h} pixels > limit {max_pixels}")
+        raise BadImageError(path, f"decompression bomb: {w}x{h} = {w * h} pixels > limit {max_pixels}")
     if draft_size and im.format == "JPEG":
         im.draft("RGB", (int(draft_size), int(draft_size)))
     im.load()
     return im
 
 # %% ../nbs/01_images.ipynb #01234598
-def load_image(path, draft_size: int | None = None, allow_truncated: bool = False,
-               max_pixels: int | None = -1) -> Image.Image:
+def load_image(
+    path, draft_size: int | None = None, allow_truncated: bool = False, max_pixels: int | None = -1
+) -> Image.Image:
     "Decode `path` into an RGB `PIL.Image` or raise `BadImageError(path, reason)`. `max_pixels`: -1 = PIL's limit, None = none."
     path = Path(path)
-    if max_pixels == -1: max_pixels = Image.MAX_IMAGE_PIXELS  # read at call time so tests/users can lower it
-    try: data = path.read_bytes()
-    except FileNotFoundError: raise BadImageError(path, "file not found") from None
-    except IsADirectoryError: raise BadImageError(path, "is a directory") from None
-    except OSError as e: raise BadImageError(path, f"cannot read file ({e})") from None
-    if not data: raise BadImageError(path, "empty file (0 bytes)")
+    if max_pixels == -1:
+        max_pixels = Image.MAX_IMAGE_PIXELS  # read at call time so tests/users can lower it
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadImageError(path, "file not found") from None
+    except IsADirectoryError:
+        raise BadImageError(path, "is a directory") from None
+    except OSError as e:
+        raise BadImageError(path, f"cannot read file ({e})") from None
+    if not data:
+        raise BadImageError(path, "empty file (0 bytes)")
     try:
         im = _decode(data, path, draft_size, max_pixels)
-    except BadImageError: raise
+    except BadImageError:
+        raise
     except Image.UnidentifiedImageError:
         raise BadImageError(path, f"not an image file (first bytes {data[:8]!r})") from None
     except Image.DecompressionBombError as e:
@@ -83,33 +100,48 @@ def load_image(path, draft_size: int | None = None, allow_truncated: bool = Fals
             raise BadImageError(path, f"corrupt image data ({e})") from None
         if not (allow_truncated and data[:2] == b"\xff\xd8"):
             raise BadImageError(path, f"truncated image file ({len(data)} bytes; {e})") from None
-        try: im = _decode(data + b"\xff\xd9", path, draft_size, max_pixels)  # local repair: add end-of-image marker
-        except Exception as e2: raise BadImageError(path, f"truncated JPEG, repair failed ({e2})") from None
+        try:
+            im = _decode(data + b"\xff\xd9", path, draft_size, max_pixels)  # local repair: add end-of-image marker
+        except Exception as e2:
+            raise BadImageError(path, f"truncated JPEG, repair failed ({e2})") from None
         warnings.warn(f"{path}: truncated JPEG decoded with missing rows filled grey", stacklevel=2)
     except Exception as e:  # decoders raise assorted types (EOFError, struct.error, ...) on corrupt data
         raise BadImageError(path, f"corrupt image data ({type(e).__name__}: {e})") from None
-    try: return _to_rgb(im)
-    except Exception as e: raise BadImageError(path, f"cannot convert mode {im.mode} to RGB ({e})") from None
+    try:
+        return _to_rgb(im)
+    except Exception as e:
+        raise BadImageError(path, f"cannot convert mode {im.mode} to RGB ({e})") from None
 
 # %% ../nbs/01_images.ipynb #a1b4b795
 class ImageTransform:
     "A torchvision pipeline plus the `draft_size` at which the loader should decode JPEGs."
-    def __init__(self, tfm, draft_size=None): self.tfm, self.draft_size = tfm, draft_size
-    def __call__(self, img): return self.tfm(img)
-    def __repr__(self): return f"ImageTransform(draft_size={self.draft_size}, {self.tfm})"
+
+    def __init__(self, tfm, draft_size=None):
+        self.tfm, self.draft_size = tfm, draft_size
+
+    def __call__(self, img):
+        return self.tfm(img)
+
+    def __repr__(self):
+        return f"ImageTransform(draft_size={self.draft_size}, {self.tfm})"
+
 
 def _check_norm(mean, std):
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ValueError(f"mean and std must be 3 values with std > 0, got mean={mean}, std={std}")
 
-def train_transform(size: int, mean, std, scale=(0.5, 1.0), ratio=(3/4, 4/3), hflip: bool = True,
-                    draft_factor: float | None = 2.0) -> ImageTransform:
+
+def train_transform(
+    size: int, mean, std, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), hflip: bool = True, draft_factor: float | None = 2.0
+) -> ImageTransform:
     "Random resized crop + flip + normalise; decodes JPEGs at >= `draft_factor * size`."
     _check_norm(mean, std)
     tf = [T.RandomResizedCrop(size, scale=scale, ratio=ratio, interpolation=T.InterpolationMode.BILINEAR)]
-    if hflip: tf.append(T.RandomHorizontalFlip())
+    if hflip:
+        tf.append(T.RandomHorizontalFlip())
     tf += [T.ToTensor(), T.Normalize(mean, std)]
     return ImageTransform(T.Compose(tf), int(round(size * draft_factor)) if draft_factor else None)
+
 
 def eval_transform(size: int, mean, std, crop: bool = True, draft_factor: float | None = 1.0) -> ImageTransform:
     "Resize short side + centre crop (or squash when `crop=False`) + normalise."
@@ -123,26 +155,37 @@ def eval_transform(size: int, mean, std, crop: bool = True, draft_factor: float 
 def _remove_if_owner(path, pid, _getpid=os.getpid, _remove=os.remove):
     # functions bound as defaults: this may run at interpreter shutdown, after module globals are gone
     if _getpid() == pid:
-        try: _remove(path)
-        except OSError: pass
+        try:
+            _remove(path)
+        except OSError:
+            pass
+
 
 class BadImageLog:
     "Records bad images from any process (file-backed) and summarises them."
+
     def __init__(self, path=None):
         if path is None:
-            fd, path = tempfile.mkstemp(prefix="cskd-bad-images-", suffix=".tsv"); os.close(fd)
+            fd, path = tempfile.mkstemp(prefix="cskd-bad-images-", suffix=".tsv")
+            os.close(fd)
             weakref.finalize(self, _remove_if_owner, path, os.getpid())
         self.path, self._seen = str(path), set()
         Path(self.path).touch()
-    def __getstate__(self): return {"path": self.path, "_seen": set()}  # workers share the file, not the finalizer
-    def __setstate__(self, s): self.__dict__.update(s)
+
+    def __getstate__(self):
+        return {"path": self.path, "_seen": set()}  # workers share the file, not the finalizer
+
+    def __setstate__(self, s):
+        self.__dict__.update(s)
 
     def record(self, path, reason, image_id=None):
         "Append one failure; warn the first time this process sees `path`."
         reason = " ".join(str(reason).split())  # one line per record
-        with open(self.path, "a") as f: f.write(f"{path}\t{image_id}\t{reason}\n")
+        with open(self.path, "a") as f:
+            f.write(f"{path}\t{image_id}\t{reason}\n")
         if str(path) not in self._seen:
-            self._seen.add(str(path)); warnings.warn(f"skipping bad image {path}: {reason}", stacklevel=3)
+            self._seen.add(str(path))
+            warnings.warn(f"skipping bad image {path}: {reason}", stacklevel=3)
 
     @property
     def bad(self) -> dict:
@@ -152,17 +195,25 @@ class BadImageLog:
             p, _, reason = line.split("\t", 2)
             out.setdefault(p, reason)
         return out
-    def __len__(self): return len(self.bad)
+
+    def __len__(self):
+        return len(self.bad)
 
     def summary(self) -> str:
         bad = self.bad
-        if not bad: return "no bad images"
+        if not bad:
+            return "no bad images"
         return f"{len(bad)} bad image(s) skipped:\n" + "\n".join(f"  {p}: {r}" for p, r in sorted(bad.items()))
+
     def warn(self):
         "Issue one warning with the summary if anything was skipped; returns the number of bad files."
-        if self.bad: warnings.warn(self.summary(), stacklevel=2)
+        if self.bad:
+            warnings.warn(self.summary(), stacklevel=2)
         return len(self.bad)
-    def clear(self): open(self.path, "w").close(); self._seen.clear()
+
+    def clear(self):
+        open(self.path, "w").close()
+        self._seen.clear()
 
 # %% ../nbs/01_images.ipynb #8d3a5f88
 def collate_skip_none(batch):
@@ -173,51 +224,76 @@ def collate_skip_none(batch):
 # %% ../nbs/01_images.ipynb #0f293b74
 def _header_check(path, max_pixels):
     path = Path(path)
-    try: size = path.stat().st_size
-    except OSError: raise BadImageError(path, "file not found") from None
-    if size == 0: raise BadImageError(path, "empty file (0 bytes)")
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise BadImageError(path, "file not found") from None
+    if size == 0:
+        raise BadImageError(path, "empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im: w, h, fmt = *im.size, im.format
-    except Image.UnidentifiedImageError: raise BadImageError(path, "not an image file") from None
-    except Image.DecompressionBombError as e: raise BadImageError(path, f"decompression bomb: {e}") from None
-    except Exception as e: raise BadImageError(path, f"corrupt header ({e})") from None
+            with Image.open(path) as im:
+                w, h, fmt = *im.size, im.format
+    except Image.UnidentifiedImageError:
+        raise BadImageError(path, "not an image file") from None
+    except Image.DecompressionBombError as e:
+        raise BadImageError(path, f"decompression bomb: {e}") from None
+    except Exception as e:
+        raise BadImageError(path, f"corrupt header ({e})") from None
     if max_pixels and w * h > max_pixels:
-        raise BadImageError(path, f"decompression bomb: {w}x{h} = {w*h} pixels > limit {max_pixels}")
+        raise BadImageError(path, f"decompression bomb: {w}x{h} = {w * h} pixels > limit {max_pixels}")
     with open(path, "rb") as f:
-        f.seek(max(0, size - 16)); tail = f.read()
-    if fmt == "JPEG" and b"\xff\xd9" not in tail: raise BadImageError(path, "truncated image file (no JPEG end marker)")
-    if fmt == "PNG" and b"IEND" not in tail: raise BadImageError(path, "truncated image file (no PNG IEND chunk)")
+        f.seek(max(0, size - 16))
+        tail = f.read()
+    if fmt == "JPEG" and b"\xff\xd9" not in tail:
+        raise BadImageError(path, "truncated image file (no JPEG end marker)")
+    if fmt == "PNG" and b"IEND" not in tail:
+        raise BadImageError(path, "truncated image file (no PNG IEND chunk)")
+
 
 def scan(paths, decode: bool = False, max_pixels: int | None = -1) -> dict:
     "Check image files; returns `{path: reason}` for the bad ones (header check, or full decode)."
-    if max_pixels == -1: max_pixels = Image.MAX_IMAGE_PIXELS
+    if max_pixels == -1:
+        max_pixels = Image.MAX_IMAGE_PIXELS
     bad = {}
     for p in paths:
         try:
-            if decode: load_image(p, max_pixels=max_pixels)
-            else: _header_check(p, max_pixels)
-        except BadImageError as e: bad[str(p)] = e.reason
+            if decode:
+                load_image(p, max_pixels=max_pixels)
+            else:
+                _header_check(p, max_pixels)
+        except BadImageError as e:
+            bad[str(p)] = e.reason
     return bad
 
 # %% ../nbs/01_images.ipynb #958f9a73
-def preresize_images(src, dst, short_side: int = 256, quality: int = 90, exts=(".jpg", ".jpeg", ".png", ".webp", ".bmp")) -> dict:
+def preresize_images(
+    src, dst, short_side: int = 256, quality: int = 90, exts=(".jpg", ".jpeg", ".png", ".webp", ".bmp")
+) -> dict:
     "Copy every image under `src` to `dst` with its short side at most `short_side` (JPEG); returns counts and bad files."
     src, dst = Path(src), Path(dst)
-    if not src.is_dir(): raise FileNotFoundError(f"source folder {src} does not exist")
-    if short_side < 16: raise ValueError(f"short_side={short_side}: at least 16 pixels")
+    if not src.is_dir():
+        raise FileNotFoundError(f"source folder {src} does not exist")
+    if short_side < 16:
+        raise ValueError(f"short_side={short_side}: at least 16 pixels")
     out = dict(written=0, up_to_date=0, bad={})
     for p in sorted(q for q in src.rglob("*") if q.suffix.lower() in exts and q.is_file()):
         target = (dst / p.relative_to(src)).with_suffix(".jpg")
         if target.exists() and target.stat().st_mtime >= p.stat().st_mtime:
-            out["up_to_date"] += 1; continue
-        try: im = load_image(p, short_side)
-        except BadImageError as e: out["bad"][str(p)] = e.reason; continue
+            out["up_to_date"] += 1
+            continue
+        try:
+            im = load_image(p, short_side)
+        except BadImageError as e:
+            out["bad"][str(p)] = e.reason
+            continue
         scale = short_side / min(im.size)
-        if scale < 1: im = im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))), Image.BILINEAR)
+        if scale < 1:
+            im = im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))), Image.BILINEAR)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        im.save(tmp, format="JPEG", quality=quality); os.replace(tmp, target)
+        im.save(tmp, format="JPEG", quality=quality)
+        os.replace(tmp, target)
         out["written"] += 1
     return out

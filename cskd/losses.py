@@ -12,43 +12,53 @@ __all__ = ['emd_loss', 'kl_loss', 'score_loss']
 
 # %% ../nbs/02b_losses.ipynb #8c261250
 def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean": return x.mean()
-    if reduction == "sum": return x.sum()
-    if reduction == "none": return x
+    if reduction == "mean":
+        return x.mean()
+    if reduction == "sum":
+        return x.sum()
+    if reduction == "none":
+        return x
     raise ValueError(f"`reduction` must be 'mean', 'sum' or 'none', got {reduction!r}")
 
+
 def _check_dists(pred, target):
-    if pred.ndim != 2: raise ValueError(f"`pred` must be (B, bins), got shape {tuple(pred.shape)}")
+    if pred.ndim != 2:
+        raise ValueError(f"`pred` must be (B, bins), got shape {tuple(pred.shape)}")
     if pred.shape != target.shape:
         raise ValueError(f"shape mismatch: `pred` {tuple(pred.shape)} vs `target` {tuple(target.shape)}")
 
 # %% ../nbs/02b_losses.ipynb #c712d781
 def _safe_root(u: torch.Tensor, r: float) -> torch.Tensor:
-    if r == 1: return u
+    if r == 1:
+        return u
     pos = u > 0
     return torch.where(pos, torch.where(pos, u, torch.ones_like(u)) ** (1.0 / r), torch.zeros_like(u))
+
 
 def emd_loss(pred: torch.Tensor, target: torch.Tensor, r: float = 2, reduction: str = "mean") -> torch.Tensor:
     "EMD between (B, bins) probability tensors: (mean_k |CDF_pred - CDF_target|^r)^(1/r) per sample, then reduced."
     _check_dists(pred, target)
-    if r < 1: raise ValueError(f"`r` must be >= 1, got {r}")
+    if r < 1:
+        raise ValueError(f"`r` must be >= 1, got {r}")
     diff = (torch.cumsum(pred, -1) - torch.cumsum(target.to(pred.dtype), -1)).abs()
-    per_sample = _safe_root((diff ** r).mean(-1), r)
+    per_sample = _safe_root((diff**r).mean(-1), r)
     return _reduce(per_sample, reduction)
 
 # %% ../nbs/02b_losses.ipynb #d91288ad
-def kl_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float = 1.0,
-            reduction: str = "mean") -> torch.Tensor:
+def kl_loss(
+    student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float = 1.0, reduction: str = "mean"
+) -> torch.Tensor:
     "T^2 * KL(teacher_T || softmax(student/T)) per sample, reduced; teacher given as probabilities."
     _check_dists(student_logits, teacher_probs)
-    if temperature <= 0: raise ValueError(f"`temperature` must be positive, got {temperature}")
+    if temperature <= 0:
+        raise ValueError(f"`temperature` must be positive, got {temperature}")
     q = teacher_probs.to(student_logits.dtype)
     if temperature != 1.0:
         q = q.clamp_min(0) ** (1.0 / temperature)
     q = q / q.sum(-1, keepdim=True)
     log_p = F.log_softmax(student_logits / temperature, -1)
     per_sample = (torch.special.xlogy(q, q) - q * log_p).sum(-1)  # xlogy: 0 log 0 = 0
-    return _reduce(per_sample * temperature ** 2, reduction)
+    return _reduce(per_sample * temperature**2, reduction)
 
 # %% ../nbs/02b_losses.ipynb #934648ad
 def score_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse", reduction: str = "mean") -> torch.Tensor:
@@ -56,6 +66,8 @@ def score_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse", redu
     if pred.shape != target.shape:
         raise ValueError(f"shape mismatch: `pred` {tuple(pred.shape)} vs `target` {tuple(target.shape)}")
     target = target.to(pred.dtype)
-    if kind == "mse": return F.mse_loss(pred, target, reduction=reduction)
-    if kind == "l1": return F.l1_loss(pred, target, reduction=reduction)
+    if kind == "mse":
+        return F.mse_loss(pred, target, reduction=reduction)
+    if kind == "l1":
+        return F.l1_loss(pred, target, reduction=reduction)
     raise ValueError(f"`kind` must be 'mse' or 'l1', got {kind!r}")

@@ -16,41 +16,55 @@ def to_numpy(x, name: str = "x") -> np.ndarray:
     "`x` (numpy array, torch tensor, list) as a float64 numpy array."
     if hasattr(x, "detach"):  # torch tensor, without importing torch here
         x = x.detach().float().cpu().numpy() if str(x.dtype) == "torch.bfloat16" else x.detach().cpu().numpy()
-    try: return np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as e: raise ValueError(f"`{name}` is not numeric: {e}") from None
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"`{name}` is not numeric: {e}") from None
+
 
 def _vector(x, name: str) -> np.ndarray:
     a = to_numpy(x, name)
-    if a.ndim == 2 and 1 in a.shape: a = a.reshape(-1)  # accept (N, 1) and (1, N)
-    if a.ndim != 1: raise ValueError(f"`{name}` must be 1-D, got shape {a.shape}")
+    if a.ndim == 2 and 1 in a.shape:
+        a = a.reshape(-1)  # accept (N, 1) and (1, N)
+    if a.ndim != 1:
+        raise ValueError(f"`{name}` must be 1-D, got shape {a.shape}")
     if not np.isfinite(a).all():
         raise ValueError(f"`{name}` has {int((~np.isfinite(a)).sum())} non-finite values (nan/inf)")
     return a
 
+
 def _pair(pred, target):
     p, t = _vector(pred, "pred"), _vector(target, "target")
-    if len(p) != len(t): raise ValueError(f"length mismatch: `pred` has {len(p)} values, `target` has {len(t)}")
-    if len(p) == 0: raise ValueError("`pred` and `target` are empty")
+    if len(p) != len(t):
+        raise ValueError(f"length mismatch: `pred` has {len(p)} values, `target` has {len(t)}")
+    if len(p) == 0:
+        raise ValueError("`pred` and `target` are empty")
     return p, t
 
 # %% ../nbs/02_metrics.ipynb #4206a2f9
 def _constant(p, t, what: str) -> bool:
     for name, a in (("pred", p), ("target", t)):
         if len(a) < 2 or np.all(a == a[0]):
-            warnings.warn(f"{what} is undefined: `{name}` is constant (n={len(a)}); returning nan", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"{what} is undefined: `{name}` is constant (n={len(a)}); returning nan", RuntimeWarning, stacklevel=3
+            )
             return True
     return False
+
 
 def srcc(pred, target) -> float:
     "Spearman rank correlation between `pred` and `target` (1-D); nan (with a warning) if one is constant."
     p, t = _pair(pred, target)
-    if _constant(p, t, "SRCC"): return float("nan")
+    if _constant(p, t, "SRCC"):
+        return float("nan")
     return float(stats.spearmanr(p, t).statistic)
+
 
 def plcc(pred, target) -> float:
     "Pearson linear correlation between `pred` and `target` (1-D); nan (with a warning) if one is constant."
     p, t = _pair(pred, target)
-    if _constant(p, t, "PLCC"): return float("nan")
+    if _constant(p, t, "PLCC"):
+        return float("nan")
     return float(stats.pearsonr(p, t).statistic)
 
 # %% ../nbs/02_metrics.ipynb #9e05238a
@@ -63,50 +77,69 @@ def binary_accuracy(pred, target, threshold: float = 5.0) -> float:
 def mean_score(dist, scores=None):
     "Expected score of `dist` (..., bins) over `scores` (default 1..bins); numpy or torch, rows need not sum to 1."
     is_torch = hasattr(dist, "detach")
-    if not is_torch: dist = np.asarray(dist, dtype=np.float64)
+    if not is_torch:
+        dist = np.asarray(dist, dtype=np.float64)
     bins = dist.shape[-1]
     if scores is None:
         scores = np.arange(1, bins + 1, dtype=np.float64)
         if is_torch:
             import torch
-            scores = torch.arange(1, bins + 1, dtype=dist.dtype if dist.is_floating_point() else torch.float32, device=dist.device)
+
+            scores = torch.arange(
+                1, bins + 1, dtype=dist.dtype if dist.is_floating_point() else torch.float32, device=dist.device
+            )
     elif is_torch and not hasattr(scores, "detach"):
         import torch
+
         scores = torch.as_tensor(scores, dtype=dist.dtype, device=dist.device)
-    if scores.shape[-1] != bins: raise ValueError(f"`scores` has {scores.shape[-1]} values but `dist` has {bins} bins")
+    if scores.shape[-1] != bins:
+        raise ValueError(f"`scores` has {scores.shape[-1]} values but `dist` has {bins} bins")
     return (dist * scores).sum(-1) / dist.sum(-1)
 
 # %% ../nbs/02_metrics.ipynb #5ac0a673
 def _dists(x, name):
     a = to_numpy(x, name)
-    if a.ndim == 1: a = a[None]
-    if a.ndim != 2: raise ValueError(f"`{name}` must be (N, bins), got shape {a.shape}")
-    if not np.isfinite(a).all(): raise ValueError(f"`{name}` has non-finite values")
-    if (a < 0).any(): raise ValueError(f"`{name}` has negative entries")
+    if a.ndim == 1:
+        a = a[None]
+    if a.ndim != 2:
+        raise ValueError(f"`{name}` must be (N, bins), got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"`{name}` has non-finite values")
+    if (a < 0).any():
+        raise ValueError(f"`{name}` has negative entries")
     return a
+
 
 def emd(pred_dist, true_dist, r: float = 2, normalize: bool = True) -> float:
     "Mean over samples of (mean_k |CDF_pred - CDF_true|^r)^(1/r); inputs (N, bins) or (bins,)."
     p, t = _dists(pred_dist, "pred_dist"), _dists(true_dist, "true_dist")
-    if p.shape != t.shape: raise ValueError(f"shape mismatch: `pred_dist` {p.shape} vs `true_dist` {t.shape}")
-    if r <= 0: raise ValueError(f"`r` must be positive, got {r}")
+    if p.shape != t.shape:
+        raise ValueError(f"shape mismatch: `pred_dist` {p.shape} vs `true_dist` {t.shape}")
+    if r <= 0:
+        raise ValueError(f"`r` must be positive, got {r}")
     if normalize:
         for name, a in (("pred_dist", p), ("true_dist", t)):
-            if (a.sum(1) <= 0).any(): raise ValueError(f"`{name}` has rows summing to 0")
+            if (a.sum(1) <= 0).any():
+                raise ValueError(f"`{name}` has rows summing to 0")
         p, t = p / p.sum(1, keepdims=True), t / t.sum(1, keepdims=True)
     diff = np.abs(np.cumsum(p, 1) - np.cumsum(t, 1))
-    return float(np.mean(np.mean(diff ** r, 1) ** (1 / r)))
+    return float(np.mean(np.mean(diff**r, 1) ** (1 / r)))
 
 # %% ../nbs/02_metrics.ipynb #610a38b0
 def iaa_metrics(pred_mean, true_mean, pred_dist=None, true_dist=None, threshold: float = 5.0) -> dict:
     "SRCC, PLCC, binary accuracy and (when both distributions are given) EMD r=1 and r=2, as floats."
-    out = dict(srcc=srcc(pred_mean, true_mean), plcc=plcc(pred_mean, true_mean),
-               acc=binary_accuracy(pred_mean, true_mean, threshold))
+    out = dict(
+        srcc=srcc(pred_mean, true_mean),
+        plcc=plcc(pred_mean, true_mean),
+        acc=binary_accuracy(pred_mean, true_mean, threshold),
+    )
     if (pred_dist is None) != (true_dist is None):
         warnings.warn("only one of `pred_dist` / `true_dist` given: EMD not computed", RuntimeWarning, stacklevel=2)
     elif pred_dist is not None:
         n = len(to_numpy(pred_mean, "pred_mean").reshape(-1))
         if len(_dists(pred_dist, "pred_dist")) != n:
-            raise ValueError(f"`pred_dist` has {len(_dists(pred_dist, 'pred_dist'))} rows but `pred_mean` has {n} values")
+            raise ValueError(
+                f"`pred_dist` has {len(_dists(pred_dist, 'pred_dist'))} rows but `pred_mean` has {n} values"
+            )
         out.update(emd1=emd(pred_dist, true_dist, r=1), emd2=emd(pred_dist, true_dist, r=2))
     return out

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import warnings
-import difflib, hashlib, json, os, tempfile, warnings
+import difflib, hashlib, json, os, tempfile
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -28,8 +28,10 @@ __all__ = ['TOY_CLIP', 'TEST_CLIP', 'MODEL_CONFIGS', 'WeightsUnavailableError', 
 class WeightsUnavailableError(RuntimeError):
     "Pretrained weights could not be found, downloaded or read."
 
+
 class UnknownModelError(ValueError):
     "A model name that open_clip / timm does not know."
+
 
 def _close_matches(name: str, names, n: int = 5) -> str:
     names = list(names)
@@ -39,63 +41,83 @@ def _close_matches(name: str, names, n: int = 5) -> str:
     m += [x for x in difflib.get_close_matches(name, names, n=n, cutoff=0.4) if x not in m]
     return ", ".join(m[:n]) if m else "(none)"
 
+
 def _hub_env() -> str:
     env = {k: os.environ.get(k, "<unset>") for k in ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE")}
     return ", ".join(f"{k}={v}" for k, v in env.items())
+
 
 def _weights_error(kind, name, pretrained, cause, how) -> WeightsUnavailableError:
     return WeightsUnavailableError(
         f"{kind} model '{name}': weights pretrained={pretrained!r} are unavailable ({cause}). "
         f"Weights come from the Hugging Face hub cache (HF_HUB_CACHE, default $HF_HOME/hub; now {_hub_env()}); "
-        f"with no network, fill that cache elsewhere or pass a local file: {how}")
+        f"with no network, fill that cache elsewhere or pass a local file: {how}"
+    )
 
 # %% ../nbs/03_models.ipynb #ff8f938b
 TOY_CLIP, TEST_CLIP = "cskd-toy-vit", "cskd-test-vit"
 
 MODEL_CONFIGS = {
-    TOY_CLIP: dict(embed_dim=128,
-                   vision_cfg=dict(image_size=64, patch_size=8, width=128, layers=4, head_width=32),
-                   text_cfg=dict(context_length=32, vocab_size=49408, width=128, heads=4, layers=2)),
-    TEST_CLIP: dict(embed_dim=32,
-                    vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
-                    text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1)),
+    TOY_CLIP: dict(
+        embed_dim=128,
+        vision_cfg=dict(image_size=64, patch_size=8, width=128, layers=4, head_width=32),
+        text_cfg=dict(context_length=32, vocab_size=49408, width=128, heads=4, layers=2),
+    ),
+    TEST_CLIP: dict(
+        embed_dim=32,
+        vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
+        text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
+    ),
 }
+
 
 def register_model_config(name: str, cfg: dict) -> Path:
     "Register open_clip config `cfg` under `name` (idempotent); returns the JSON file written."
     if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
         raise ValueError(f"config for '{name}' needs keys embed_dim, vision_cfg, text_cfg; got {sorted(cfg)}")
     text = json.dumps(cfg, sort_keys=True, indent=1)
-    folder = Path(tempfile.gettempdir()) / f"cskd-open_clip-{os.getuid() if hasattr(os, 'getuid') else 0}" / \
-        hashlib.sha1(f"{name}\n{text}".encode()).hexdigest()[:16]
+    folder = (
+        Path(tempfile.gettempdir())
+        / f"cskd-open_clip-{os.getuid() if hasattr(os, 'getuid') else 0}"
+        / hashlib.sha1(f"{name}\n{text}".encode()).hexdigest()[:16]
+    )
     path = folder / f"{name}.json"
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{name}.{os.getpid()}.tmp"
-        tmp.write_text(text); os.replace(tmp, path)
+        tmp.write_text(text)
+        os.replace(tmp, path)
     if open_clip.get_model_config(name) != json.loads(text):
         open_clip.add_model_config(folder)
     return path
 
-for _n, _c in MODEL_CONFIGS.items(): register_model_config(_n, _c)
+
+for _n, _c in MODEL_CONFIGS.items():
+    register_model_config(_n, _c)
 
 # %% ../nbs/03_models.ipynb #84f78333
 class TeacherOutput(NamedTuple):
-    pooled: torch.Tensor            # (B, embed_dim) image embedding after projection
+    pooled: torch.Tensor  # (B, embed_dim) image embedding after projection
     tokens: Optional[torch.Tensor]  # (B, N, width) patch tokens of the last block, after ln_post
 
+
 def _check_clip_name(name: str):
-    if name.startswith(("hf-hub:", "local-dir:")): return
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return
     if open_clip.get_model_config(name.replace("/", "-")) is None:
-        raise UnknownModelError(f"unknown open_clip model '{name}'; close matches: "
-                                f"{_close_matches(name, open_clip.list_models())}")
+        raise UnknownModelError(
+            f"unknown open_clip model '{name}'; close matches: {_close_matches(name, open_clip.list_models())}"
+        )
+
 
 def _merge_cfg(name, overrides):
     "Deep-merge `vision_cfg`/`text_cfg` overrides into the named config (open_clip would replace them whole)."
     base = open_clip.get_model_config(name.replace("/", "-")) or {}
     for k in ("vision_cfg", "text_cfg"):
-        if k in overrides and k in base: overrides[k] = {**base[k], **overrides[k]}
+        if k in overrides and k in base:
+            overrides[k] = {**base[k], **overrides[k]}
     return overrides
+
 
 def _create_clip(name, pretrained, overrides):
     "open_clip model (and preprocess cfg) with weights errors turned into `WeightsUnavailableError`."
@@ -105,14 +127,18 @@ def _create_clip(name, pretrained, overrides):
     if pretrained is not None and not name.startswith(("hf-hub:", "local-dir:")):
         pretrained = str(pretrained)
         tags = open_clip.list_pretrained_tags_by_model(name.replace("/", "-"))
-        if os.path.isfile(pretrained): pass
+        if os.path.isfile(pretrained):
+            pass
         elif pretrained in tags:
             tag_cfg = open_clip.get_pretrained_cfg(name.replace("/", "-"), pretrained)
             if tag_cfg.get("quick_gelu") and not overrides.get("quick_gelu"):
                 overrides.setdefault("force_quick_gelu", True)  # e.g. OpenAI weights were trained with QuickGELU
         else:
-            cause = (f"no such file" if any(c in pretrained for c in "/\\.") else
-                     f"unknown tag; tags for this model: {', '.join(tags) if tags else '(none)'}")
+            cause = (
+                f"no such file"
+                if any(c in pretrained for c in "/\\.")
+                else f"unknown tag; tags for this model: {', '.join(tags) if tags else '(none)'}"
+            )
             raise _weights_error("open_clip", name, pretrained, cause, how)
     try:
         with warnings.catch_warnings():
@@ -126,12 +152,15 @@ def _create_clip(name, pretrained, overrides):
         raise _weights_error("open_clip", name, pretrained, e, how) from e
     return model
 
+
 def _normalizer(mean, std):
     def normalize(x: torch.Tensor) -> torch.Tensor:
         m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         s = torch.tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         return (x - m) / s
+
     return normalize
+
 
 def _square(t):
     t = tuple(t) if isinstance(t, (tuple, list)) else (t, t)
@@ -140,6 +169,7 @@ def _square(t):
 # %% ../nbs/03_models.ipynb #9ac778ba
 class CLIPTeacher(nn.Module):
     "A frozen open_clip model; `forward(x)` gives `TeacherOutput(pooled, tokens)` for normalised images `x`."
+
     def __init__(self, clip: nn.Module, model_name: str, pretrained=None):
         super().__init__()
         self.clip, self.model_name, self.pretrained = clip, model_name, pretrained
@@ -155,7 +185,8 @@ class CLIPTeacher(nn.Module):
         self.width = v.transformer.width if self.has_tokens else None
         self.embed_dim = getattr(v, "output_dim", None)
         self.normalize = _normalizer(self.mean, self.std)
-        for p in self.clip.parameters(): p.requires_grad_(False)
+        for p in self.clip.parameters():
+            p.requires_grad_(False)
         super().train(False)
 
     def train(self, mode: bool = True):
@@ -163,7 +194,8 @@ class CLIPTeacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> TeacherOutput:
-        if not self.has_tokens: return TeacherOutput(self.clip.encode_image(x), None)
+        if not self.has_tokens:
+            return TeacherOutput(self.clip.encode_image(x), None)
         out = self.clip.visual.forward_intermediates(x, indices=1, output_fmt="NLC", normalize_intermediates=True)
         return TeacherOutput(out["image_features"], out["image_intermediates"][-1])
 
@@ -173,6 +205,7 @@ class CLIPTeacher(nn.Module):
         dev = next(self.clip.parameters()).device
         return self.clip.encode_text(self.tokenizer(list(texts)).to(dev))
 
+
 def clip_teacher(model_name: str, pretrained=None, **overrides) -> CLIPTeacher:
     "A frozen `CLIPTeacher` from an open_clip name and `pretrained` (None, a tag, or a local weights file)."
     return CLIPTeacher(_create_clip(model_name, pretrained, overrides), model_name, pretrained)
@@ -180,8 +213,19 @@ def clip_teacher(model_name: str, pretrained=None, **overrides) -> CLIPTeacher:
 # %% ../nbs/03_models.ipynb #30bedf14
 class Encoder(nn.Module):
     "A visual encoder with `forward(x) -> (B, dim)` and `forward_tokens(x) -> ((B, N, token_dim), (h, w))`."
-    def __init__(self, model: nn.Module, name: str, mean, std, image_size, dim: int, token_dim: int,
-                 patch_size=None, num_prefix_tokens: int = 0):
+
+    def __init__(
+        self,
+        model: nn.Module,
+        name: str,
+        mean,
+        std,
+        image_size,
+        dim: int,
+        token_dim: int,
+        patch_size=None,
+        num_prefix_tokens: int = 0,
+    ):
         super().__init__()
         self.model, self.name = model, name
         self.mean, self.std, self.image_size = tuple(mean), tuple(std), image_size
@@ -197,61 +241,87 @@ class Encoder(nn.Module):
 
     def _tokens(self, f: torch.Tensor, x: torch.Tensor):
         if f.ndim == 4:
-            if getattr(self.model, "output_fmt", "NCHW") == "NHWC": f = f.permute(0, 3, 1, 2)
+            if getattr(self.model, "output_fmt", "NCHW") == "NHWC":
+                f = f.permute(0, 3, 1, 2)
             h, w = f.shape[-2:]
             return f.flatten(2).transpose(1, 2), (h, w)
-        if f.ndim != 3: raise ValueError(f"{self.name}: unsupported feature shape {tuple(f.shape)}")
-        f = f[:, self.num_prefix_tokens:]
+        if f.ndim != 3:
+            raise ValueError(f"{self.name}: unsupported feature shape {tuple(f.shape)}")
+        f = f[:, self.num_prefix_tokens :]
         n = f.shape[1]
         ps = self.patch_size if isinstance(self.patch_size, tuple) else (self.patch_size, self.patch_size)
         h, w = (x.shape[-2] // ps[0], x.shape[-1] // ps[1]) if ps[0] else (0, 0)
         if h * w != n:  # e.g. a model that pads or pools tokens: fall back to a square grid
-            h = w = int(round(n ** 0.5))
-            if h * w != n: raise ValueError(f"{self.name}: cannot infer a grid for {n} tokens")
+            h = w = int(round(n**0.5))
+            if h * w != n:
+                raise ValueError(f"{self.name}: cannot infer a grid for {n} tokens")
         return f, (h, w)
 
+
 def _check_timm_name(name: str):
-    if name.startswith(("hf-hub:", "local-dir:")) or timm.is_model(name): return
+    if name.startswith(("hf-hub:", "local-dir:")) or timm.is_model(name):
+        return
     raise UnknownModelError(f"unknown timm model '{name}'; close matches: {_close_matches(name, timm.list_models())}")
+
 
 def encoder(model_name: str, pretrained=False, drop_path_rate: float = 0.0, img_size=None, **kw) -> Encoder:
     "An `Encoder` around `timm.create_model(model_name, num_classes=0, ...)`; `pretrained`: False, True or a local file."
     _check_timm_name(model_name)
     kw = dict(kw, num_classes=0)
-    if drop_path_rate: kw["drop_path_rate"] = drop_path_rate
+    if drop_path_rate:
+        kw["drop_path_rate"] = drop_path_rate
     how = f"encoder('{model_name}', pretrained='/path/to/model.safetensors')"
     if pretrained not in (True, False, None):
-        if not os.path.isfile(str(pretrained)): raise _weights_error("timm", model_name, str(pretrained), "no such file", how)
+        if not os.path.isfile(str(pretrained)):
+            raise _weights_error("timm", model_name, str(pretrained), "no such file", how)
         kw["pretrained_cfg_overlay"] = dict(kw.get("pretrained_cfg_overlay", {}), file=str(pretrained))
         pretrained = True
     try:
-        try: model = timm.create_model(model_name, pretrained=bool(pretrained), **(dict(kw, img_size=img_size) if img_size else kw))
+        try:
+            model = timm.create_model(
+                model_name, pretrained=bool(pretrained), **(dict(kw, img_size=img_size) if img_size else kw)
+            )
         except TypeError as e:
-            if not img_size or "img_size" not in str(e): raise
+            if not img_size or "img_size" not in str(e):
+                raise
             model = timm.create_model(model_name, pretrained=bool(pretrained), **kw)  # CNNs take any input size
     except OSError as e:  # hub cache misses, network errors and missing files are all OSErrors
-        raise _weights_error("timm", model_name, kw.get("pretrained_cfg_overlay", {}).get("file", pretrained), e, how) from e
+        raise _weights_error(
+            "timm", model_name, kw.get("pretrained_cfg_overlay", {}).get("file", pretrained), e, how
+        ) from e
     dc = resolve_data_config({}, model=model)
     image_size = _square(img_size) if img_size else _square(dc["input_size"][1:])
     pe = getattr(model, "patch_embed", None)
-    if pe is not None and hasattr(pe, "patch_size"): patch = _square(pe.patch_size)
+    if pe is not None and hasattr(pe, "patch_size"):
+        patch = _square(pe.patch_size)
     else:
         fi = getattr(model, "feature_info", None)
         patch = fi[-1]["reduction"] if fi else None
-    return Encoder(model, model_name, dc["mean"], dc["std"], image_size,
-                   dim=getattr(model, "head_hidden_size", None) or model.num_features, token_dim=model.num_features,
-                   patch_size=patch, num_prefix_tokens=getattr(model, "num_prefix_tokens", 0))
+    return Encoder(
+        model,
+        model_name,
+        dc["mean"],
+        dc["std"],
+        image_size,
+        dim=getattr(model, "head_hidden_size", None) or model.num_features,
+        token_dim=model.num_features,
+        patch_size=patch,
+        num_prefix_tokens=getattr(model, "num_prefix_tokens", 0),
+    )
 
 # %% ../nbs/03_models.ipynb #b81ec9ad
 class CLIPEncoder(Encoder):
     "CLIP's image tower without its projection, as a trainable `Encoder`."
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def forward_tokens(self, x: torch.Tensor):
-        out = self.model.forward_intermediates(x, indices=1, output_fmt="NLC", normalize_intermediates=True,
-                                               intermediates_only=True)
+        out = self.model.forward_intermediates(
+            x, indices=1, output_fmt="NLC", normalize_intermediates=True, intermediates_only=True
+        )
         return out["image_intermediates"][-1], tuple(d // p for d, p in zip(x.shape[-2:], self.model.patch_size))
+
 
 def clip_encoder(model_name: str, pretrained=None, **overrides) -> CLIPEncoder:
     "The image tower of an open_clip ViT (projection removed, trainable) as an `Encoder`."
@@ -262,9 +332,17 @@ def clip_encoder(model_name: str, pretrained=None, **overrides) -> CLIPEncoder:
     v.proj = None  # pooled output = ln_post(class token), `width` features
     pcfg = getattr(v, "preprocess_cfg", {}) or {}
     w = v.transformer.width
-    enc = CLIPEncoder(v, model_name, pcfg.get("mean", open_clip.OPENAI_DATASET_MEAN),
-                      pcfg.get("std", open_clip.OPENAI_DATASET_STD), _square(v.image_size),
-                      dim=w, token_dim=w, patch_size=_square(v.patch_size), num_prefix_tokens=1)
+    enc = CLIPEncoder(
+        v,
+        model_name,
+        pcfg.get("mean", open_clip.OPENAI_DATASET_MEAN),
+        pcfg.get("std", open_clip.OPENAI_DATASET_STD),
+        _square(v.image_size),
+        dim=w,
+        token_dim=w,
+        patch_size=_square(v.patch_size),
+        num_prefix_tokens=1,
+    )
     del clip  # the text tower is not needed
     return enc.train()
 
@@ -272,7 +350,10 @@ def clip_encoder(model_name: str, pretrained=None, **overrides) -> CLIPEncoder:
 def build_encoder(spec: str, pretrained=None, image_size=None, drop_path_rate: float = 0.0) -> Encoder:
     "An `Encoder` from `'clip:<open_clip name>'` or `'[timm:]<timm name>'`, with optional weights (a tag, True, or a file)."
     if spec.startswith("clip:"):
-        if drop_path_rate: warnings.warn(f"encoder '{spec}': open_clip's ViT has no stochastic depth; drop_path_rate={drop_path_rate} is ignored")
+        if drop_path_rate:
+            warnings.warn(
+                f"encoder '{spec}': open_clip's ViT has no stochastic depth; drop_path_rate={drop_path_rate} is ignored"
+            )
         enc = clip_encoder(spec[5:], pretrained)
         if image_size and _square(image_size) != enc.image_size:
             raise ValueError(f"encoder '{spec}' takes {enc.image_size} px images, not image_size={image_size}")
@@ -283,24 +364,31 @@ def build_encoder(spec: str, pretrained=None, image_size=None, drop_path_rate: f
 # %% ../nbs/03_models.ipynb #9279924f
 class Projector(nn.Module):
     "Linear map of pooled features, or per-token linear map + bilinear resize of a token grid to `out_grid`."
+
     def __init__(self, in_dim: int, out_dim: int, kind: str = "pooled", in_grid=None, out_grid=None):
         super().__init__()
-        if kind not in ("pooled", "tokens"): raise ValueError(f"`kind` must be 'pooled' or 'tokens', got {kind!r}")
-        if kind == "pooled" and (in_grid or out_grid): raise ValueError("`in_grid`/`out_grid` only apply to kind='tokens'")
+        if kind not in ("pooled", "tokens"):
+            raise ValueError(f"`kind` must be 'pooled' or 'tokens', got {kind!r}")
+        if kind == "pooled" and (in_grid or out_grid):
+            raise ValueError("`in_grid`/`out_grid` only apply to kind='tokens'")
         self.kind, self.in_dim, self.out_dim = kind, in_dim, out_dim
-        self.in_grid = _pair(in_grid); self.out_grid = _pair(out_grid)
+        self.in_grid = _pair(in_grid)
+        self.out_grid = _pair(out_grid)
         self.proj = nn.Linear(in_dim, out_dim)
 
     def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"Projector expects {self.in_dim} features, got shape {tuple(x.shape)}")
         if self.kind == "pooled":
-            if x.ndim != 2: raise ValueError(f"pooled Projector expects (B, {self.in_dim}), got {tuple(x.shape)}")
+            if x.ndim != 2:
+                raise ValueError(f"pooled Projector expects (B, {self.in_dim}), got {tuple(x.shape)}")
             return self.proj(x)
-        if x.ndim != 3: raise ValueError(f"tokens Projector expects (B, N, {self.in_dim}), got {tuple(x.shape)}")
+        if x.ndim != 3:
+            raise ValueError(f"tokens Projector expects (B, N, {self.in_dim}), got {tuple(x.shape)}")
         B, N, _ = x.shape
-        h, w = _pair(grid) or self.in_grid or (int(round(N ** 0.5)),) * 2
-        if h * w != N: raise ValueError(f"grid {(h, w)} does not match {N} tokens")
+        h, w = _pair(grid) or self.in_grid or (int(round(N**0.5)),) * 2
+        if h * w != N:
+            raise ValueError(f"grid {(h, w)} does not match {N} tokens")
         y = self.proj(x)
         oh, ow = self.out_grid or (h, w)
         if (oh, ow) != (h, w):
@@ -309,17 +397,22 @@ class Projector(nn.Module):
             y = y.flatten(2).transpose(1, 2)
         return y
 
+
 def _pair(g):
-    if g is None: return None
+    if g is None:
+        return None
     return (g, g) if isinstance(g, int) else tuple(g)
 
 # %% ../nbs/03_models.ipynb #804099cb
 class IAAHead(nn.Module):
     "Dropout + linear: logits over `bins` score bins (`kind='dist'`) or one score (`kind='scalar'`)."
+
     def __init__(self, in_dim: int, bins: int = 10, kind: str = "dist", dropout: float = 0.0):
         super().__init__()
-        if kind not in ("dist", "scalar"): raise ValueError(f"`kind` must be 'dist' or 'scalar', got {kind!r}")
-        if kind == "dist" and bins < 2: raise ValueError(f"`bins` must be >= 2, got {bins}")
+        if kind not in ("dist", "scalar"):
+            raise ValueError(f"`kind` must be 'dist' or 'scalar', got {kind!r}")
+        if kind == "dist" and bins < 2:
+            raise ValueError(f"`bins` must be >= 2, got {bins}")
         self.kind, self.bins = kind, bins
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(in_dim, bins if kind == "dist" else 1)
@@ -328,8 +421,10 @@ class IAAHead(nn.Module):
         y = self.fc(self.drop(f))
         return y if self.kind == "dist" else y.squeeze(-1)
 
+
 class IAAModel(nn.Module):
     "An encoder and an `IAAHead`: `forward` gives logits (B, bins) or scores (B,)."
+
     def __init__(self, encoder: nn.Module, head: IAAHead):
         super().__init__()
         self.encoder, self.head = encoder, head
@@ -338,23 +433,33 @@ class IAAModel(nn.Module):
         return self.head(self.encoder(x))
 
     def predict_dist(self, x: torch.Tensor) -> torch.Tensor:
-        if self.head.kind != "dist": raise ValueError("predict_dist needs a head with kind='dist'")
+        if self.head.kind != "dist":
+            raise ValueError("predict_dist needs a head with kind='dist'")
         return self(x).softmax(-1)
 
     def predict_mean(self, x: torch.Tensor) -> torch.Tensor:
         "Predicted mean score (B,): the expected score 1..bins of the distribution, or the scalar output."
         return mean_score(self.predict_dist(x)) if self.head.kind == "dist" else self(x)
 
-    def backbone_parameters(self): return self.encoder.parameters()
-    def head_parameters(self): return self.head.parameters()
+    def backbone_parameters(self):
+        return self.encoder.parameters()
+
+    def head_parameters(self):
+        return self.head.parameters()
+
 
 def model_info(model: nn.Module) -> dict:
     "Parameter counts of `model`: total, trainable, and (for an IAAModel) backbone and head."
-    info = dict(params=sum(p.numel() for p in model.parameters()),
-                trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
+    info = dict(
+        params=sum(p.numel() for p in model.parameters()),
+        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+    )
     if isinstance(model, IAAModel):
-        info.update(backbone=sum(p.numel() for p in model.backbone_parameters()),
-                    head=sum(p.numel() for p in model.head_parameters()))
+        info.update(
+            backbone=sum(p.numel() for p in model.backbone_parameters()),
+            head=sum(p.numel() for p in model.head_parameters()),
+        )
     for k in ("name", "model_name", "dim", "image_size"):
-        if isinstance(getattr(model, k, None), (str, int, tuple)): info[k] = getattr(model, k)
+        if isinstance(getattr(model, k, None), (str, int, tuple)):
+            info[k] = getattr(model, k)
     return info

@@ -30,19 +30,27 @@ class PipelineConfig:
     run_dir: str = param("runs/demo", "output folder: one run folder per seed and step, the results table")
     figures_dir: str = param("figures", "where seed 0's collapse figures go")
     seeds: list = param([0, 1], "training seeds; the table gives mean and spread over them")
-    data_root: str = param("data/toy", "dataset folder (AVA.txt, images/, splits/); the toy world is written there when missing")
+    data_root: str = param(
+        "data/toy", "dataset folder (AVA.txt, images/, splits/); the toy world is written there when missing"
+    )
     toy_images: int = param(10000, "images of the toy world written when data_root does not exist", min=10)
     dataset: str = param("toy", "'ava' adds the published AVA numbers to the table", choices=("toy", "ava", "other"))
     clip: str = param("cskd-toy-vit", "the CLIP teacher of phase 1 (open_clip name)")
     clip_pretrained: str | None = param(None, "CLIP weights: an open_clip tag or a local file; None: random init")
     large: str = param("vit_tiny_patch16_224", "the large given encoder (timm name); it becomes the IAA teacher")
-    large_pretrained: bool | str | None = param(None, "the large encoder's starting weights: true (timm's), a local file, None (random)")
+    large_pretrained: bool | str | None = param(
+        None, "the large encoder's starting weights: true (timm's), a local file, None (random)"
+    )
     student: str = param("mobilenetv3_small_100", "the lightweight student (timm name)")
-    student_pretrained: bool | str | None = param(None, "the student's starting weights: true (timm's), a local file, None (random)")
+    student_pretrained: bool | str | None = param(
+        None, "the student's starting weights: true (timm's), a local file, None (random)"
+    )
     image_size: int = param(64, "input size of the timm encoders", min=16)
     n_labeled: int | None = param(1000, "labeled training images (a low-label regime); None: all", min=1)
     pool_sources: list = param([], "unlabeled image folders / file lists for phases 1 and 2; empty: data_root's images")
-    pool_limit: int | None = param(2000, "unlabeled pool images (the test and val splits are excluded); None: all", min=1)
+    pool_limit: int | None = param(
+        2000, "unlabeled pool images (the test and val splits are excluded); None: all", min=1
+    )
     align_epochs: int = param(2, min=1)
     finetune_epochs: int = param(3, min=1)
     distill_epochs: int = param(3, min=1)
@@ -55,34 +63,50 @@ class PipelineConfig:
         self.seeds = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in self.seeds]
         if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
             raise ConfigError(f"parameter 'seeds': {self.seeds!r}; a non-empty list of integers >= 0")
-        if len(set(self.seeds)) != len(self.seeds): raise ConfigError(f"parameter 'seeds': repeated seeds in {self.seeds}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"parameter 'seeds': repeated seeds in {self.seeds}")
         import open_clip, timm
         import cskd.models  # noqa: F401  (registers the toy CLIP configs with open_clip)
+
         if open_clip.get_model_config(self.clip) is None:
             raise ConfigError(f"parameter 'clip': {self.clip!r} is not an open_clip model")
         for k in ("large", "student"):
-            if not timm.is_model(getattr(self, k)): raise ConfigError(f"parameter '{k}': {getattr(self, k)!r} is not a timm model")
+            if not timm.is_model(getattr(self, k)):
+                raise ConfigError(f"parameter '{k}': {getattr(self, k)!r} is not a timm model")
         for k in ("clip_pretrained", "large_pretrained", "student_pretrained"):
             v = getattr(self, k)
-            if isinstance(v, str) and ("/" in v or v.endswith((".safetensors", ".pt", ".pth", ".bin"))) and not Path(v).is_file():
+            if (
+                isinstance(v, str)
+                and ("/" in v or v.endswith((".safetensors", ".pt", ".pth", ".bin")))
+                and not Path(v).is_file()
+            ):
                 raise ConfigError(f"parameter '{k}': weights file {v} does not exist")
 
 # %% ../nbs/10_pipeline.ipynb #19eefe9d
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "nbs" / "experiments" if "__file__" in globals() else Path("experiments").resolve()
+EXPERIMENTS = (
+    Path(__file__).resolve().parents[1] / "nbs" / "experiments"
+    if "__file__" in globals()
+    else Path("experiments").resolve()
+)
+
 
 def experiment_notebook(name: str) -> Path:
     "The path of `nbs/experiments/<name>.ipynb` (in a source checkout: the notebooks are not in the wheel)."
     nb = EXPERIMENTS / f"{name}.ipynb"
     if not nb.exists():
         known = sorted(p.stem for p in EXPERIMENTS.glob("*.ipynb")) if EXPERIMENTS.exists() else []
-        raise FileNotFoundError(f"no experiment notebook {nb} (known: {known}); the pipeline runs from a source checkout")
+        raise FileNotFoundError(
+            f"no experiment notebook {nb} (known: {known}); the pipeline runs from a source checkout"
+        )
     return nb
+
 
 def run_step(name: str, run_dir, parameters: dict, force: bool = False, log=print, stream: bool = False) -> dict:
     """Execute experiment notebook `name` with `parameters` into `run_dir` (the executed notebook is
     `<run_dir>/<name>.ipynb`); returns its `metrics.json`. Skipped when `run_dir` already holds the
     metrics of the same notebook and parameters (`step.json`). `stream`: print what the notebook prints."""
     import papermill as pm
+
     notebook = experiment_notebook(name)
     run = Path(run_dir)
     parameters = dict(parameters, run_dir=str(run))
@@ -97,37 +121,53 @@ def run_step(name: str, run_dir, parameters: dict, force: bool = False, log=prin
     write_text_atomic(record, json.dumps(want, indent=1))
     t0 = time.perf_counter()
     log(f"[run]  {name} -> {run}")
-    pm.execute_notebook(str(notebook), str(run / f"{name}.ipynb"), parameters=parameters,
-                        cwd=str(Path.cwd()), kernel_name="python3", progress_bar=False, stdout_file=sys.stdout if stream else None)
+    pm.execute_notebook(
+        str(notebook),
+        str(run / f"{name}.ipynb"),
+        parameters=parameters,
+        cwd=str(Path.cwd()),
+        kernel_name="python3",
+        progress_bar=False,
+        stdout_file=sys.stdout if stream else None,
+    )
     log(f"       done in {time.perf_counter() - t0:.0f} s")
     return json.loads((run / "metrics.json").read_text())
 
 # %% ../nbs/10_pipeline.ipynb #4aeae307
 @torch.inference_mode()
-def cpu_latency(model: torch.nn.Module, image_size: int, batch_size: int = 1, repeats: int = 20, warmup: int = 3) -> float:
+def cpu_latency(
+    model: torch.nn.Module, image_size: int, batch_size: int = 1, repeats: int = 20, warmup: int = 3
+) -> float:
     "Median milliseconds of one forward pass on the CPU."
     model = model.eval().cpu()
     x = torch.randn(batch_size, 3, image_size, image_size)
-    for _ in range(warmup): model(x)
+    for _ in range(warmup):
+        model(x)
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter(); model(x); times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - t0)
     return 1000 * statistics.median(times)
 
 # %% ../nbs/10_pipeline.ipynb #315a7240
-def summarize(rows: pd.DataFrame, metrics=("srcc", "plcc", "acc", "emd2"), keep=("params_m", "latency_ms"), by: str = "model") -> pd.DataFrame:
+def summarize(
+    rows: pd.DataFrame, metrics=("srcc", "plcc", "acc", "emd2"), keep=("params_m", "latency_ms"), by: str = "model"
+) -> pd.DataFrame:
     "One row per model: `<metric>` (mean), `<metric>_sd`, `n_seeds`, and the `keep` columns' means."
     out = []
     for name, g in rows.groupby(by, sort=False):
         r = {by: name, "n_seeds": len(g)}
         for k in keep:
-            if k in g: r[k] = float(g[k].mean())
+            if k in g:
+                r[k] = float(g[k].mean())
         for m in metrics:
             if m in g:
                 v = g[m].astype(float)
                 r[m], r[f"{m}_sd"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
         out.append(r)
     return pd.DataFrame(out)
+
 
 def display_table(summary: pd.DataFrame, metrics=("srcc", "plcc", "acc", "emd2")) -> pd.DataFrame:
     "`mean ± sd` text columns for reading (the CSV keeps the numbers)."
@@ -137,11 +177,21 @@ def display_table(summary: pd.DataFrame, metrics=("srcc", "plcc", "acc", "emd2")
             t[m] = [f"{a:.3f}" + (f" ± {b:.3f}" if np.isfinite(b) else "") for a, b in zip(t[m], t[f"{m}_sd"])]
             t = t.drop(columns=f"{m}_sd")
     for k, fmt in (("params_m", "{:.2f}"), ("latency_ms", "{:.1f}")):
-        if k in t: t[k] = [fmt.format(v) for v in t[k]]
+        if k in t:
+            t[k] = [fmt.format(v) for v in t[k]]
     return t
 
 # %% ../nbs/10_pipeline.ipynb #6762a5f2
-PUBLISHED_AVA = pd.DataFrame([
-    ("NIMA", 0.612, 0.636), ("MUSIQ", 0.726, 0.738), ("MLSP", 0.756, 0.757), ("TANet", 0.758, 0.765),
-    ("EAT", 0.759, 0.770), ("VILA", 0.774, 0.774), ("UniQA", 0.776, 0.776), ("Q-Align (an MLLM)", 0.82, 0.82)],
-    columns=["model", "srcc", "plcc"])
+PUBLISHED_AVA = pd.DataFrame(
+    [
+        ("NIMA", 0.612, 0.636),
+        ("MUSIQ", 0.726, 0.738),
+        ("MLSP", 0.756, 0.757),
+        ("TANet", 0.758, 0.765),
+        ("EAT", 0.759, 0.770),
+        ("VILA", 0.774, 0.774),
+        ("UniQA", 0.776, 0.776),
+        ("Q-Align (an MLLM)", 0.82, 0.82),
+    ],
+    columns=["model", "srcc", "plcc"],
+)

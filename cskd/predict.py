@@ -32,28 +32,42 @@ def find_run_config(checkpoint, levels: int = 3) -> Path:
     looked = []
     for d in [f.parent, *list(f.parent.parents)[:levels]]:
         looked.append(str(d))
-        if (d / "config.json").is_file(): return d / "config.json"
-    raise FileNotFoundError(f"no config.json next to checkpoint {f} (looked in {', '.join(looked)}): the run's config says which "
-                            "encoder and head the weights belong to; pass the run folder instead (--run RUN_DIR), or copy the "
-                            "run's config.json next to the checkpoint")
+        if (d / "config.json").is_file():
+            return d / "config.json"
+    raise FileNotFoundError(
+        f"no config.json next to checkpoint {f} (looked in {', '.join(looked)}): the run's config says which "
+        "encoder and head the weights belong to; pass the run folder instead (--run RUN_DIR), or copy the "
+        "run's config.json next to the checkpoint"
+    )
+
 
 def _link(src: Path, dst: Path):
-    try: os.symlink(src.resolve(), dst)
-    except OSError: shutil.copy(src, dst)  # file systems without symlinks
+    try:
+        os.symlink(src.resolve(), dst)
+    except OSError:
+        shutil.copy(src, dst)  # file systems without symlinks
+
 
 def load_scorer(run=None, checkpoint=None, device="cpu"):
     "`(model, config)` of a fine-tuning or distillation run: `run` (best, else last checkpoint) or a `checkpoint` file."
     from cskd.distill import teacher_from_run
-    if (run is None) == (checkpoint is None): raise ValueError("give exactly one of run (a run folder) or checkpoint (a model.safetensors file)")
+
+    if (run is None) == (checkpoint is None):
+        raise ValueError("give exactly one of run (a run folder) or checkpoint (a model.safetensors file)")
     if run is not None:
-        if not Path(run).is_dir(): raise FileNotFoundError(f"run folder {run} does not exist")
+        if not Path(run).is_dir():
+            raise FileNotFoundError(f"run folder {run} does not exist")
         model, cfg = teacher_from_run(run)
     else:
         f = Path(checkpoint)
-        if not f.is_file(): raise FileNotFoundError(f"checkpoint {f} does not exist" + (" (it is a folder: pass --run)" if f.is_dir() else ""))
+        if not f.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {f} does not exist" + (" (it is a folder: pass --run)" if f.is_dir() else "")
+            )
         conf = find_run_config(f)
         with tempfile.TemporaryDirectory(prefix="cskd-scorer-") as d:
-            _link(conf, Path(d) / "config.json"); _link(f, Path(d) / "model.safetensors")
+            _link(conf, Path(d) / "config.json")
+            _link(f, Path(d) / "model.safetensors")
             model, cfg = teacher_from_run(d)
     return model.to(device).eval(), cfg
 
@@ -61,43 +75,67 @@ def load_scorer(run=None, checkpoint=None, device="cpu"):
 def collect_paths(inputs, exts=IMG_EXTS) -> tuple[list[Path], int]:
     "Image paths from files, folders (recursive) and file lists, in order, each once; returns `(paths, n_duplicates)`."
     exts = tuple(e.lower() for e in exts)
-    if isinstance(inputs, (str, os.PathLike)): inputs = [inputs]
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
     out, missing = [], []
     for src in map(Path, inputs):
-        if src.is_dir(): out += sorted(q for q in src.rglob("*") if q.suffix.lower() in exts and q.is_file())
+        if src.is_dir():
+            out += sorted(q for q in src.rglob("*") if q.suffix.lower() in exts and q.is_file())
         elif src.suffix.lower() in exts:
-            if src.exists(): out.append(src)
-            else: missing.append(f"{src}: no such file")
+            if src.exists():
+                out.append(src)
+            else:
+                missing.append(f"{src}: no such file")
         elif src.is_file():
-            try: lines = src.read_text().splitlines()
-            except UnicodeDecodeError: raise ValueError(f"{src}: neither an image (extension not in {', '.join(exts)}) nor a text file list") from None
+            try:
+                lines = src.read_text().splitlines()
+            except UnicodeDecodeError:
+                raise ValueError(
+                    f"{src}: neither an image (extension not in {', '.join(exts)}) nor a text file list"
+                ) from None
             for n, line in enumerate(lines, 1):
                 s = line.strip()
-                if not s or s.startswith("#"): continue
+                if not s or s.startswith("#"):
+                    continue
                 q = Path(s) if Path(s).is_absolute() else src.parent / s
-                if q.is_file(): out.append(q)
-                else: missing.append(f"{src}:{n}: {s}: " + ("is a folder (a list names image files)" if q.is_dir() else "no such file"))
-        else: missing.append(f"{src}: no such file or folder")
+                if q.is_file():
+                    out.append(q)
+                else:
+                    missing.append(
+                        f"{src}:{n}: {s}: "
+                        + ("is a folder (a list names image files)" if q.is_dir() else "no such file")
+                    )
+        else:
+            missing.append(f"{src}: no such file or folder")
     if missing:
-        raise FileNotFoundError(f"{len(missing)} input(s) not found; nothing was scored:\n  " + "\n  ".join(missing[:20])
-                                + (f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""))
+        raise FileNotFoundError(
+            f"{len(missing)} input(s) not found; nothing was scored:\n  "
+            + "\n  ".join(missing[:20])
+            + (f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else "")
+        )
     seen, paths = set(), []
     for p in out:
         k = os.path.realpath(p)
-        if k not in seen: seen.add(k); paths.append(p)
+        if k not in seen:
+            seen.add(k)
+            paths.append(p)
     return paths, len(out) - len(paths)
 
 # %% ../nbs/12_predict.ipynb #1163d1ee
 class ScoreImages(_ImageItems):
     "Images to score: items `(image, position)`; bad files are skipped and logged."
+
     def __init__(self, paths, transform, allow_truncated: bool = False):
         super().__init__(paths, [str(p) for p in paths], transform, on_error="skip", allow_truncated=allow_truncated)
+
     def __getitem__(self, i):
         img = self._image(i)
         return None if img is None else (img, i)
 
+
 class _TorchScorer:
     "The scorer interface around an `IAAModel`."
+
     def __init__(self, model, device=None):
         self.model = model.eval()
         self.device = torch.device(device) if device else next(model.parameters()).device
@@ -109,18 +147,30 @@ class _TorchScorer:
     @torch.no_grad()
     def score_batch(self, x):
         out = self.model(torch.as_tensor(x).to(self.device)).float()
-        if self.head != "dist": return out.cpu().numpy(), None
+        if self.head != "dist":
+            return out.cpu().numpy(), None
         p = out.softmax(-1)
         return mean_score(p).cpu().numpy(), p.cpu().numpy()
+
 
 def as_scorer(model, device=None):
     "A scorer (`preprocessing`, `score_batch`) from an `IAAModel` or an already made scorer."
     return model if hasattr(model, "score_batch") else _TorchScorer(model, device)
 
-def score_images(model, inputs, out=None, batch_size: int = 64, num_workers: int = 0, device=None,
-                 progress: bool = True, allow_truncated: bool = False) -> pd.DataFrame:
+
+def score_images(
+    model,
+    inputs,
+    out=None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device=None,
+    progress: bool = True,
+    allow_truncated: bool = False,
+) -> pd.DataFrame:
     "Score every image of `inputs` (files, folders, file lists); one row per image, bad ones with `error`. Writes `out` (CSV) if given."
     from tqdm.auto import tqdm
+
     scorer = as_scorer(model, device)
     paths, dups = collect_paths(inputs)
     pp = scorer.preprocessing
@@ -131,51 +181,68 @@ def score_images(model, inputs, out=None, batch_size: int = 64, num_workers: int
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="skipping bad image")  # the summary names them all, once
         for batch in tqdm(loader, disable=not progress, desc="score", unit="batch"):
-            if batch is None: continue
+            if batch is None:
+                continue
             x, idx = batch
             m, p = scorer.score_batch(x)
             means[idx.numpy()] = m
             if p is not None:
-                if dists is None: dists = np.full((len(paths), p.shape[1]), np.nan)
+                if dists is None:
+                    dists = np.full((len(paths), p.shape[1]), np.nan)
                 dists[idx.numpy()] = p
     bad = ds.bad_images
     df = pd.DataFrame(dict(path=[str(p) for p in paths], pred_mean=means))
     if dists is not None or getattr(scorer, "head", "dist") == "dist":
         d = dists if dists is not None else np.full((len(paths), 10), np.nan)
-        for k in range(d.shape[1]): df[f"p{k + 1}"] = d[:, k]
+        for k in range(d.shape[1]):
+            df[f"p{k + 1}"] = d[:, k]
     df["error"] = [bad.get(p, "") if np.isnan(m) else "" for p, m in zip(df.path, means)]
     df.loc[df.pred_mean.isna() & (df.error == ""), "error"] = "not scored"  # never expected; never silent
     df.attrs["duplicates"] = dups
-    if out is not None: write_text_atomic(out, df.to_csv(index=False))
+    if out is not None:
+        write_text_atomic(out, df.to_csv(index=False))
     return df
+
 
 def score_summary(df: pd.DataFrame) -> str:
     "How many images were scored, and each unreadable one with its reason."
     bad = df[df.error.fillna("") != ""]
     s = f"{len(df) - len(bad)} of {len(df)} image(s) scored"
-    if df.attrs.get("duplicates"): s += f" ({df.attrs['duplicates']} duplicate path(s) scored once)"
-    if len(bad): s += f"; {len(bad)} unreadable (empty score in the CSV):\n" + "\n".join(f"  {p}: {e}" for p, e in zip(bad.path, bad.error))
+    if df.attrs.get("duplicates"):
+        s += f" ({df.attrs['duplicates']} duplicate path(s) scored once)"
+    if len(bad):
+        s += f"; {len(bad)} unreadable (empty score in the CSV):\n" + "\n".join(
+            f"  {p}: {e}" for p, e in zip(bad.path, bad.error)
+        )
     return s
 
 # %% ../nbs/12_predict.ipynb #8de0da59
 def plot_scores(df: pd.DataFrame, n: int = 6, path=None, size: float = 2.0):
     "A grid: the `n` best (top row) and `n` worst (bottom row) scored images of `score_images`' table."
     import matplotlib.pyplot as plt
+
     ok = df[df.pred_mean.notna()].sort_values("pred_mean", ascending=False)
-    if ok.empty: raise ValueError("no scored image to plot (every image was unreadable)")
+    if ok.empty:
+        raise ValueError("no scored image to plot (every image was unreadable)")
     n = max(1, min(n, len(ok)))
     rows = [("best", ok.head(n))] + ([("worst", ok.tail(n).iloc[::-1])] if len(ok) > n else [])
     fig, axes = plt.subplots(len(rows), n, figsize=(size * n, size * 1.15 * len(rows)), squeeze=False)
     for r, (name, part) in enumerate(rows):
         for c, ax in enumerate(axes[r]):
             ax.axis("off")
-            if c >= len(part): continue
+            if c >= len(part):
+                continue
             row = part.iloc[c]
-            im = load_image(row.path, draft_size=256); im.thumbnail((256, 256))
-            ax.imshow(im); ax.set_title(f"{row.pred_mean:.2f}  {Path(row.path).name}", fontsize=8)
-        axes[r, 0].text(-0.08, 0.5, name, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right", fontsize=10)
+            im = load_image(row.path, draft_size=256)
+            im.thumbnail((256, 256))
+            ax.imshow(im)
+            ax.set_title(f"{row.pred_mean:.2f}  {Path(row.path).name}", fontsize=8)
+        axes[r, 0].text(
+            -0.08, 0.5, name, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right", fontsize=10
+        )
     fig.tight_layout()
     if path is not None:
         from cskd.runs import save_figure
+
         save_figure(fig, path)
     return fig

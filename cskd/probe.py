@@ -31,26 +31,37 @@ __all__ = ['ALPHAS', 'embed_module', 'embed_fn', 'model_name', 'weights_hash', '
 def embed_module(model) -> torch.nn.Module:
     "The module whose weights determine the embedding (CLIP's image tower for a CLIP model)."
     clip = getattr(model, "clip", None)
-    if clip is not None and hasattr(clip, "visual"): return clip.visual
-    if hasattr(model, "encode_image") and hasattr(model, "visual"): return model.visual
+    if clip is not None and hasattr(clip, "visual"):
+        return clip.visual
+    if hasattr(model, "encode_image") and hasattr(model, "visual"):
+        return model.visual
     return model
+
 
 def embed_fn(model):
     "A function: normalised images (B, 3, H, W) -> pooled embeddings (B, D)."
     clip = getattr(model, "clip", model)
-    if hasattr(clip, "encode_image"): return clip.encode_image  # CLIPTeacher / open_clip model: projected embedding
+    if hasattr(clip, "encode_image"):
+        return clip.encode_image  # CLIPTeacher / open_clip model: projected embedding
+
     def f(x):
         out = model(x)
-        if hasattr(out, "pooled"): out = out.pooled
-        elif isinstance(out, (tuple, list)): out = out[0]
-        if out.ndim != 2: raise ValueError(f"{model_name(model)}: expected pooled features (B, D), got {tuple(out.shape)}")
+        if hasattr(out, "pooled"):
+            out = out.pooled
+        elif isinstance(out, (tuple, list)):
+            out = out[0]
+        if out.ndim != 2:
+            raise ValueError(f"{model_name(model)}: expected pooled features (B, D), got {tuple(out.shape)}")
         return out
+
     return f
+
 
 def model_name(model) -> str:
     for a in ("model_name", "name"):
         v = getattr(model, a, None)
-        if isinstance(v, str) and v: return v
+        if isinstance(v, str) and v:
+            return v
     return type(model).__name__
 
 # %% ../nbs/09b_probe.ipynb #35d945a0
@@ -60,58 +71,83 @@ def weights_hash(module: torch.nn.Module) -> str:
     for k, v in module.state_dict().items():
         h.update(f"{k}|{tuple(v.shape)}|{v.dtype}\n".encode())
         t = v.detach().cpu().contiguous().reshape(-1)
-        if t.numel(): h.update(t.view(torch.uint8).numpy().data)
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().data)
     return h.hexdigest()
+
 
 def weights_id(model, weights=None) -> str:
     "`weights` as a cache key: a file -> path, size and mtime; another string -> itself; None -> a hash of the weights."
-    if weights is None: return "hash:" + weights_hash(embed_module(model))
+    if weights is None:
+        return "hash:" + weights_hash(embed_module(model))
     p = Path(str(weights))
     if p.is_file():
         st = p.stat()
         return f"file:{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
     return f"tag:{weights}"
 
+
 def images_key(dataset) -> str:
     "A hash of a dataset's image list: ids, absolute paths, file sizes and modification times."
     if not (hasattr(dataset, "paths") and hasattr(dataset, "ids")):
-        raise TypeError(f"cannot key an embedding cache for {type(dataset).__name__}: it needs `.paths` and `.ids` "
-                        f"(an IAADataset / UnlabeledPool); pass cache_dir=None to skip caching")
+        raise TypeError(
+            f"cannot key an embedding cache for {type(dataset).__name__}: it needs `.paths` and `.ids` "
+            f"(an IAADataset / UnlabeledPool); pass cache_dir=None to skip caching"
+        )
     h = hashlib.blake2b(digest_size=16)
     for i, p in zip(dataset.ids, dataset.paths):
-        try: st = os.stat(p); sig = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError: sig = "missing"
+        try:
+            st = os.stat(p)
+            sig = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            sig = "missing"
         h.update(f"{i}\t{os.path.abspath(p)}\t{sig}\n".encode())
     return h.hexdigest()
 
+
 def cache_key(model, dataset, weights=None) -> dict:
     "Everything an embedding depends on."
-    return dict(format=1, model=model_name(model), weights=weights_id(model, weights),
-                transform=repr(getattr(dataset, "transform", None)), images=images_key(dataset), n_images=len(dataset))
+    return dict(
+        format=1,
+        model=model_name(model),
+        weights=weights_id(model, weights),
+        transform=repr(getattr(dataset, "transform", None)),
+        images=images_key(dataset),
+        n_images=len(dataset),
+    )
 
 # %% ../nbs/09b_probe.ipynb #8844b8f3
-def _slug(s: str) -> str: return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)[:60]
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)[:60]
+
 
 def _atomic_write(path: Path, write):
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            write(f); f.flush(); os.fsync(f.fileno())
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists(): tmp.unlink()
+        if tmp.exists():
+            tmp.unlink()
+
 
 def _read_cache(stem: Path, key: dict):
     man, arr = stem.with_suffix(".json"), stem.with_suffix(".npy")
-    if not (man.is_file() and arr.is_file()): return None
+    if not (man.is_file() and arr.is_file()):
+        return None
     try:
         m = json.loads(man.read_text())
         X = np.load(arr, allow_pickle=False)
     except (OSError, ValueError) as e:
         warnings.warn(f"embedding cache {stem}: unreadable ({e}); recomputing", RuntimeWarning, stacklevel=3)
         return None
-    if m.get("key") != key or X.shape != (len(m.get("ids", [])), m.get("dim")): return None
+    if m.get("key") != key or X.shape != (len(m.get("ids", [])), m.get("dim")):
+        return None
     return list(m["ids"]), X.astype(np.float32)
+
 
 def _write_cache(stem: Path, key: dict, ids, X: np.ndarray, extra: dict):
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +159,7 @@ def _write_cache(stem: Path, key: dict, ids, X: np.ndarray, extra: dict):
 @torch.no_grad()
 def _compute(model, dataset, batch_size, num_workers, device, progress):
     from tqdm.auto import tqdm
+
     dev = device or next(embed_module(model).parameters()).device
     fn, was = embed_fn(model), model.training
     model.eval()
@@ -130,15 +167,27 @@ def _compute(model, dataset, batch_size, num_workers, device, progress):
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_none)
     try:
         for batch in tqdm(loader, desc=f"embed {model_name(model)}", disable=not progress):
-            if batch is None: continue
-            feats.append(fn(batch[0].to(dev)).float().cpu().numpy()); ids += [str(i) for i in batch[-1]]
+            if batch is None:
+                continue
+            feats.append(fn(batch[0].to(dev)).float().cpu().numpy())
+            ids += [str(i) for i in batch[-1]]
     finally:
         model.train(was)
-    if not feats: raise ValueError(f"embed: no readable images in the dataset ({len(dataset)} items)")
+    if not feats:
+        raise ValueError(f"embed: no readable images in the dataset ({len(dataset)} items)")
     return ids, np.concatenate(feats)
 
-def embed(model, dataset, cache_dir=None, batch_size: int = 64, num_workers: int = 0, device=None,
-          weights=None, progress: bool = True) -> tuple[list[str], np.ndarray]:
+
+def embed(
+    model,
+    dataset,
+    cache_dir=None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device=None,
+    weights=None,
+    progress: bool = True,
+) -> tuple[list[str], np.ndarray]:
     "Pooled embeddings `(ids, X)` (X: float32 (N, D), float16 precision) of `dataset`, cached in `cache_dir` when given."
     if cache_dir is None:
         ids, X = _compute(model, dataset, batch_size, num_workers, device, progress)
@@ -147,39 +196,51 @@ def embed(model, dataset, cache_dir=None, batch_size: int = 64, num_workers: int
     digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=8).hexdigest()
     stem = Path(cache_dir) / f"{_slug(key['model'])}-{digest}"
     hit = _read_cache(stem, key)
-    if hit is not None: return hit
+    if hit is not None:
+        return hit
     ids, X = _compute(model, dataset, batch_size, num_workers, device, progress)
     X16 = X.astype(np.float16)
-    if not np.isfinite(X16).all(): X16 = X  # features beyond float16's range: keep float32
+    if not np.isfinite(X16).all():
+        X16 = X  # features beyond float16's range: keep float32
     _write_cache(stem, key, ids, X16, dict(pretrained=str(getattr(model, "pretrained", None))))
     return ids, X16.astype(np.float32)
+
 
 def dataset_targets(dataset, ids=None) -> np.ndarray:
     "Mean scores (float64) of a labeled dataset's items, in the order of `ids` (default: the dataset's)."
     t = getattr(dataset, "targets", None)
-    if t is None: raise TypeError(f"{type(dataset).__name__} has no `targets`: a labeled IAADataset is needed")
+    if t is None:
+        raise TypeError(f"{type(dataset).__name__} has no `targets`: a labeled IAADataset is needed")
     t = t.detach().cpu().double().numpy() if hasattr(t, "detach") else np.asarray(t, np.float64)
     y = mean_score(t) if t.ndim == 2 else t
-    if ids is None: return y
+    if ids is None:
+        return y
     by_id = dict(zip(dataset.ids, y))
     return np.array([by_id[i] for i in ids], dtype=np.float64)
 
 # %% ../nbs/09b_probe.ipynb #4f0c6d9f
 def _matrix(X, name="X") -> np.ndarray:
     a = np.asarray(X, dtype=np.float64)
-    if a.ndim != 2: raise ValueError(f"`{name}` must be 2-D (n, d), got shape {a.shape}")
-    if not np.isfinite(a).all(): raise ValueError(f"`{name}` has {int((~np.isfinite(a)).sum())} non-finite values")
+    if a.ndim != 2:
+        raise ValueError(f"`{name}` must be 2-D (n, d), got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"`{name}` has {int((~np.isfinite(a)).sum())} non-finite values")
     return a
+
 
 def _targets(y, n, name="y") -> np.ndarray:
     a = np.asarray(y, dtype=np.float64).reshape(-1)
-    if len(a) != n: raise ValueError(f"`{name}` has {len(a)} values for {n} rows")
-    if not np.isfinite(a).all(): raise ValueError(f"`{name}` has non-finite values")
+    if len(a) != n:
+        raise ValueError(f"`{name}` has {len(a)} values for {n} rows")
+    if not np.isfinite(a).all():
+        raise ValueError(f"`{name}` has non-finite values")
     return a
+
 
 @dataclass
 class Standardizer:
     "Per-feature mean and standard deviation, fitted on training data."
+
     mean: np.ndarray | None = None
     scale: np.ndarray | None = None
 
@@ -190,12 +251,15 @@ class Standardizer:
         return self
 
     def transform(self, X) -> np.ndarray:
-        if self.mean is None: raise RuntimeError("Standardizer: call fit first")
+        if self.mean is None:
+            raise RuntimeError("Standardizer: call fit first")
         X = _matrix(X)
-        if X.shape[1] != len(self.mean): raise ValueError(f"Standardizer fitted on {len(self.mean)} features, got {X.shape[1]}")
+        if X.shape[1] != len(self.mean):
+            raise ValueError(f"Standardizer fitted on {len(self.mean)} features, got {X.shape[1]}")
         return (X - self.mean) / self.scale
 
-    def fit_transform(self, X) -> np.ndarray: return self.fit(X).transform(X)
+    def fit_transform(self, X) -> np.ndarray:
+        return self.fit(X).transform(X)
 
 # %% ../nbs/09b_probe.ipynb #77536694
 def ridge_path(X, y, alphas) -> np.ndarray:
@@ -205,11 +269,12 @@ def ridge_path(X, y, alphas) -> np.ndarray:
     Uty = U.T @ _targets(y, len(X))
     cut = s.max(initial=0) * max(X.shape) * np.finfo(np.float64).eps  # numpy.linalg.lstsq's default rcond
     inv = np.where(s > cut, 1 / np.where(s > cut, s, 1), 0)
-    D = np.stack([inv if a == 0 else s / (s ** 2 + a) for a in alphas], 1)  # (k, A)
+    D = np.stack([inv if a == 0 else s / (s**2 + a) for a in alphas], 1)  # (k, A)
     return Vt.T @ (D * Uty[:, None])
 
 # %% ../nbs/09b_probe.ipynb #1cf6a998
 ALPHAS = np.logspace(-3, 6, 19)
+
 
 def _check_alphas(alphas) -> np.ndarray:
     a = np.asarray(ALPHAS if alphas is None else alphas, dtype=np.float64).reshape(-1)
@@ -217,9 +282,12 @@ def _check_alphas(alphas) -> np.ndarray:
         raise ValueError(f"`alphas` must be a non-empty list of finite non-negative numbers, got {alphas!r}")
     return a
 
+
 def cv_ridge(X, y, alphas=None, folds: int = 5, seed: int = 0) -> pd.DataFrame:
     "K-fold CV of ridge over `alphas`: DataFrame `alpha`, `mse` (mean held-out MSE), `mse_sd` (over folds)."
-    X = _matrix(X); y = _targets(y, len(X)); alphas = _check_alphas(alphas)
+    X = _matrix(X)
+    y = _targets(y, len(X))
+    alphas = _check_alphas(alphas)
     if not isinstance(folds, (int, np.integer)) or not 2 <= folds <= len(X):
         raise ValueError(f"`folds` must be an integer in [2, {len(X)}] (the number of samples), got {folds!r}")
     parts = np.array_split(np.random.default_rng(seed).permutation(len(X)), folds)
@@ -233,9 +301,11 @@ def cv_ridge(X, y, alphas=None, folds: int = 5, seed: int = 0) -> pd.DataFrame:
     sizes = np.array([len(p) for p in parts], dtype=np.float64)
     return pd.DataFrame(dict(alpha=alphas, mse=sizes @ err / sizes.sum(), mse_sd=err.std(0)))
 
+
 @dataclass
 class LinearProbe:
     "A fitted probe: `predict(X) = standardizer.transform(X) @ coef + intercept`."
+
     standardizer: Standardizer
     coef: np.ndarray
     intercept: float
@@ -246,67 +316,118 @@ class LinearProbe:
     def predict(self, X) -> np.ndarray:
         return self.standardizer.transform(X) @ self.coef + self.intercept
 
+
 def fit_probe(X, y, method: str = "ridge", alphas=None, folds: int = 5, seed: int = 0) -> LinearProbe:
     "Standardise `X` and fit OLS or ridge (alpha chosen by `folds`-fold CV over `alphas`) on `y`."
-    if method not in ("ridge", "ols"): raise ValueError(f"method={method!r}: use 'ridge' or 'ols'")
-    X = _matrix(X); y = _targets(y, len(X))
+    if method not in ("ridge", "ols"):
+        raise ValueError(f"method={method!r}: use 'ridge' or 'ols'")
+    X = _matrix(X)
+    y = _targets(y, len(X))
     cv = None
-    if method == "ols": alpha = 0.0
+    if method == "ols":
+        alpha = 0.0
     else:
         alphas = _check_alphas(alphas)
-        if len(alphas) == 1: alpha = float(alphas[0])
+        if len(alphas) == 1:
+            alpha = float(alphas[0])
         else:
             cv = cv_ridge(X, y, alphas, folds, seed)
             i = int(cv.mse.to_numpy().argmin())
             alpha = float(cv.alpha[i])
             if len(alphas) > 2 and alpha in (alphas.min(), alphas.max()):
-                warnings.warn(f"ridge: the chosen alpha {alpha:g} is at the edge of the grid "
-                              f"[{alphas.min():g}, {alphas.max():g}]; widen `alphas`", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"ridge: the chosen alpha {alpha:g} is at the edge of the grid "
+                    f"[{alphas.min():g}, {alphas.max():g}]; widen `alphas`",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
     st = Standardizer().fit(X)
     coef = ridge_path(st.transform(X), y - y.mean(), [alpha])[:, 0]
     return LinearProbe(st, coef, float(y.mean()), alpha, method, cv)
 
-def linear_probe(train_X, train_y, test_X, test_y=None, method: str = "ridge", alphas=None, folds: int = 5,
-                 seed: int = 0, threshold: float = 5.0):
+
+def linear_probe(
+    train_X,
+    train_y,
+    test_X,
+    test_y=None,
+    method: str = "ridge",
+    alphas=None,
+    folds: int = 5,
+    seed: int = 0,
+    threshold: float = 5.0,
+):
     "Fit on train, predict test: `(metrics, predictions, probe)`; metrics (srcc, plcc, acc, alpha) need `test_y`."
     probe = fit_probe(train_X, train_y, method, alphas, folds, seed)
     pred = probe.predict(test_X)
     metrics = dict(alpha=probe.alpha, n_train=int(len(np.asarray(train_y).reshape(-1))), n_test=len(pred))
-    if probe.cv is not None: metrics["cv_mse"] = float(probe.cv.mse.min())
-    if test_y is not None: metrics.update(iaa_metrics(pred, _targets(test_y, len(pred), "test_y"), threshold=threshold))
+    if probe.cv is not None:
+        metrics["cv_mse"] = float(probe.cv.mse.min())
+    if test_y is not None:
+        metrics.update(iaa_metrics(pred, _targets(test_y, len(pred), "test_y"), threshold=threshold))
     return metrics, pred, probe
 
 # %% ../nbs/09b_probe.ipynb #b852fdc3
-def probe_datasets(model, root, labels: str = "AVA.txt", images: str = "images", split_dir: str = "splits",
-                   splits=("train", "val", "test"), image_size=None) -> dict:
+def probe_datasets(
+    model,
+    root,
+    labels: str = "AVA.txt",
+    images: str = "images",
+    split_dir: str = "splits",
+    splits=("train", "val", "test"),
+    image_size=None,
+) -> dict:
     "Labeled `IAADataset`s of `root` for `splits`, with `model`'s input size, mean and std (eval transform)."
     root = Path(root)
     lab = read_ava(root / labels).set_index("image_id", drop=False)
     size = image_size or getattr(model, "image_size", None)
-    if size is None: raise ValueError(f"{model_name(model)} has no `image_size`: pass image_size=")
-    if isinstance(size, (tuple, list)): size = max(size)
+    if size is None:
+        raise ValueError(f"{model_name(model)} has no `image_size`: pass image_size=")
+    if isinstance(size, (tuple, list)):
+        size = max(size)
     tfm = eval_transform(size, model.mean, model.std)
     out = {}
     for s in splits:
         f = root / split_dir / f"{s}.txt"
         ids = read_split(f)
         miss = [i for i in ids if i not in lab.index]
-        if miss: raise ValueError(f"{f}: {len(miss)} ids have no label in {root / labels}, e.g. {miss[:3]}")
+        if miss:
+            raise ValueError(f"{f}: {len(miss)} ids have no label in {root / labels}, e.g. {miss[:3]}")
         out[s] = IAADataset(root / images, lab.loc[ids].reset_index(drop=True), tfm, target="mean")
     return out
 
-def probe_backbone(model, splits_datasets: dict, cache_dir=None, method: str = "ridge", alphas=None, folds: int = 5,
-                   seed: int = 0, train_split: str = "train", batch_size: int = 64, num_workers: int = 0,
-                   weights=None, threshold: float = 5.0, progress: bool = True):
+
+def probe_backbone(
+    model,
+    splits_datasets: dict,
+    cache_dir=None,
+    method: str = "ridge",
+    alphas=None,
+    folds: int = 5,
+    seed: int = 0,
+    train_split: str = "train",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    weights=None,
+    threshold: float = 5.0,
+    progress: bool = True,
+):
     "Embed every split, fit a probe on `train_split`, evaluate every split: `(metrics, predictions, probe)`."
     if train_split not in splits_datasets:
         raise KeyError(f"train_split={train_split!r} is not among the splits {list(splits_datasets)}")
-    emb = {s: embed(model, ds, cache_dir, batch_size, num_workers, weights=weights, progress=progress)
-           for s, ds in splits_datasets.items()}
+    emb = {
+        s: embed(model, ds, cache_dir, batch_size, num_workers, weights=weights, progress=progress)
+        for s, ds in splits_datasets.items()
+    }
     y = {s: dataset_targets(splits_datasets[s], emb[s][0]) for s in emb}
     probe = fit_probe(emb[train_split][1], y[train_split], method, alphas, folds, seed)
-    metrics = dict(model=model_name(model), dim=int(emb[train_split][1].shape[1]), method=method, alpha=probe.alpha,
-                   n_train=len(y[train_split]))
+    metrics = dict(
+        model=model_name(model),
+        dim=int(emb[train_split][1].shape[1]),
+        method=method,
+        alpha=probe.alpha,
+        n_train=len(y[train_split]),
+    )
     rows = []
     for s, (ids, X) in emb.items():
         pred = probe.predict(X)

@@ -28,47 +28,68 @@ def write_text_atomic(path, text: str) -> Path:
     os.replace(tmp, path)
     return path
 
+
 def read_metrics(run_dir) -> pd.DataFrame:
     "The run's `metrics.jsonl` as a table (one row per logged line; missing values are NaN)."
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists(): raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run folder?")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run folder?")
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip(): continue
-        try: rows.append(json.loads(line))
-        except json.JSONDecodeError as e: raise ValueError(f"{path}:{n}: not a JSON line ({e.msg})") from None
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not a JSON line ({e.msg})") from None
     return pd.DataFrame(rows)
+
 
 def write_metrics(run_dir, metrics: dict, name: str = "metrics.json") -> Path:
     "Write a flat mapping of metric names to numbers, atomically; non-numbers are an error naming the key."
     out = {}
     for k, v in metrics.items():
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) and v is not None:
+        if (
+            isinstance(v, (bool, np.bool_))
+            or not isinstance(v, (int, float, np.integer, np.floating))
+            and v is not None
+        ):
             raise TypeError(f"metric '{k}' = {v!r} is not a number: metrics.json holds numbers only")
-        out[str(k)] = None if v is None or (isinstance(v, float) and math.isnan(v)) else (int(v) if isinstance(v, (int, np.integer)) else float(v))
+        out[str(k)] = (
+            None
+            if v is None or (isinstance(v, float) and math.isnan(v))
+            else (int(v) if isinstance(v, (int, np.integer)) else float(v))
+        )
     return write_text_atomic(Path(run_dir) / name, json.dumps(out, indent=1) + "\n")
 
 # %% ../nbs/04c_runs.ipynb #03e13a93
 def _cell(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)): return ""
-    if isinstance(v, (float, np.floating)): return f"{v:.4f}" if not float(v).is_integer() else f"{v:g}"
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.4f}" if not float(v).is_integer() else f"{v:g}"
     return str(v).replace("|", "\\|")
+
 
 def to_markdown(df: pd.DataFrame) -> str:
     "A GitHub-flavoured Markdown table of `df` (floats with 4 decimals)."
     head = "| " + " | ".join(map(str, df.columns)) + " |\n|" + "|".join("---" for _ in df.columns) + "|\n"
     return head + "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in df.itertuples(index=False))
 
+
 def save_table(df: pd.DataFrame, path) -> tuple[Path, Path]:
     "Write `df` as `<path>.csv` and `<path>.md` (atomically); returns both paths."
     path = Path(path)
-    return (write_text_atomic(path.with_suffix(".csv"), df.to_csv(index=False)),
-            write_text_atomic(path.with_suffix(".md"), to_markdown(df)))
+    return (
+        write_text_atomic(path.with_suffix(".csv"), df.to_csv(index=False)),
+        write_text_atomic(path.with_suffix(".md"), to_markdown(df)),
+    )
 
 # %% ../nbs/04c_runs.ipynb #8fbef8d1
 def save_figure(fig, path) -> list[Path]:
     "Write `fig` as `<path>.png` and `<path>.pdf` atomically (a `.png`/`.pdf` suffix is dropped); `path=None` writes nothing."
-    if path is None: return []
+    if path is None:
+        return []
     p = Path(path)
     stem = p.with_suffix("") if p.suffix.lower() in (".png", ".pdf") else p
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -81,13 +102,16 @@ def save_figure(fig, path) -> list[Path]:
             fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
             os.replace(tmp, dest)
         finally:
-            if os.path.exists(tmp): os.unlink(tmp)
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         out.append(dest)
     return out
+
 
 def plot_curves(run_dir, path=None, title: str | None = None):
     "Training loss per step and evaluation metrics per epoch of a run."
     import matplotlib.pyplot as plt
+
     m = read_metrics(run_dir)
     evals = [c for c in m.columns if c.startswith("eval/")]
     fig, axes = plt.subplots(1, 1 + bool(evals), figsize=(5.5 * (1 + bool(evals)), 3.6), squeeze=False)
@@ -99,24 +123,31 @@ def plot_curves(run_dir, path=None, title: str | None = None):
     if evals:
         e = m.dropna(subset=evals, how="all")
         for c in evals:
-            if e[c].notna().any(): axes[0, 1].plot(e.epoch, e[c], marker="o", label=c[5:])
-        axes[0, 1].set(xlabel="epoch", title="evaluation"); axes[0, 1].legend(fontsize=8)
+            if e[c].notna().any():
+                axes[0, 1].plot(e.epoch, e[c], marker="o", label=c[5:])
+        axes[0, 1].set(xlabel="epoch", title="evaluation")
+        axes[0, 1].legend(fontsize=8)
     fig.suptitle(title or Path(run_dir).name)
     fig.tight_layout()
     save_figure(fig, path)
     return fig
 
+
 def plot_predictions(pred: pd.DataFrame, path=None, title: str = "test split"):
     "Predicted vs true mean score, with SRCC / PLCC / accuracy in the title."
     import matplotlib.pyplot as plt
     from cskd.metrics import iaa_metrics
+
     m = iaa_metrics(pred.pred_mean.to_numpy(), pred.true_mean.to_numpy())
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     ax.scatter(pred.true_mean, pred.pred_mean, s=6, alpha=0.5)
     lo, hi = min(pred.true_mean.min(), pred.pred_mean.min()), max(pred.true_mean.max(), pred.pred_mean.max())
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    ax.set(xlabel="true mean score", ylabel="predicted mean score",
-           title=f"{title}: SRCC {m['srcc']:.3f}, PLCC {m['plcc']:.3f}, acc {m['acc']:.3f}")
+    ax.set(
+        xlabel="true mean score",
+        ylabel="predicted mean score",
+        title=f"{title}: SRCC {m['srcc']:.3f}, PLCC {m['plcc']:.3f}, acc {m['acc']:.3f}",
+    )
     ax.title.set_fontsize(9)
     fig.tight_layout()
     save_figure(fig, path)

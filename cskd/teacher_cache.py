@@ -27,7 +27,10 @@ __all__ = ['view_seed', 'CACHE_FORMAT', 'crop_box', 'SeededView', 'to_unit', 'te
            'build_teacher_cache', 'ensure_teacher_cache']
 
 # %% ../nbs/05b_teacher_cache.ipynb #0069091b
-view_seed = mix_seed  # the engine's seed mixing: one function derives every seed, e.g. `(seed, image_index, view_index)`
+view_seed = (
+    mix_seed  # the engine's seed mixing: one function derives every seed, e.g. `(seed, image_index, view_index)`
+)
+
 
 def crop_box(width: int, height: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple:
     "A random resized crop `(left, top, crop_width, crop_height)` of a `width x height` image."
@@ -40,17 +43,29 @@ def crop_box(width: int, height: int, rng: np.random.Generator, scale=(0.08, 1.0
         if 0 < cw <= width and 0 < ch <= height:
             return int(rng.integers(0, width - cw + 1)), int(rng.integers(0, height - ch + 1)), cw, ch
     r = width / height  # fallback: the largest centred crop with an allowed aspect ratio
-    if r < ratio[0]: cw, ch = width, int(round(width / ratio[0]))
-    elif r > ratio[1]: cw, ch = int(round(height * ratio[1])), height
-    else: cw, ch = width, height
+    if r < ratio[0]:
+        cw, ch = width, int(round(width / ratio[0]))
+    elif r > ratio[1]:
+        cw, ch = int(round(height * ratio[1])), height
+    else:
+        cw, ch = width, height
     return (width - cw) // 2, (height - ch) // 2, cw, ch
 
 # %% ../nbs/05b_teacher_cache.ipynb #d20a1e99
 class SeededView:
     "Random resized crop + flip of an image, fully determined by a seed; returns a `uint8` tensor (3, size, size)."
-    def __init__(self, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: bool = True, draft_factor: float | None = 1.0):
-        if not (0 < scale[0] <= scale[1] <= 1): raise ValueError(f"scale={scale}: need 0 < min <= max <= 1")
-        self.size, self.scale, self.ratio, self.hflip = int(size), tuple(map(float, scale)), tuple(map(float, ratio)), bool(hflip)
+
+    def __init__(
+        self, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: bool = True, draft_factor: float | None = 1.0
+    ):
+        if not (0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"scale={scale}: need 0 < min <= max <= 1")
+        self.size, self.scale, self.ratio, self.hflip = (
+            int(size),
+            tuple(map(float, scale)),
+            tuple(map(float, ratio)),
+            bool(hflip),
+        )
         self.draft_factor = draft_factor
         self.draft_size = int(round(size * draft_factor)) if draft_factor else None
 
@@ -63,20 +78,30 @@ class SeededView:
     def __call__(self, img: Image.Image, seed: int) -> torch.Tensor:
         l, t, w, h, flip = self.params(*img.size, seed)
         out = img.resize((self.size, self.size), Image.BILINEAR, box=(l, t, l + w, t + h))
-        if flip: out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        if flip:
+            out = out.transpose(Image.FLIP_LEFT_RIGHT)
         return torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def describe(self) -> dict:
         "Everything that changes the pixels of a view (a cache key ingredient)."
-        return dict(kind="seeded_random_resized_crop", size=self.size, scale=list(self.scale), ratio=list(self.ratio),
-                    hflip=self.hflip, draft_size=self.draft_size, interpolation="PIL bilinear")
+        return dict(
+            kind="seeded_random_resized_crop",
+            size=self.size,
+            scale=list(self.scale),
+            ratio=list(self.ratio),
+            hflip=self.hflip,
+            draft_size=self.draft_size,
+            interpolation="PIL bilinear",
+        )
 
-    def __repr__(self): return f"SeededView({self.describe()})"
+    def __repr__(self):
+        return f"SeededView({self.describe()})"
 
 # %% ../nbs/05b_teacher_cache.ipynb #e7fb98f0
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     "`uint8` images -> float in [0, 1] (float input is returned as is)."
     return x.float().div_(255) if x.dtype == torch.uint8 else x
+
 
 def teacher_input(teacher, x: torch.Tensor) -> torch.Tensor:
     "Views (uint8 or [0, 1] floats, any size) -> the teacher's normalised input at its own size."
@@ -86,28 +111,45 @@ def teacher_input(teacher, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     return teacher.normalize(x)
 
+
 @torch.no_grad()
 def teacher_targets(teacher, x: torch.Tensor, granularity: str = "pooled") -> torch.Tensor:
     "The teacher's raw outputs on views `x`: (B, embed_dim) for `pooled`, (B, N, width) patch tokens for `tokens`."
     out = teacher(teacher_input(teacher, x))
-    if granularity == "pooled": return out.pooled
+    if granularity == "pooled":
+        return out.pooled
     if granularity == "tokens":
-        if out.tokens is None: raise ValueError(f"teacher {teacher.model_name} has no patch tokens (not a ViT): use granularity='pooled'")
+        if out.tokens is None:
+            raise ValueError(f"teacher {teacher.model_name} has no patch tokens (not a ViT): use granularity='pooled'")
         return out.tokens
     raise ValueError(f"granularity={granularity!r}: use 'pooled' or 'tokens'")
 
+
 def target_shape(teacher, granularity: str) -> tuple:
     "The shape of one image's target."
-    if granularity == "pooled": return (teacher.embed_dim,)
-    if teacher.grid is None: raise ValueError(f"teacher {teacher.model_name} has no patch tokens (not a ViT): use granularity='pooled'")
+    if granularity == "pooled":
+        return (teacher.embed_dim,)
+    if teacher.grid is None:
+        raise ValueError(f"teacher {teacher.model_name} has no patch tokens (not a ViT): use granularity='pooled'")
     return (teacher.grid[0] * teacher.grid[1], teacher.width)
 
 # %% ../nbs/05b_teacher_cache.ipynb #0b32c699
 class PoolViews(Dataset):
     "Images of a pool under seeded views picked per epoch; with `cache` also the cached teacher targets."
-    def __init__(self, paths, view: SeededView, view_seed: int = 0, seed: int = 0, views: int | None = None,
-                 cache: "TeacherCache | None" = None, on_error: str = "skip", bad_log=None):
-        if on_error not in ("skip", "raise"): raise ValueError(f"on_error={on_error!r}: use 'skip' or 'raise'")
+
+    def __init__(
+        self,
+        paths,
+        view: SeededView,
+        view_seed: int = 0,
+        seed: int = 0,
+        views: int | None = None,
+        cache: "TeacherCache | None" = None,
+        on_error: str = "skip",
+        bad_log=None,
+    ):
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error={on_error!r}: use 'skip' or 'raise'")
         self.paths, self.view, self.view_seed, self.seed = [str(p) for p in paths], view, int(view_seed), int(seed)
         self.cache = cache
         self.views = cache.views if cache is not None else views
@@ -118,10 +160,15 @@ class PoolViews(Dataset):
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._feats = None
 
-    def __len__(self): return len(self.paths)
-    def set_epoch(self, epoch: int): self._epoch[0] = int(epoch)
+    def __len__(self):
+        return len(self.paths)
+
+    def set_epoch(self, epoch: int):
+        self._epoch[0] = int(epoch)
+
     @property
-    def epoch(self) -> int: return int(self._epoch[0])
+    def epoch(self) -> int:
+        return int(self._epoch[0])
 
     def view_index(self, i: int, epoch: int | None = None) -> int:
         "The view of image `i` in `epoch` (default: the current one)."
@@ -131,20 +178,27 @@ class PoolViews(Dataset):
 
     def view_of(self, i: int, k: int) -> torch.Tensor | None:
         "View `k` of image `i` (uint8), regenerated from its seed; None if the image is bad and skipped."
-        try: img = load_image(self.paths[i], self.view.draft_size)
+        try:
+            img = load_image(self.paths[i], self.view.draft_size)
         except BadImageError as e:
-            if self.on_error == "raise": raise
-            self.bad_log.record(e.path, e.reason, i); return None
+            if self.on_error == "raise":
+                raise
+            self.bad_log.record(e.path, e.reason, i)
+            return None
         return self.view(img, view_seed(self.view_seed, i, k))
 
     def __getitem__(self, i):
         k = self.view_index(i)
         x = self.view_of(i, k)
-        if x is None: return None
-        if self.cache is None: return x, i
-        if self._feats is None: self._feats = self.cache.open()
+        if x is None:
+            return None
+        if self.cache is None:
+            return x, i
+        if self._feats is None:
+            self._feats = self.cache.open()
         t = torch.from_numpy(np.array(self._feats[i, k]))
-        if not torch.isfinite(t).all(): return None  # the cache marked this image bad when it was built
+        if not torch.isfinite(t).all():
+            return None  # the cache marked this image bad when it was built
         return x, t, i
 
     def __getstate__(self):
@@ -153,8 +207,10 @@ class PoolViews(Dataset):
 # %% ../nbs/05b_teacher_cache.ipynb #c5a66047
 CACHE_FORMAT = 1
 
+
 class CacheError(RuntimeError):
     "A teacher-feature cache that is missing, incomplete, truncated or made for something else."
+
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
     "SHA-1 of every parameter and buffer (name, shape, dtype, bytes)."
@@ -165,36 +221,66 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
+
 def image_list_hash(paths) -> str:
     "SHA-1 of the ordered list of image paths (as given)."
     return hashlib.sha1("\n".join(str(p) for p in paths).encode()).hexdigest()
 
-def cache_key(teacher, paths, view: SeededView, views: int, view_seed: int = 0, granularity: str = "pooled",
-              precision: str = "fp32") -> dict:
+
+def cache_key(
+    teacher,
+    paths,
+    view: SeededView,
+    views: int,
+    view_seed: int = 0,
+    granularity: str = "pooled",
+    precision: str = "fp32",
+) -> dict:
     "Everything that determines a cache's content."
-    if views < 1: raise ValueError(f"views={views}: need at least 1 view per image")
-    return dict(format=CACHE_FORMAT, teacher=teacher.model_name, teacher_pretrained=str(teacher.pretrained),
-                teacher_weights=weights_fingerprint(teacher), teacher_precision=precision,
-                teacher_input=dict(size=list(teacher.image_size) if isinstance(teacher.image_size, tuple) else [teacher.image_size] * 2,
-                                   resize="bilinear antialias (torch)", mean=list(teacher.mean), std=list(teacher.std)),
-                transform=view.describe(), views=int(views), view_seed=int(view_seed), n_images=len(paths),
-                image_list_sha1=image_list_hash(paths), granularity=granularity,
-                feature_shape=list(target_shape(teacher, granularity)), dtype="float16")
+    if views < 1:
+        raise ValueError(f"views={views}: need at least 1 view per image")
+    return dict(
+        format=CACHE_FORMAT,
+        teacher=teacher.model_name,
+        teacher_pretrained=str(teacher.pretrained),
+        teacher_weights=weights_fingerprint(teacher),
+        teacher_precision=precision,
+        teacher_input=dict(
+            size=list(teacher.image_size) if isinstance(teacher.image_size, tuple) else [teacher.image_size] * 2,
+            resize="bilinear antialias (torch)",
+            mean=list(teacher.mean),
+            std=list(teacher.std),
+        ),
+        transform=view.describe(),
+        views=int(views),
+        view_seed=int(view_seed),
+        n_images=len(paths),
+        image_list_sha1=image_list_hash(paths),
+        granularity=granularity,
+        feature_shape=list(target_shape(teacher, granularity)),
+        dtype="float16",
+    )
+
 
 def _key_diff(have: dict, want: dict) -> list:
     return [k for k in want if have.get(k) != want[k]]
+
 
 def _describe_change(name, have, want) -> str:
     "'name (cache: a, wanted: b)', listing only the changed entries of dicts."
     if isinstance(have, dict) and isinstance(want, dict):
         sub = [k for k in {**have, **want} if have.get(k) != want.get(k)]
-        return "; ".join(f"{name}.{k} (cache: {json.dumps(have.get(k))}, wanted: {json.dumps(want.get(k))})" for k in sub)
+        return "; ".join(
+            f"{name}.{k} (cache: {json.dumps(have.get(k))}, wanted: {json.dumps(want.get(k))})" for k in sub
+        )
     return f"{name} (cache: {json.dumps(have)}, wanted: {json.dumps(want)})"
+
 
 def _write_json(path: Path, obj: dict):
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1) + "\n")
     os.replace(tmp, path)
+
 
 def _npy_layout(path: Path):
     "(shape, dtype, data offset) from a .npy header."
@@ -207,6 +293,7 @@ def _npy_layout(path: Path):
 # %% ../nbs/05b_teacher_cache.ipynb #8f5c489d
 class TeacherCache:
     "A complete, validated teacher-feature cache folder: `open()` gives the read-only (N, K, *shape) float16 memory map."
+
     def __init__(self, path, manifest: dict, built_because: str | None = None):
         self.path, self.manifest, self.built_because = Path(path), manifest, built_because
         self.views, self.n_images = manifest["views"], manifest["n_images"]
@@ -217,61 +304,111 @@ class TeacherCache:
         "None if `path` holds a complete cache matching `key` (any key if None), else the reason it does not."
         path = Path(path)
         mf, ff = path / "manifest.json", path / "features.npy"
-        if not mf.exists(): return f"no cache at {path} (no manifest.json)"
-        try: have = json.loads(mf.read_text())
-        except (json.JSONDecodeError, OSError) as e: return f"{mf} is unreadable ({e})"
-        if not have.get("complete"): return f"{mf} does not say complete"
+        if not mf.exists():
+            return f"no cache at {path} (no manifest.json)"
+        try:
+            have = json.loads(mf.read_text())
+        except (json.JSONDecodeError, OSError) as e:
+            return f"{mf} is unreadable ({e})"
+        if not have.get("complete"):
+            return f"{mf} does not say complete"
         if key is not None:
             diff = _key_diff(have, key)
-            if diff: return "it was made for another " + "; ".join(_describe_change(k, have.get(k), key[k]) for k in diff)
-        if not ff.exists(): return f"{ff} is missing"
-        try: shape, dtype, offset = _npy_layout(ff)
-        except Exception as e: return f"{ff} has no valid .npy header ({e})"
+            if diff:
+                return "it was made for another " + "; ".join(_describe_change(k, have.get(k), key[k]) for k in diff)
+        if not ff.exists():
+            return f"{ff} is missing"
+        try:
+            shape, dtype, offset = _npy_layout(ff)
+        except Exception as e:
+            return f"{ff} has no valid .npy header ({e})"
         want = (have["n_images"], have["views"], *have["feature_shape"])
-        if tuple(shape) != want or dtype != np.float16: return f"{ff} holds {dtype} {tuple(shape)}, the manifest says float16 {want}"
+        if tuple(shape) != want or dtype != np.float16:
+            return f"{ff} holds {dtype} {tuple(shape)}, the manifest says float16 {want}"
         size, need = ff.stat().st_size, offset + int(np.prod(want)) * 2
-        if size != need: return f"{ff} is truncated or damaged: {size} bytes, expected {need}"
+        if size != need:
+            return f"{ff} is truncated or damaged: {size} bytes, expected {need}"
         return None
 
     @classmethod
     def load(cls, path, key: dict | None = None) -> "TeacherCache":
         "The cache at `path`, or `CacheError` saying why it cannot be used."
         why = cls.check(path, key)
-        if why is not None: raise CacheError(f"teacher cache {path}: {why}")
+        if why is not None:
+            raise CacheError(f"teacher cache {path}: {why}")
         return cls(path, json.loads((Path(path) / "manifest.json").read_text()))
 
     def open(self) -> np.memmap:
         "Read-only memory map of the features (N, K, *shape), float16."
         f = self.path / "features.npy"
-        try: return np.load(f, mmap_mode="r")
-        except (ValueError, OSError) as e: raise CacheError(f"teacher cache {f}: cannot be mapped ({e})") from None
+        try:
+            return np.load(f, mmap_mode="r")
+        except (ValueError, OSError) as e:
+            raise CacheError(f"teacher cache {f}: cannot be mapped ({e})") from None
 
-    def __repr__(self): return f"TeacherCache({self.path}, shape={self.shape}, teacher={self.manifest['teacher']})"
+    def __repr__(self):
+        return f"TeacherCache({self.path}, shape={self.shape}, teacher={self.manifest['teacher']})"
 
 # %% ../nbs/05b_teacher_cache.ipynb #1caa019a
 class _AllViews(Dataset):
     "Flat index j = i * K + k over all views of a `PoolViews`, from `start` on."
-    def __init__(self, pool: PoolViews, views: int, start: int = 0): self.pool, self.K, self.start = pool, views, start
-    def __len__(self): return len(self.pool) * self.K - self.start
+
+    def __init__(self, pool: PoolViews, views: int, start: int = 0):
+        self.pool, self.K, self.start = pool, views, start
+
+    def __len__(self):
+        return len(self.pool) * self.K - self.start
+
     def __getitem__(self, j):
         j += self.start
         x = self.pool.view_of(j // self.K, j % self.K)
-        return (torch.zeros(3, self.pool.view.size, self.pool.view.size, dtype=torch.uint8), False) if x is None else (x, True)
+        return (
+            (torch.zeros(3, self.pool.view.size, self.pool.view.size, dtype=torch.uint8), False)
+            if x is None
+            else (x, True)
+        )
+
 
 def _device(device) -> torch.device:
-    if device in (None, "auto"): return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
-def build_teacher_cache(path, teacher, paths, view: SeededView, views: int, view_seed: int = 0, granularity: str = "pooled",
-                        batch_size: int = 64, num_workers: int = 0, device="auto", precision: str = "auto",
-                        progress: bool = True, on_error: str = "skip", chunk: int | None = None, _stop_after: int | None = None) -> TeacherCache:
+
+def build_teacher_cache(
+    path,
+    teacher,
+    paths,
+    view: SeededView,
+    views: int,
+    view_seed: int = 0,
+    granularity: str = "pooled",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device="auto",
+    precision: str = "auto",
+    progress: bool = True,
+    on_error: str = "skip",
+    chunk: int | None = None,
+    _stop_after: int | None = None,
+) -> TeacherCache:
     "Run `teacher` over `views` seeded views of every image in `paths` and write the cache folder `path` (resuming a matching partial build)."
     from tqdm.auto import tqdm
+
     path, dev = Path(path), _device(device)
-    prec = ("bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32") if precision == "auto" else precision
+    prec = (
+        ("bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32")
+        if precision == "auto"
+        else precision
+    )
     key = cache_key(teacher, paths, view, views, view_seed, granularity, prec)
     path.mkdir(parents=True, exist_ok=True)
-    mf, ff, pmf, pff = path / "manifest.json", path / "features.npy", path / "manifest.partial.json", path / "features.npy.partial"
+    mf, ff, pmf, pff = (
+        path / "manifest.json",
+        path / "features.npy",
+        path / "manifest.partial.json",
+        path / "features.npy.partial",
+    )
     total, shape = len(paths) * views, (len(paths), views, *key["feature_shape"])
     done, bad = 0, []
     if pmf.exists() and pff.exists():
@@ -279,8 +416,10 @@ def build_teacher_cache(path, teacher, paths, view: SeededView, views: int, view
             part = json.loads(pmf.read_text())
             if not _key_diff(part, key) and pff.stat().st_size == _npy_layout(pff)[2] + int(np.prod(shape)) * 2:
                 done, bad = int(part["done"]), list(part.get("bad", []))
-        except Exception: done, bad = 0, []
-    for f in (mf, ff): f.unlink(missing_ok=True)  # the old manifest goes first: it must never vouch for new data
+        except Exception:
+            done, bad = 0, []
+    for f in (mf, ff):
+        f.unlink(missing_ok=True)  # the old manifest goes first: it must never vouch for new data
     if done:
         print(f"teacher cache {path}: resuming an interrupted build at view {done}/{total}")
         feats = np.load(pff, mmap_mode="r+")
@@ -289,51 +428,101 @@ def build_teacher_cache(path, teacher, paths, view: SeededView, views: int, view
     flat = feats.reshape(total, *shape[2:])
     pool = PoolViews(paths, view, view_seed, on_error=on_error)
     chunk = chunk or max(batch_size * 16, 1024)
-    loader = DataLoader(_AllViews(pool, views, done), batch_size=batch_size, num_workers=num_workers, shuffle=False,
-                        pin_memory=dev.type == "cuda")
+    loader = DataLoader(
+        _AllViews(pool, views, done),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shuffle=False,
+        pin_memory=dev.type == "cuda",
+    )
     teacher = teacher.to(dev).eval()
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if prec == "bf16" else torch.autocast(dev.type, enabled=False)
+    autocast = (
+        torch.autocast(dev.type, dtype=torch.bfloat16) if prec == "bf16" else torch.autocast(dev.type, enabled=False)
+    )
     t0, since_flush, j = time.perf_counter(), 0, done
+
     def flush():
         feats.flush()
         _write_json(pmf, dict(key, complete=False, done=j, bad=sorted(set(bad))))
-    with tqdm(total=total, initial=done, disable=not progress, desc="teacher cache", unit="view", dynamic_ncols=True) as bar:
+
+    with tqdm(
+        total=total, initial=done, disable=not progress, desc="teacher cache", unit="view", dynamic_ncols=True
+    ) as bar:
         for x, ok in loader:
-            with autocast: y = teacher_targets(teacher, x.to(dev, non_blocking=True), granularity).float()
+            with autocast:
+                y = teacher_targets(teacher, x.to(dev, non_blocking=True), granularity).float()
             y[~ok.to(y.device)] = float("nan")
             if not torch.isfinite(y[ok.to(y.device)]).all():
-                raise FloatingPointError(f"teacher {teacher.model_name} gave non-finite outputs for views {j}..{j + len(x) - 1}")
-            if y.abs().max() > 65000: raise OverflowError(f"teacher outputs exceed float16's range (max |y| = {float(y.abs().max()):.4g})")
-            flat[j:j + len(x)] = y.cpu().numpy().astype(np.float16)
+                raise FloatingPointError(
+                    f"teacher {teacher.model_name} gave non-finite outputs for views {j}..{j + len(x) - 1}"
+                )
+            if y.abs().max() > 65000:
+                raise OverflowError(f"teacher outputs exceed float16's range (max |y| = {float(y.abs().max()):.4g})")
+            flat[j : j + len(x)] = y.cpu().numpy().astype(np.float16)
             bad += [int(b) // views for b in (torch.arange(j, j + len(x))[~ok]).tolist()]
-            j += len(x); since_flush += len(x); bar.update(len(x))
-            if since_flush >= chunk: flush(); since_flush = 0
-            if _stop_after is not None and j >= _stop_after: flush(); del flat, feats; raise KeyboardInterrupt("stopped on request (test)")
+            j += len(x)
+            since_flush += len(x)
+            bar.update(len(x))
+            if since_flush >= chunk:
+                flush()
+                since_flush = 0
+            if _stop_after is not None and j >= _stop_after:
+                flush()
+                del flat, feats
+                raise KeyboardInterrupt("stopped on request (test)")
     flush()
     del flat, feats
-    with open(pff, "rb+") as f: os.fsync(f.fileno())
+    with open(pff, "rb+") as f:
+        os.fsync(f.fileno())
     os.replace(pff, ff)
-    manifest = dict(key, complete=True, bad=sorted(set(bad)), seconds=round(time.perf_counter() - t0, 2), built=time.strftime("%Y-%m-%d %H:%M:%S"))
+    manifest = dict(
+        key,
+        complete=True,
+        bad=sorted(set(bad)),
+        seconds=round(time.perf_counter() - t0, 2),
+        built=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
     _write_json(mf, manifest)
     pmf.unlink(missing_ok=True)
     return TeacherCache(path, manifest)
 
-def ensure_teacher_cache(path, teacher, paths, view: SeededView, views: int, view_seed: int = 0, granularity: str = "pooled",
-                         precision: str = "auto", device="auto", wait_s: float = 24 * 3600, **build_kw) -> TeacherCache:
+
+def ensure_teacher_cache(
+    path,
+    teacher,
+    paths,
+    view: SeededView,
+    views: int,
+    view_seed: int = 0,
+    granularity: str = "pooled",
+    precision: str = "auto",
+    device="auto",
+    wait_s: float = 24 * 3600,
+    **build_kw,
+) -> TeacherCache:
     "The cache at `path` if it matches; otherwise build it (printing why). Under torchrun only rank 0 builds."
     dev = _device(device)
-    prec = ("bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32") if precision == "auto" else precision
+    prec = (
+        ("bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32")
+        if precision == "auto"
+        else precision
+    )
     key = cache_key(teacher, paths, view, views, view_seed, granularity, prec)
     why = TeacherCache.check(path, key)
     if why is None:
-        c = TeacherCache.load(path, key); print(f"teacher cache {path}: reusing ({c.n_images} images x {c.views} views)"); return c
+        c = TeacherCache.load(path, key)
+        print(f"teacher cache {path}: reusing ({c.n_images} images x {c.views} views)")
+        return c
     if int(os.environ.get("RANK", "0")) != 0:
         t0 = time.time()
         while TeacherCache.check(path, key) is not None:
-            if time.time() - t0 > wait_s: raise CacheError(f"teacher cache {path}: rank 0 did not finish building it in {wait_s} s")
+            if time.time() - t0 > wait_s:
+                raise CacheError(f"teacher cache {path}: rank 0 did not finish building it in {wait_s} s")
             time.sleep(5)
         return TeacherCache.load(path, key)
     print(f"teacher cache {path}: building, because {why}")
-    c = build_teacher_cache(path, teacher, paths, view, views, view_seed, granularity, precision=prec, device=dev, **build_kw)
+    c = build_teacher_cache(
+        path, teacher, paths, view, views, view_seed, granularity, precision=prec, device=dev, **build_kw
+    )
     c.built_because = why
     return c

@@ -32,42 +32,73 @@ FACTORS = ("sharpness", "harmony", "composition", "exposure", "noise")
 WEIGHTS = dict(sharpness=1.0, harmony=0.8, composition=0.8, exposure=1.0, noise=0.8, sharp_x_exposure=0.6)
 SCORE_MEAN, SCORE_SPREAD, TASTE_NOISE = 5.39, 0.62, 0.32  # AVA sample: mean 5.39, sd of means 0.73
 
+
 def _image_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
+
 
 def sample_factors(rng: np.random.Generator) -> dict:
     "Draw one image's content and style factors (raw values, not qualities)."
     cx, cy = rng.uniform(0.15, 0.85, size=2)
-    return dict(content=int(rng.integers(len(CLASSES))), cx=float(cx), cy=float(cy),
-                size=float(rng.uniform(0.22, 0.38)), hue=float(rng.uniform()), bg_tone=float(rng.uniform(0.25, 0.75)),
-                sharpness=float(rng.uniform()), harmony=float(rng.uniform()), exposure=float(rng.uniform(-1, 1)),
-                noise=float(rng.uniform()), hue_side=float(rng.choice([-1.0, 1.0])))
+    return dict(
+        content=int(rng.integers(len(CLASSES))),
+        cx=float(cx),
+        cy=float(cy),
+        size=float(rng.uniform(0.22, 0.38)),
+        hue=float(rng.uniform()),
+        bg_tone=float(rng.uniform(0.25, 0.75)),
+        sharpness=float(rng.uniform()),
+        harmony=float(rng.uniform()),
+        exposure=float(rng.uniform(-1, 1)),
+        noise=float(rng.uniform()),
+        hue_side=float(rng.choice([-1.0, 1.0])),
+    )
+
 
 def composition_quality(cx, cy):
     "1 when the subject sits on a rule-of-thirds point, 0 at the farthest reachable point (a corner)."
     thirds = np.array([1 / 3, 2 / 3])
     d = np.hypot(np.min(np.abs(np.subtract.outer(cx, thirds)), -1), np.min(np.abs(np.subtract.outer(cy, thirds)), -1))
-    return 1 - d / math.hypot(1 / 3 - 0.15, 1 / 3 - 0.15) if np.ndim(d) else float(1 - d / math.hypot(1 / 3 - 0.15, 1 / 3 - 0.15))
+    return (
+        1 - d / math.hypot(1 / 3 - 0.15, 1 / 3 - 0.15)
+        if np.ndim(d)
+        else float(1 - d / math.hypot(1 / 3 - 0.15, 1 / 3 - 0.15))
+    )
+
 
 def factor_qualities(f) -> dict:
     "Map raw factors (a dict of scalars or arrays) to qualities in [0, 1], 1 being best."
-    return dict(sharpness=np.asarray(f["sharpness"]), harmony=np.asarray(f["harmony"]),
-                composition=np.clip(composition_quality(np.asarray(f["cx"]), np.asarray(f["cy"])), 0, 1),
-                exposure=1 - np.abs(np.asarray(f["exposure"])), noise=1 - np.asarray(f["noise"]))
+    return dict(
+        sharpness=np.asarray(f["sharpness"]),
+        harmony=np.asarray(f["harmony"]),
+        composition=np.clip(composition_quality(np.asarray(f["cx"]), np.asarray(f["cy"])), 0, 1),
+        exposure=1 - np.abs(np.asarray(f["exposure"])),
+        noise=1 - np.asarray(f["noise"]),
+    )
+
 
 def raw_latent(f):
     q = factor_qualities(f)
     return sum(WEIGHTS[k] * q[k] for k in FACTORS) + WEIGHTS["sharp_x_exposure"] * q["sharpness"] * q["exposure"]
 
+
 def _latent_standardiser(n=200_000):
     "Mean and sd of the raw latent under the factor distribution, by a fixed Monte Carlo (not from the world itself)."
     rng = np.random.default_rng(12345)
-    f = dict(sharpness=rng.uniform(size=n), harmony=rng.uniform(size=n), cx=rng.uniform(0.15, 0.85, n),
-             cy=rng.uniform(0.15, 0.85, n), exposure=rng.uniform(-1, 1, n), noise=rng.uniform(size=n))
+    f = dict(
+        sharpness=rng.uniform(size=n),
+        harmony=rng.uniform(size=n),
+        cx=rng.uniform(0.15, 0.85, n),
+        cy=rng.uniform(0.15, 0.85, n),
+        exposure=rng.uniform(-1, 1, n),
+        noise=rng.uniform(size=n),
+    )
     z = raw_latent(f)
     return float(z.mean()), float(z.std())
 
+
 _Z_MEAN, _Z_SD = _latent_standardiser()
+
 
 def aesthetic_latent(f):
     "The noise-free aesthetic latent, standardised to mean 0 and sd 1 over the factor distribution."
@@ -84,20 +115,41 @@ def vote_counts(true_mean: float, spread: float, n_voters: int, rng: np.random.G
 def _rgb(h, s, v):
     return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h % 1.0, s, v))
 
+
 def _shape_polygon(kind, cx, cy, r):
     def regular(n, phase=0.0, radius=r):
-        return [(cx + radius * math.cos(phase + 2 * math.pi * i / n), cy + radius * math.sin(phase + 2 * math.pi * i / n)) for i in range(n)]
-    if kind == "triangle": return regular(3, -math.pi / 2)
-    if kind == "diamond": return regular(4)
-    if kind == "hexagon": return regular(6)
+        return [
+            (cx + radius * math.cos(phase + 2 * math.pi * i / n), cy + radius * math.sin(phase + 2 * math.pi * i / n))
+            for i in range(n)
+        ]
+
+    if kind == "triangle":
+        return regular(3, -math.pi / 2)
+    if kind == "diamond":
+        return regular(4)
+    if kind == "hexagon":
+        return regular(6)
     if kind == "star":
         outer, inner = regular(5, -math.pi / 2), regular(5, -math.pi / 2 + math.pi / 5, r * 0.45)
         return [p for pair in zip(outer, inner) for p in pair]
     if kind == "cross":
         a, b = r, r * 0.35
-        return [(cx - b, cy - a), (cx + b, cy - a), (cx + b, cy - b), (cx + a, cy - b), (cx + a, cy + b), (cx + b, cy + b),
-                (cx + b, cy + a), (cx - b, cy + a), (cx - b, cy + b), (cx - a, cy + b), (cx - a, cy - b), (cx - b, cy - b)]
+        return [
+            (cx - b, cy - a),
+            (cx + b, cy - a),
+            (cx + b, cy - b),
+            (cx + a, cy - b),
+            (cx + a, cy + b),
+            (cx + b, cy + b),
+            (cx + b, cy + a),
+            (cx - b, cy + a),
+            (cx - b, cy + b),
+            (cx - a, cy + b),
+            (cx - a, cy - b),
+            (cx - b, cy - b),
+        ]
     raise ValueError(kind)
+
 
 def render(f: dict, image_size: int, rng: np.random.Generator) -> Image.Image:
     "Render one image from its factors."
@@ -110,23 +162,36 @@ def render(f: dict, image_size: int, rng: np.random.Generator) -> Image.Image:
     draw = ImageDraw.Draw(img)
     kind, colour = CLASSES[f["content"]], _rgb(f["hue"], 0.8, 0.9)
     cx, cy, r = f["cx"] * S, f["cy"] * S, f["size"] * S / 2
-    if kind == "circle": draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
-    elif kind == "square": draw.rectangle([cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85], fill=colour)
-    elif kind == "ring": draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=max(2, int(r * 0.35)))
-    else: draw.polygon(_shape_polygon(kind, cx, cy, r), fill=colour)
+    if kind == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    elif kind == "square":
+        draw.rectangle([cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85], fill=colour)
+    elif kind == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=max(2, int(r * 0.35)))
+    else:
+        draw.polygon(_shape_polygon(kind, cx, cy, r), fill=colour)
     img = img.resize((image_size, image_size), Image.LANCZOS)
     blur = (1 - f["sharpness"]) * 2.0 * image_size / 64
-    if blur > 0.05: img = img.filter(ImageFilter.GaussianBlur(blur))
+    if blur > 0.05:
+        img = img.filter(ImageFilter.GaussianBlur(blur))
     a = np.asarray(img, dtype=np.float32) * 2.0 ** (1.5 * f["exposure"])
     a = a + rng.normal(0, 35 * f["noise"], a.shape)
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
 
 # %% ../nbs/00_toy.ipynb #ccf4ded9
 _HUE_NAMES = ("red", "orange", "yellow", "green", "teal", "blue", "purple", "pink")
-_STYLE_WORDS = dict(sharpness=("blurry", "sharp"), harmony=("clashing colours", "harmonious colours"),
-                    composition=("awkwardly framed", "well composed"), exposure=("badly exposed", "well exposed"),
-                    noise=("grainy", "clean"))
-_JUDGEMENTS = (("an ugly photo", "a poor photo", "a dull photo"), ("a beautiful photo", "a stunning photo", "a great photo"))
+_STYLE_WORDS = dict(
+    sharpness=("blurry", "sharp"),
+    harmony=("clashing colours", "harmonious colours"),
+    composition=("awkwardly framed", "well composed"),
+    exposure=("badly exposed", "well exposed"),
+    noise=("grainy", "clean"),
+)
+_JUDGEMENTS = (
+    ("an ugly photo", "a poor photo", "a dull photo"),
+    ("a beautiful photo", "a stunning photo", "a great photo"),
+)
+
 
 def caption(f: dict, latent: float, rng: np.random.Generator) -> str:
     q = {k: float(v) for k, v in factor_qualities(f).items()}
@@ -136,10 +201,14 @@ def caption(f: dict, latent: float, rng: np.random.Generator) -> str:
         words.append(str(rng.choice(_JUDGEMENTS[int(latent > 0)])))
     else:
         words.append("a photo")
-    text = f"{words[0]} of a {colour} {CLASSES[f['content']]} on a {'dark' if f['bg_tone'] < 0.5 else 'light'} background"
+    text = (
+        f"{words[0]} of a {colour} {CLASSES[f['content']]} on a {'dark' if f['bg_tone'] < 0.5 else 'light'} background"
+    )
     style = [_STYLE_WORDS[k][int(q[k] > 0.5)] for k in FACTORS if abs(q[k] - 0.5) > 0.2 and rng.uniform() < 0.6]
-    if f["exposure"] < -0.5 and "badly exposed" in style: style[style.index("badly exposed")] = "underexposed"
-    if f["exposure"] > 0.5 and "badly exposed" in style: style[style.index("badly exposed")] = "overexposed"
+    if f["exposure"] < -0.5 and "badly exposed" in style:
+        style[style.index("badly exposed")] = "underexposed"
+    if f["exposure"] > 0.5 and "badly exposed" in style:
+        style[style.index("badly exposed")] = "overexposed"
     rng.shuffle(style)
     return ", ".join([text] + style)
 
@@ -155,15 +224,32 @@ def _make_one(args):
     votes = vote_counts(true_mean, spread, n_voters, rng)
     img = render(f, image_size, rng)
     img.save(out / f"{index + 1}.jpg", quality=90)
-    return dict(image_id=str(index + 1), **f, latent=latent, true_mean=true_mean, spread=spread,
-                mean=float((votes * np.arange(1, 11)).sum() / votes.sum()), votes=votes.tolist(),
-                caption=caption(f, latent, rng))
+    return dict(
+        image_id=str(index + 1),
+        **f,
+        latent=latent,
+        true_mean=true_mean,
+        spread=spread,
+        mean=float((votes * np.arange(1, 11)).sum() / votes.sum()),
+        votes=votes.tolist(),
+        caption=caption(f, latent, rng),
+    )
 
-def make_toy_world(root, n_images: int, image_size: int = 64, seed: int = 0, splits=(0.7, 0.1, 0.2),
-                   workers: int | None = None, overwrite: bool = False) -> Path:
+
+def make_toy_world(
+    root,
+    n_images: int,
+    image_size: int = 64,
+    seed: int = 0,
+    splits=(0.7, 0.1, 0.2),
+    workers: int | None = None,
+    overwrite: bool = False,
+) -> Path:
     "Write a toy IAA world of `n_images` JPEGs with AVA-format labels under `root`; returns `root`."
-    if n_images < 10: raise ValueError(f"n_images={n_images}: a toy world needs at least 10 images")
-    if image_size < 16: raise ValueError(f"image_size={image_size}: must be at least 16 pixels")
+    if n_images < 10:
+        raise ValueError(f"n_images={n_images}: a toy world needs at least 10 images")
+    if image_size < 16:
+        raise ValueError(f"image_size={image_size}: must be at least 16 pixels")
     if not (len(splits) == 3 and all(s >= 0 for s in splits) and abs(sum(splits) - 1) < 1e-6):
         raise ValueError(f"splits={splits}: three non-negative fractions (train, val, test) summing to 1")
     root = Path(root)
@@ -171,21 +257,27 @@ def make_toy_world(root, n_images: int, image_size: int = 64, seed: int = 0, spl
     meta = root / "world.json"
     if meta.exists() and not overwrite:
         have = json.loads(meta.read_text())
-        if {k: have.get(k) for k in settings} == settings: return root
-        raise FileExistsError(f"{root} holds a toy world with other settings ({ {k: have.get(k) for k in settings} }); "
-                              f"pass overwrite=True or another root")
+        if {k: have.get(k) for k in settings} == settings:
+            return root
+        raise FileExistsError(
+            f"{root} holds a toy world with other settings ({ {k: have.get(k) for k in settings} }); "
+            f"pass overwrite=True or another root"
+        )
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "splits").mkdir(exist_ok=True)
     workers = workers or os.cpu_count() or 1
     jobs = [(seed, i, image_size, root / "images") for i in range(n_images)]
     if workers > 1:
-        with ProcessPoolExecutor(workers) as ex: rows = list(ex.map(_make_one, jobs, chunksize=256))
+        with ProcessPoolExecutor(workers) as ex:
+            rows = list(ex.map(_make_one, jobs, chunksize=256))
     else:
         rows = [_make_one(j) for j in jobs]
     df = pd.DataFrame(rows)
     votes = np.array(df.pop("votes").tolist())
-    ava = [f"{i + 1} {r.image_id} " + " ".join(map(str, v)) + f" {r.content + 1} 0 0"
-           for i, (r, v) in enumerate(zip(df.itertuples(), votes))]
+    ava = [
+        f"{i + 1} {r.image_id} " + " ".join(map(str, v)) + f" {r.content + 1} 0 0"
+        for i, (r, v) in enumerate(zip(df.itertuples(), votes))
+    ]
     write_text_atomic(root / "AVA.txt", "\n".join(ava) + "\n")
     write_text_atomic(root / "captions.tsv", "".join(f"{i}\t{c}\n" for i, c in zip(df.image_id, df.pop("caption"))))
     df.insert(1, "content_name", [CLASSES[c] for c in df.content])
@@ -208,46 +300,67 @@ def handcrafted_features(img: Image.Image) -> np.ndarray:
     resid = lum[1:-1, 1:-1] - smooth
     hsv = np.asarray(img.convert("HSV"), dtype=np.float32) / 255
     sal = np.abs(a - np.median(a.reshape(-1, 3), 0)).sum(-1)
-    ys, xs = np.mgrid[0:lum.shape[0], 0:lum.shape[1]] / np.array(lum.shape)[:, None, None]
+    ys, xs = np.mgrid[0 : lum.shape[0], 0 : lum.shape[1]] / np.array(lum.shape)[:, None, None]
     w = sal / (sal.sum() + 1e-8)
     cx, cy = (w * xs).sum(), (w * ys).sum()
-    return np.array([np.abs(gx).mean() + np.abs(gy).mean(), lum.mean(), np.abs(lum.mean() - 0.45),
-                     (lum > 0.98).mean() + (lum < 0.02).mean(), resid.std(), hsv[..., 1].mean(), hsv[..., 0].std(),
-                     float(composition_quality(np.clip(cx, 0.15, 0.85), np.clip(cy, 0.15, 0.85)))], dtype=np.float64)
+    return np.array(
+        [
+            np.abs(gx).mean() + np.abs(gy).mean(),
+            lum.mean(),
+            np.abs(lum.mean() - 0.45),
+            (lum > 0.98).mean() + (lum < 0.02).mean(),
+            resid.std(),
+            hsv[..., 1].mean(),
+            hsv[..., 0].std(),
+            float(composition_quality(np.clip(cx, 0.15, 0.85), np.clip(cy, 0.15, 0.85))),
+        ],
+        dtype=np.float64,
+    )
+
 
 def toy_reference(root) -> dict:
     "The ceiling and the hand-crafted baseline's SRCC on the test split of the world at `root`."
     root = Path(root)
     meta = pd.read_csv(root / "metadata.csv", dtype={"image_id": str}).set_index("image_id")
     split = {s: (root / "splits" / f"{s}.txt").read_text().split() for s in ("train", "test")}
+
     def feats(ids):
         X = np.stack([handcrafted_features(Image.open(root / "images" / f"{i}.jpg")) for i in ids])
-        return np.column_stack([X, X ** 2, np.ones(len(X))])
+        return np.column_stack([X, X**2, np.ones(len(X))])
+
     Xtr, Xte = feats(split["train"]), feats(split["test"])
     mu, sd = Xtr[:, :-1].mean(0), Xtr[:, :-1].std(0) + 1e-8
     Xtr[:, :-1], Xte[:, :-1] = (Xtr[:, :-1] - mu) / sd, (Xte[:, :-1] - mu) / sd
     coef = np.linalg.lstsq(Xtr, meta.loc[split["train"], "mean"].to_numpy(), rcond=None)[0]
     test = meta.loc[split["test"]]
-    return dict(ceiling_srcc=float(spearmanr(test.latent, test["mean"])[0]),
-                handcrafted_srcc=float(spearmanr(Xte @ coef, test["mean"])[0]), n_test=len(test))
+    return dict(
+        ceiling_srcc=float(spearmanr(test.latent, test["mean"])[0]),
+        handcrafted_srcc=float(spearmanr(Xte @ coef, test["mean"])[0]),
+        n_test=len(test),
+    )
 
 # %% ../nbs/00_toy.ipynb #090fc8c1
 def plot_samples(root, n: int = 24, seed: int = 0, path=None):
     "A grid of `n` random images of the world at `root`, sorted by observed mean score; saved to `path` (PNG and PDF) if given."
-    import matplotlib
     import matplotlib.pyplot as plt
+
     root = Path(root)
     meta = pd.read_csv(root / "metadata.csv", dtype={"image_id": str})
     rows = meta.sample(min(n, len(meta)), random_state=seed).sort_values("mean")
     cols = 8
-    fig, axes = plt.subplots(math.ceil(len(rows) / cols), cols, figsize=(cols * 1.5, math.ceil(len(rows) / cols) * 1.75), squeeze=False)
-    for ax in axes.flat: ax.axis("off")
+    fig, axes = plt.subplots(
+        math.ceil(len(rows) / cols), cols, figsize=(cols * 1.5, math.ceil(len(rows) / cols) * 1.75), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
     for ax, r in zip(axes.flat, rows.itertuples()):
         ax.imshow(Image.open(root / "images" / f"{r.image_id}.jpg"))
         ax.set_title(f"{r.mean:.2f}  {r.content_name}", fontsize=8)
     fig.suptitle("Toy world: images sorted by observed mean score (AVA-style votes)", fontsize=10)
     fig.tight_layout()
     if path is not None:
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path.with_suffix(".png"), dpi=120); fig.savefig(path.with_suffix(".pdf"))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path.with_suffix(".png"), dpi=120)
+        fig.savefig(path.with_suffix(".pdf"))
     return fig

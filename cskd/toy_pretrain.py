@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib, json, math, os, time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -29,20 +28,25 @@ __all__ = ['PRETRAIN_SEED_OFFSET', 'cache_root', 'settings_hash', 'pretrain_worl
 # %% ../nbs/11_toy_pretrain.ipynb #02861cb8
 PRETRAIN_SEED_OFFSET = 1000  # IAA worlds use seeds below this; pre-training worlds use 1000 + seed
 
+
 def cache_root(cache_dir=None) -> Path:
     "The cache folder: `cache_dir`, else `$CSKD_CACHE`, else `~/.cache/cskd`."
     return Path(cache_dir or os.environ.get("CSKD_CACHE") or Path.home() / ".cache" / "cskd").expanduser()
+
 
 def settings_hash(settings: dict) -> str:
     "A short stable hash of a JSON-able settings dict."
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
+
 def pretrain_world(n_images: int, seed: int = 0, cache_dir=None, image_size: int = 64) -> Path:
     "The pre-training toy world (seed `1000 + seed`), generated once under the cache folder."
     s = PRETRAIN_SEED_OFFSET + seed
     # n_images is in the folder name: make_toy_world refuses to reuse a folder made with other settings
-    return make_toy_world(cache_root(cache_dir) / f"world-{s}-n{n_images}-{image_size}px", n_images,
-                          image_size=image_size, seed=s)
+    return make_toy_world(
+        cache_root(cache_dir) / f"world-{s}-n{n_images}-{image_size}px", n_images, image_size=image_size, seed=s
+    )
+
 
 def _save_atomic(state: dict, path: Path, info: dict):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,37 +58,47 @@ def _save_atomic(state: dict, path: Path, info: dict):
 # %% ../nbs/11_toy_pretrain.ipynb #9039648c
 class _ToyPairs(torch.utils.data.Dataset):
     "Decoded toy images with their caption tokens and content labels."
+
     def __init__(self, root, tfm, tokenizer=None, n=None):
         root = Path(root)
         meta = pd.read_csv(root / "metadata.csv", dtype={"image_id": str})
         caps = dict(l.split("\t", 1) for l in (root / "captions.tsv").read_text().splitlines() if l)
         meta = meta.iloc[:n] if n else meta
         missing = [i for i in meta.image_id if i not in caps]
-        if missing: raise ValueError(f"{root / 'captions.tsv'}: no caption for image ids {missing[:5]}")
+        if missing:
+            raise ValueError(f"{root / 'captions.tsv'}: no caption for image ids {missing[:5]}")
         self.images = [load_image(root / "images" / f"{i}.jpg") for i in meta.image_id]
         self.labels = torch.tensor(meta.content.to_numpy(), dtype=torch.long)
         self.tokens = tokenizer([caps[i] for i in meta.image_id]) if tokenizer else None
         self.tfm = tfm
 
-    def __len__(self): return len(self.images)
+    def __len__(self):
+        return len(self.images)
 
     def __getitem__(self, i):
         x = self.tfm(self.images[i])
         return (x, self.tokens[i] if self.tokens is not None else self.labels[i])
+
 
 def _schedule(opt, total: int, warmup_frac: float = 0.1):
     warm = max(1, int(total * warmup_frac))
     f = lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
+
 def _adamw(model: nn.Module, lr: float, weight_decay: float):
     # no weight decay on gains, biases, embeddings' scale parameters and logit_scale (1-d or scalar tensors)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return torch.optim.AdamW([dict(params=decay, weight_decay=weight_decay), dict(params=rest, weight_decay=0.0)], lr=lr)
+    return torch.optim.AdamW(
+        [dict(params=decay, weight_decay=weight_decay), dict(params=rest, weight_decay=0.0)], lr=lr
+    )
+
 
 def _check(name, value, lo=1):
-    if not isinstance(value, int) or value < lo: raise ValueError(f"{name}={value!r}: must be an integer >= {lo}")
+    if not isinstance(value, int) or value < lo:
+        raise ValueError(f"{name}={value!r}: must be an integer >= {lo}")
+
 
 def _train(model, loader, epochs, lr, weight_decay, step, progress, what):
     "AdamW + warm-up/cosine over `epochs`; `step(model, batch)` returns the loss, or (loss, correct predictions)."
@@ -97,15 +111,25 @@ def _train(model, loader, epochs, lr, weight_decay, step, progress, what):
         for batch in loader:
             out = step(model, batch)
             loss, correct = out if isinstance(out, tuple) else (out, None)
-            if not torch.isfinite(loss): raise FloatingPointError(f"{what}: loss became {loss.item()} in epoch {ep + 1}")
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{what}: loss became {loss.item()} in epoch {ep + 1}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step(); sched.step()
-            tot += loss.item() * len(batch[0]); n += len(batch[0]); right += int(correct or 0)
+            opt.step()
+            sched.step()
+            tot += loss.item() * len(batch[0])
+            n += len(batch[0])
+            right += int(correct or 0)
         history.append(tot / n)
-        if correct is not None: accuracy.append(right / n)
-        if progress: print(f"{what} epoch {ep + 1}/{epochs}: loss {history[-1]:.4f}" + (f", accuracy {accuracy[-1]:.3f}" if accuracy else "")
-                           + f" ({time.time() - t0:.0f} s)", flush=True)
+        if correct is not None:
+            accuracy.append(right / n)
+        if progress:
+            print(
+                f"{what} epoch {ep + 1}/{epochs}: loss {history[-1]:.4f}"
+                + (f", accuracy {accuracy[-1]:.3f}" if accuracy else "")
+                + f" ({time.time() - t0:.0f} s)",
+                flush=True,
+            )
     model.eval()
     return dict(loss=history, **(dict(accuracy=accuracy) if accuracy else {})), time.time() - t0
 
@@ -115,25 +139,49 @@ def clip_loss_on(model: nn.Module, root, n: int = 64) -> float:
     pcfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
-    tfm = eval_transform(size, pcfg.get("mean", open_clip.OPENAI_DATASET_MEAN), pcfg.get("std", open_clip.OPENAI_DATASET_STD))
+    tfm = eval_transform(
+        size, pcfg.get("mean", open_clip.OPENAI_DATASET_MEAN), pcfg.get("std", open_clip.OPENAI_DATASET_STD)
+    )
     ds = _ToyPairs(root, tfm, open_clip.get_tokenizer(TOY_CLIP), n=n)
     x, t = torch.stack([ds[i][0] for i in range(len(ds))]), ds.tokens
-    was = model.training; model.eval()
+    was = model.training
+    model.eval()
     with torch.no_grad():
         img, txt, scale = model(x, t)[:3]
         loss = open_clip.loss.ClipLoss()(img, txt, scale)
     model.train(was)
     return float(loss)
 
-def toy_clip(n_images: int = 8000, epochs: int = 15, batch_size: int = 128, lr: float = 1e-3,
-             weight_decay: float = 0.1, seed: int = 0, cache_dir=None, force: bool = False,
-             progress: bool = True) -> Path:
+
+def toy_clip(
+    n_images: int = 8000,
+    epochs: int = 15,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    seed: int = 0,
+    cache_dir=None,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
     "Train `TOY_CLIP` contrastively on a pre-training toy world (seed 1000 + `seed`); returns the cached safetensors file."
-    for k, v in dict(n_images=n_images, epochs=epochs, batch_size=batch_size).items(): _check(k, v, 10 if k == "n_images" else 1)
-    settings = dict(kind="toy_clip", model=TOY_CLIP, config=open_clip.get_model_config(TOY_CLIP), n_images=n_images,
-                    epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, version=1)
+    for k, v in dict(n_images=n_images, epochs=epochs, batch_size=batch_size).items():
+        _check(k, v, 10 if k == "n_images" else 1)
+    settings = dict(
+        kind="toy_clip",
+        model=TOY_CLIP,
+        config=open_clip.get_model_config(TOY_CLIP),
+        n_images=n_images,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        version=1,
+    )
     path = cache_root(cache_dir) / f"toy_clip-{settings_hash(settings)}.safetensors"
-    if path.exists() and not force: return path
+    if path.exists() and not force:
+        return path
     world = pretrain_world(n_images, seed, cache_dir)
     torch.manual_seed(seed)
     model = open_clip.create_model(TOY_CLIP, pretrained=None)  # random init, both towers
@@ -141,17 +189,25 @@ def toy_clip(n_images: int = 8000, epochs: int = 15, batch_size: int = 128, lr: 
     ds = _ToyPairs(world, tfm, open_clip.get_tokenizer(TOY_CLIP))
     g = torch.Generator().manual_seed(seed)
     # drop_last: a contrastive batch of 1 has no negatives
-    loader = torch.utils.data.DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True, generator=g)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True, generator=g
+    )
     loss_fn = open_clip.loss.ClipLoss()
+
     def step(m, batch):
         img, txt, scale = m(*batch)[:3]
         return loss_fn(img, txt, scale)
+
     max_scale = math.log(100)
+
     def step_clamped(m, batch):
-        with torch.no_grad(): m.logit_scale.clamp_(0, max_scale)  # as open_clip's trainer does
+        with torch.no_grad():
+            m.logit_scale.clamp_(0, max_scale)  # as open_clip's trainer does
         return step(m, batch)
+
     curves, secs = _train(model, loader, epochs, lr, weight_decay, step_clamped, progress, "toy_clip")
-    with torch.no_grad(): model.logit_scale.clamp_(0, max_scale)
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, max_scale)
     _save_atomic(model.state_dict(), path, dict(settings, world=str(world), **curves, seconds=round(secs, 1)))
     return path
 
@@ -161,27 +217,57 @@ def _without_head(model: nn.Module) -> dict:
     heads = (heads,) if isinstance(heads, str) else tuple(heads)
     return {k: v for k, v in model.state_dict().items() if not any(k == h or k.startswith(h + ".") for h in heads)}
 
-def toy_imagenet(model: str = "vit_tiny_patch16_224", n_images: int = 8000, epochs: int = 15, batch_size: int = 128,
-                 lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0, cache_dir=None, force: bool = False,
-                 progress: bool = True) -> Path:
+
+def toy_imagenet(
+    model: str = "vit_tiny_patch16_224",
+    n_images: int = 8000,
+    epochs: int = 15,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    seed: int = 0,
+    cache_dir=None,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
     "Train timm `model` at 64 px on the toy content classes of the pre-training world; returns the cached safetensors file (no head)."
-    for k, v in dict(n_images=n_images, epochs=epochs, batch_size=batch_size).items(): _check(k, v, 10 if k == "n_images" else 1)
-    if not timm.is_model(model): raise ValueError(f"model={model!r}: not a timm model name")
-    settings = dict(kind="toy_imagenet", model=model, image_size=64, classes=list(CLASSES), n_images=n_images, epochs=epochs,
-                    batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, version=2)  # 2: accuracy recorded
+    for k, v in dict(n_images=n_images, epochs=epochs, batch_size=batch_size).items():
+        _check(k, v, 10 if k == "n_images" else 1)
+    if not timm.is_model(model):
+        raise ValueError(f"model={model!r}: not a timm model name")
+    settings = dict(
+        kind="toy_imagenet",
+        model=model,
+        image_size=64,
+        classes=list(CLASSES),
+        n_images=n_images,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        version=2,
+    )  # 2: accuracy recorded
     path = cache_root(cache_dir) / f"toy_imagenet-{model}-{settings_hash(settings)}.safetensors"
-    if path.exists() and not force: return path
+    if path.exists() and not force:
+        return path
     world = pretrain_world(n_images, seed, cache_dir)
     torch.manual_seed(seed)
-    try: net = timm.create_model(model, pretrained=False, num_classes=len(CLASSES), img_size=64)
-    except TypeError: net = timm.create_model(model, pretrained=False, num_classes=len(CLASSES))  # CNNs take any size
+    try:
+        net = timm.create_model(model, pretrained=False, num_classes=len(CLASSES), img_size=64)
+    except TypeError:
+        net = timm.create_model(model, pretrained=False, num_classes=len(CLASSES))  # CNNs take any size
     dc = resolve_data_config({}, model=net)
     ds = _ToyPairs(world, train_transform(64, dc["mean"], dc["std"]))
     g = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True, generator=g)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True, generator=g
+    )
+
     def step(m, batch):
         logits = m(batch[0])
         return F.cross_entropy(logits, batch[1]), (logits.argmax(1) == batch[1]).sum().item()
+
     curves, secs = _train(net, loader, epochs, lr, weight_decay, step, progress, f"toy_imagenet[{model}]")
     _save_atomic(_without_head(net), path, dict(settings, world=str(world), **curves, seconds=round(secs, 1)))
     return path

@@ -25,28 +25,93 @@ __all__ = ['GENERIC_CLASSES', 'CLASS_LISTS', 'DEFAULT_PROMPTS', 'DEFAULT_PROMPT_
 
 # %% ../nbs/09_zeroshot.ipynb #4d4c29de
 GENERIC_CLASSES = (
-    "person", "portrait", "child", "group of people", "crowd", "dog", "cat", "bird", "horse", "insect",
-    "wild animal", "flower", "tree", "forest", "garden", "landscape", "mountain", "beach", "sea", "lake",
-    "river", "waterfall", "sky", "sunset", "night sky", "snow scene", "desert", "field", "city", "street",
-    "building", "house", "interior", "bridge", "church", "car", "boat", "train", "airplane", "food",
-    "fruit", "still life", "abstract pattern", "texture", "macro shot", "sports scene", "concert", "wedding",
+    "person",
+    "portrait",
+    "child",
+    "group of people",
+    "crowd",
+    "dog",
+    "cat",
+    "bird",
+    "horse",
+    "insect",
+    "wild animal",
+    "flower",
+    "tree",
+    "forest",
+    "garden",
+    "landscape",
+    "mountain",
+    "beach",
+    "sea",
+    "lake",
+    "river",
+    "waterfall",
+    "sky",
+    "sunset",
+    "night sky",
+    "snow scene",
+    "desert",
+    "field",
+    "city",
+    "street",
+    "building",
+    "house",
+    "interior",
+    "bridge",
+    "church",
+    "car",
+    "boat",
+    "train",
+    "airplane",
+    "food",
+    "fruit",
+    "still life",
+    "abstract pattern",
+    "texture",
+    "macro shot",
+    "sports scene",
+    "concert",
+    "wedding",
 )
 
 CLASS_LISTS = {"generic": GENERIC_CLASSES, "toy": tuple(TOY_CLASSES)}
 
 DEFAULT_PROMPTS = {
-    "paper": dict(bad=["A atrocious picture", "A horrible picture"], good=["A outstanding picture", "A smashing picture"]),
+    "paper": dict(
+        bad=["A atrocious picture", "A horrible picture"], good=["A outstanding picture", "A smashing picture"]
+    ),
     "atrocious": dict(bad=["A atrocious picture"], good=["A outstanding picture"]),
     "horrible": dict(bad=["A horrible picture"], good=["A smashing picture"]),
-    "ensemble": dict(bad=["A atrocious picture", "A horrible picture", "A terrible picture", "A ugly picture",
-                          "A bad picture", "A poor picture"],
-                     good=["A outstanding picture", "A smashing picture", "A excellent picture", "A beautiful picture",
-                           "A good picture", "A great picture"], ensemble=True),
-    "content": dict(bad=["A horrible picture"], good=["A smashing picture"], templates=["{prompt}, of a {}"],
-                    classes="generic"),
-    "content-ensemble": dict(bad=["A atrocious picture", "A horrible picture"],
-                             good=["A outstanding picture", "A smashing picture"],
-                             templates=["{prompt}, of a {}"], classes="generic", ensemble=True),
+    "ensemble": dict(
+        bad=[
+            "A atrocious picture",
+            "A horrible picture",
+            "A terrible picture",
+            "A ugly picture",
+            "A bad picture",
+            "A poor picture",
+        ],
+        good=[
+            "A outstanding picture",
+            "A smashing picture",
+            "A excellent picture",
+            "A beautiful picture",
+            "A good picture",
+            "A great picture",
+        ],
+        ensemble=True,
+    ),
+    "content": dict(
+        bad=["A horrible picture"], good=["A smashing picture"], templates=["{prompt}, of a {}"], classes="generic"
+    ),
+    "content-ensemble": dict(
+        bad=["A atrocious picture", "A horrible picture"],
+        good=["A outstanding picture", "A smashing picture"],
+        templates=["{prompt}, of a {}"],
+        classes="generic",
+        ensemble=True,
+    ),
 }
 DEFAULT_PROMPT_SET = "paper"
 
@@ -54,11 +119,14 @@ DEFAULT_PROMPT_SET = "paper"
 class PromptFileError(ValueError):
     "A malformed prompt set; the message names the file (or source) and the key."
 
+
 _KEYS = ("name", "bad", "good", "templates", "classes", "ensemble")
+
 
 @dataclass(frozen=True)
 class PromptSet:
     "Validated bad/good prompts, templates, class names and the ensemble flag."
+
     bad: tuple
     good: tuple
     templates: tuple = ("{prompt}",)
@@ -87,9 +155,11 @@ class PromptSet:
 def _err(source, key, msg):
     return PromptFileError(f"{source}: key '{key}': {msg}")
 
+
 def _strings(spec, key, source, required=True):
     if key not in spec:
-        if required: raise _err(source, key, "missing (a prompt set needs 'bad' and 'good' lists)")
+        if required:
+            raise _err(source, key, "missing (a prompt set needs 'bad' and 'good' lists)")
         return None
     v = spec[key]
     if not isinstance(v, (list, tuple)) or not v:
@@ -99,72 +169,103 @@ def _strings(spec, key, source, required=True):
             raise _err(source, key, f"item {i} must be a non-empty string, got {s!r}")
     return tuple(s.strip() for s in v)
 
+
 def _from_spec(spec, source: str, classes=None, ensemble=None) -> PromptSet:
     if not isinstance(spec, dict):
         raise PromptFileError(f"{source}: expected a mapping with keys 'bad' and 'good', got {type(spec).__name__}")
     extra = [k for k in spec if k not in _KEYS]
-    if extra: raise _err(source, extra[0], f"unknown key; allowed keys: {', '.join(_KEYS)}")
+    if extra:
+        raise _err(source, extra[0], f"unknown key; allowed keys: {', '.join(_KEYS)}")
     bad, good = _strings(spec, "bad", source), _strings(spec, "good", source)
     templates = _strings(spec, "templates", source, required=False) or ("{prompt}",)
     for i, t in enumerate(templates):
-        if "{prompt}" not in t: raise _err(source, "templates", f"item {i} ({t!r}) has no '{{prompt}}' placeholder")
+        if "{prompt}" not in t:
+            raise _err(source, "templates", f"item {i} ({t!r}) has no '{{prompt}}' placeholder")
     ens = spec.get("ensemble", False) if ensemble is None else ensemble
-    if not isinstance(ens, bool): raise _err(source, "ensemble", f"expected true or false, got {ens!r}")
+    if not isinstance(ens, bool):
+        raise _err(source, "ensemble", f"expected true or false, got {ens!r}")
     if not ens and len(bad) != len(good):
-        raise _err(source, "good", f"{len(good)} prompts but 'bad' has {len(bad)}; prompts are used in pairs "
-                                   f"(set 'ensemble: true' to average each side instead)")
+        raise _err(
+            source,
+            "good",
+            f"{len(good)} prompts but 'bad' has {len(bad)}; prompts are used in pairs "
+            f"(set 'ensemble: true' to average each side instead)",
+        )
     name = spec.get("name", "prompts")
-    if not isinstance(name, str): raise _err(source, "name", f"expected a string, got {name!r}")
+    if not isinstance(name, str):
+        raise _err(source, "name", f"expected a string, got {name!r}")
     csource = source
-    if classes is None: classes = spec.get("classes")
-    else: csource = "load_prompts argument"  # an override's errors name the argument, not the file
+    if classes is None:
+        classes = spec.get("classes")
+    else:
+        csource = "load_prompts argument"  # an override's errors name the argument, not the file
     if isinstance(classes, str):
         if classes not in CLASS_LISTS:
             raise _err(csource, "classes", f"unknown class list {classes!r}; shipped lists: {', '.join(CLASS_LISTS)}")
         classes = CLASS_LISTS[classes]
     if classes is not None:
-        if not isinstance(classes, (list, tuple)): raise _err(csource, "classes", f"expected a list or a list name, got {classes!r}")
+        if not isinstance(classes, (list, tuple)):
+            raise _err(csource, "classes", f"expected a list or a list name, got {classes!r}")
         classes = _strings({"classes": list(classes)}, "classes", csource)
     ps = PromptSet(bad, good, templates, classes or (), ens, name, source)
-    if ps.content_aware and not ps.classes: ps = replace(ps, classes=GENERIC_CLASSES)
+    if ps.content_aware and not ps.classes:
+        ps = replace(ps, classes=GENERIC_CLASSES)
     return ps
 
 # %% ../nbs/09_zeroshot.ipynb #c05b89d4
 def _read_prompt_file(path: Path):
-    try: text = path.read_text()
-    except OSError as e: raise PromptFileError(f"{path}: cannot read prompt file ({e})") from None
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise PromptFileError(f"{path}: cannot read prompt file ({e})") from None
     if path.suffix.lower() == ".txt":
         bad, good = [], []
         for n, line in enumerate(text.splitlines(), 1):
             s = line.split("#", 1)[0].strip()
-            if not s: continue
+            if not s:
+                continue
             parts = [p.strip() for p in (s.split("\t") if "\t" in s else s.split("|"))]
             if len(parts) != 2 or not all(parts):
                 raise PromptFileError(f"{path}:{n}: expected 'bad prompt | good prompt', got {line!r}")
-            bad.append(parts[0]); good.append(parts[1])
-        if not bad: raise PromptFileError(f"{path}: no prompt pairs (lines 'bad prompt | good prompt')")
+            bad.append(parts[0])
+            good.append(parts[1])
+        if not bad:
+            raise PromptFileError(f"{path}: no prompt pairs (lines 'bad prompt | good prompt')")
         return dict(name=path.stem, bad=bad, good=good)
-    try: spec = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    try:
+        spec = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
         raise PromptFileError(f"{path}: cannot parse prompt file ({e})") from None
-    if isinstance(spec, dict): spec.setdefault("name", path.stem)
+    if isinstance(spec, dict):
+        spec.setdefault("name", path.stem)
     return spec
+
 
 def load_prompts(src=None, classes=None, ensemble: bool | None = None) -> PromptSet:
     "A `PromptSet` from a shipped set's name (default 'paper'), a YAML/JSON/TXT file, a dict, (bad, good) pairs or a `PromptSet`."
     if isinstance(src, PromptSet):
-        spec = dict(name=src.name, bad=list(src.bad), good=list(src.good), templates=list(src.templates),
-                    ensemble=src.ensemble, **(dict(classes=list(src.classes)) if src.classes else {}))
+        spec = dict(
+            name=src.name,
+            bad=list(src.bad),
+            good=list(src.good),
+            templates=list(src.templates),
+            ensemble=src.ensemble,
+            **(dict(classes=list(src.classes)) if src.classes else {}),
+        )
         return _from_spec(spec, src.source, classes, ensemble)
-    if src is None: src = DEFAULT_PROMPT_SET
+    if src is None:
+        src = DEFAULT_PROMPT_SET
     if isinstance(src, str) and src in DEFAULT_PROMPTS:
         return _from_spec(dict(DEFAULT_PROMPTS[src], name=src), f"prompt set '{src}'", classes, ensemble)
     if isinstance(src, (str, os.PathLike)):
         p = Path(src)
         if not p.is_file():
-            raise PromptFileError(f"{p}: no such prompt file, and not a shipped prompt set ({', '.join(DEFAULT_PROMPTS)})")
+            raise PromptFileError(
+                f"{p}: no such prompt file, and not a shipped prompt set ({', '.join(DEFAULT_PROMPTS)})"
+            )
         return _from_spec(_read_prompt_file(p), str(p), classes, ensemble)
-    if isinstance(src, dict): return _from_spec(src, "<dict>", classes, ensemble)
+    if isinstance(src, dict):
+        return _from_spec(src, "<dict>", classes, ensemble)
     if isinstance(src, (list, tuple)):
         for i, pair in enumerate(src):
             if isinstance(pair, str) or not isinstance(pair, (list, tuple)) or len(pair) != 2:
@@ -177,25 +278,40 @@ def save_prompts(prompts, path) -> Path:
     "Write a prompt set (anything `load_prompts` takes) as a YAML file (atomically); returns the path."
     ps, path = load_prompts(prompts), Path(path)
     spec = dict(name=ps.name, bad=list(ps.bad), good=list(ps.good))
-    if ps.templates != ("{prompt}",): spec["templates"] = list(ps.templates)
-    if ps.classes: spec["classes"] = list(ps.classes)
-    if ps.ensemble: spec["ensemble"] = True
+    if ps.templates != ("{prompt}",):
+        spec["templates"] = list(ps.templates)
+    if ps.classes:
+        spec["classes"] = list(ps.classes)
+    if ps.ensemble:
+        spec["ensemble"] = True
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)); os.replace(tmp, path)
+    tmp.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    os.replace(tmp, path)
     return path
 
 # %% ../nbs/09_zeroshot.ipynb #d638f439
 class ZeroShotScorer:
     "Zero-shot aesthetics with a `CLIPTeacher` (or an open_clip model with `encode_text`/`encode_image`) and a prompt set."
-    def __init__(self, teacher, prompts=None, scale: float | str = 100.0, classes=None, ensemble: bool | None = None,
-                 text_batch_size: int = 256, tokenizer=None):
+
+    def __init__(
+        self,
+        teacher,
+        prompts=None,
+        scale: float | str = 100.0,
+        classes=None,
+        ensemble: bool | None = None,
+        text_batch_size: int = 256,
+        tokenizer=None,
+    ):
         self.teacher = teacher
         self.clip = getattr(teacher, "clip", teacher)
         self.tokenizer = tokenizer or getattr(teacher, "tokenizer", None)
         if self.tokenizer is None:
-            raise ValueError("ZeroShotScorer: the model carries no tokenizer; pass a CLIPTeacher (cskd.models.clip_teacher) "
-                             "or tokenizer=open_clip.get_tokenizer(<model name>)")
+            raise ValueError(
+                "ZeroShotScorer: the model carries no tokenizer; pass a CLIPTeacher (cskd.models.clip_teacher) "
+                "or tokenizer=open_clip.get_tokenizer(<model name>)"
+            )
         if not (hasattr(self.clip, "encode_text") and hasattr(self.clip, "encode_image")):
             raise TypeError(f"ZeroShotScorer needs a CLIP model with a text tower, got {type(self.clip).__name__}")
         self.prompts = load_prompts(prompts, classes=classes, ensemble=ensemble)
@@ -206,7 +322,8 @@ class ZeroShotScorer:
     def _scale(self, scale) -> float:
         if scale == "model":
             ls = getattr(self.clip, "logit_scale", None)
-            if ls is None: raise ValueError("scale='model': the model has no `logit_scale`")
+            if ls is None:
+                raise ValueError("scale='model': the model has no `logit_scale`")
             return float(torch.as_tensor(ls).exp())
         if isinstance(scale, str) or not np.isfinite(scale) or scale <= 0:
             raise ValueError(f"`scale` must be a positive number or 'model', got {scale!r}")
@@ -217,15 +334,18 @@ class ZeroShotScorer:
         "Normalised text embeddings (T, D), in batches of `text_batch_size`."
         tok = self.tokenizer
         dev = next(self.clip.parameters()).device
-        out = [self.clip.encode_text(tok(list(texts[i:i + self.text_batch_size])).to(dev)).float()
-               for i in range(0, len(texts), self.text_batch_size)]
+        out = [
+            self.clip.encode_text(tok(list(texts[i : i + self.text_batch_size])).to(dev)).float()
+            for i in range(0, len(texts), self.text_batch_size)
+        ]
         return F.normalize(torch.cat(out), dim=-1)
 
     def _embed_prompts(self) -> torch.Tensor:
         sides = []
         for prompts in (self.prompts.bad, self.prompts.good):
             groups = [self.prompts.expand(p) for p in prompts]
-            if self.prompts.ensemble: groups = [[t for g in groups for t in g]]
+            if self.prompts.ensemble:
+                groups = [[t for g in groups for t in g]]
             flat = [t for g in groups for t in g]
             E = self.encode_texts(flat)
             bounds = np.cumsum([0] + [len(g) for g in groups])
@@ -242,7 +362,7 @@ class ZeroShotScorer:
         x = F.normalize(x.float(), dim=-1)
         cos = torch.einsum("nd,skd->nsk", x, T)
         logits = self.scale * cos
-        pair_p = logits.softmax(dim=1)[:, 1]               # softmax over [bad_k, good_k]
+        pair_p = logits.softmax(dim=1)[:, 1]  # softmax over [bad_k, good_k]
         return dict(p_good=pair_p.mean(1), score=(logits[:, 1] - logits[:, 0]).sum(1), pair_p_good=pair_p, cos=cos)
 
     @torch.no_grad()
@@ -254,19 +374,44 @@ class ZeroShotScorer:
     __call__ = score
 
 # %% ../nbs/09_zeroshot.ipynb #96228a20
-def zero_shot_eval(teacher, dataset, prompts=None, batch_size: int = 64, cache_dir=None, scale: float | str = 100.0,
-                   threshold: float = 5.0, num_workers: int = 0, progress: bool = True, **prompt_kw):
+def zero_shot_eval(
+    teacher,
+    dataset,
+    prompts=None,
+    batch_size: int = 64,
+    cache_dir=None,
+    scale: float | str = 100.0,
+    threshold: float = 5.0,
+    num_workers: int = 0,
+    progress: bool = True,
+    **prompt_kw,
+):
     "Zero-shot metrics (`acc`, `srcc`, `plcc`, `n`) on a labeled dataset and a predictions DataFrame."
     from cskd.probe import dataset_targets, embed
+
     scorer = prompts if isinstance(prompts, ZeroShotScorer) else ZeroShotScorer(teacher, prompts, scale, **prompt_kw)
-    ids, X = embed(teacher, dataset, cache_dir=cache_dir, batch_size=batch_size, num_workers=num_workers, progress=progress)
+    ids, X = embed(
+        teacher, dataset, cache_dir=cache_dir, batch_size=batch_size, num_workers=num_workers, progress=progress
+    )
     true = dataset_targets(dataset, ids)
     out = {k: v.cpu().numpy() for k, v in scorer.score_embeddings(torch.from_numpy(X)).items()}
     good = true > threshold
-    df = pd.DataFrame(dict(image_id=ids, p_good=out["p_good"], score=out["score"], pred_good=out["p_good"] > 0.5,
-                           true_mean=true, true_good=good))
-    metrics = dict(acc=float(np.mean(df.pred_good.to_numpy() == good)), srcc=srcc(out["score"], true),
-                   plcc=plcc(out["score"], true), n=len(ids))
+    df = pd.DataFrame(
+        dict(
+            image_id=ids,
+            p_good=out["p_good"],
+            score=out["score"],
+            pred_good=out["p_good"] > 0.5,
+            true_mean=true,
+            true_good=good,
+        )
+    )
+    metrics = dict(
+        acc=float(np.mean(df.pred_good.to_numpy() == good)),
+        srcc=srcc(out["score"], true),
+        plcc=plcc(out["score"], true),
+        n=len(ids),
+    )
     if out["pair_p_good"].shape[1] > 1:
         for k in range(out["pair_p_good"].shape[1]):
             metrics[f"acc_pair{k}"] = float(np.mean((out["pair_p_good"][:, k] > 0.5) == good))

@@ -1,5 +1,6 @@
 """Phase 1 (cskd.align) and its teacher-feature cache end to end: real toy JPEGs, real open_clip / timm
 models (tiny, random init), real run folders, the experiment notebook through papermill."""
+
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,20 @@ def toy(tmp_path_factory):
 
 
 def tiny(toy, run_dir, **kw):
-    base = dict(pool_sources=[str(toy / "images")], exclude_split=str(toy / "splits" / "test.txt"), teacher=TEST_CLIP,
-                image_size=32, batch_size=16, epochs=2, lr=2e-3, warmup_epochs=0.0, eval_images=32, progress=False,
-                log_every=1, run_dir=str(run_dir))
+    base = dict(
+        pool_sources=[str(toy / "images")],
+        exclude_split=str(toy / "splits" / "test.txt"),
+        teacher=TEST_CLIP,
+        image_size=32,
+        batch_size=16,
+        epochs=2,
+        lr=2e-3,
+        warmup_epochs=0.0,
+        eval_images=32,
+        progress=False,
+        log_every=1,
+        run_dir=str(run_dir),
+    )
     return align_config(**{**base, **kw})
 
 
@@ -45,11 +57,22 @@ def test_alignment_lowers_loss_and_iaa_inits_from_run(toy, tmp_path):
     assert r["eval_loss_after"] < 0.7 * r["eval_loss_before"], r
     assert r["final_loss"] < r["first_loss"], r
     assert r["eval_cosine_after"] > r["eval_cosine_before"], r
-    assert (tmp_path / "run" / "results.json").exists() and (tmp_path / "run" / "pool.txt").read_text().count("\n") == r["pool_images"]
+    assert (tmp_path / "run" / "results.json").exists() and (tmp_path / "run" / "pool.txt").read_text().count(
+        "\n"
+    ) == r["pool_images"]
     # the IAA phase takes the aligned encoder from the run folder
     sd = load_file(str(tmp_path / "run" / "checkpoints" / "last" / "model.safetensors"))
-    fcfg = finetune_config(data_root=str(toy), encoder=cfg.student, image_size=32, init=str(tmp_path / "run"),
-                           epochs=1, batch_size=16, progress=False, run_dir=str(tmp_path / "ft"), eval_batch_size=64)
+    fcfg = finetune_config(
+        data_root=str(toy),
+        encoder=cfg.student,
+        image_size=32,
+        init=str(tmp_path / "run"),
+        epochs=1,
+        batch_size=16,
+        progress=False,
+        run_dir=str(tmp_path / "ft"),
+        eval_batch_size=64,
+    )
     m = build_iaa_model(fcfg)
     for k, v in m.encoder.state_dict().items():
         torch.testing.assert_close(v, sd["encoder." + k], msg=k)
@@ -90,6 +113,7 @@ def test_epoch_reaches_persistent_workers(toy, tmp_path):
     paths = sorted((toy / "images").glob("*.jpg"))[:8]
     teacher = clip_teacher(TEST_CLIP)
     from cskd.teacher_cache import ensure_teacher_cache
+
     c = ensure_teacher_cache(tmp_path / "c", teacher, paths, SeededView(32), views=4, progress=False)
     ds = PoolViews(paths, SeededView(32), cache=c, seed=3)
     dl = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, persistent_workers=True)
@@ -106,24 +130,40 @@ def test_epoch_reaches_persistent_workers(toy, tmp_path):
 @pytest.mark.parametrize("name", ["align_ava_vitb16_to_vits16.yaml", "align_ava_vitb16_to_resnet50.yaml"])
 def test_real_scale_configs_validate(name):
     cfg = load_config(AlignConfig, ROOT / "configs" / name, defaults=ALIGN_DEFAULTS)
-    assert cfg.teacher == "ViT-B-16" and cfg.image_size == 224 and cfg.batch_size == 256 and cfg.student_pretrained is True
+    assert (
+        cfg.teacher == "ViT-B-16" and cfg.image_size == 224 and cfg.batch_size == 256 and cfg.student_pretrained is True
+    )
     assert cfg.precision == "auto" and cfg.num_workers == 8 and cfg.loss == "fd"
 
 
 def test_experiment_notebook_runs_and_validates(tmp_path):
     import json
     import papermill as pm
+
     nb = ROOT / "nbs" / "experiments" / "align.ipynb"
     run = tmp_path / "run"
-    pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), cwd=str(ROOT), kernel_name="python3", progress_bar=False,
-                        parameters=dict(run_dir=str(run), data_root=str(tmp_path / "toy"), toy_images=240, epochs=2,
-                                        eval_images=32, batch_size=32))
+    pm.execute_notebook(
+        str(nb),
+        str(tmp_path / "out.ipynb"),
+        cwd=str(ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+        parameters=dict(
+            run_dir=str(run), data_root=str(tmp_path / "toy"), toy_images=240, epochs=2, eval_images=32, batch_size=32
+        ),
+    )
     m = json.loads((run / "metrics.json").read_text())
     for k in ("first_loss", "final_loss", "eval_loss_before", "eval_loss_after", "steps", "pool_images"):
         assert k in m, k
     assert m["eval_loss_after"] < m["eval_loss_before"]
     assert (run / "figures" / "align_loss.png").stat().st_size > 5000
     with pytest.raises(pm.PapermillExecutionError) as e:
-        pm.execute_notebook(str(nb), str(tmp_path / "bad.ipynb"), cwd=str(ROOT), kernel_name="python3", progress_bar=False,
-                            parameters=dict(run_dir=str(tmp_path / "bad"), data_root=str(tmp_path / "toy"), loss="fdd"))
+        pm.execute_notebook(
+            str(nb),
+            str(tmp_path / "bad.ipynb"),
+            cwd=str(ROOT),
+            kernel_name="python3",
+            progress_bar=False,
+            parameters=dict(run_dir=str(tmp_path / "bad"), data_root=str(tmp_path / "toy"), loss="fdd"),
+        )
     assert "'loss'" in str(e.value) and "fdd" in str(e.value)

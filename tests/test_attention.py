@@ -1,4 +1,5 @@
 """cskd.attention on real (tiny, random-init) open_clip and timm ViTs: capture, metrics, streaming, figures, bench."""
+
 import itertools
 import logging
 import math
@@ -9,16 +10,25 @@ from pathlib import Path
 
 import numpy as np
 import open_clip
-import pandas as pd
 import pytest
 import timm
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cskd.attention import (AttentionCapture, AttentionStats, attention_distance, attention_entropy,
-                            attention_spec, attention_stats, capture_attention, collapse_summary,
-                            plot_attention_gallery, plot_attention_stats, plot_collapse_summary)
+from cskd.attention import (
+    AttentionCapture,
+    AttentionStats,
+    attention_distance,
+    attention_entropy,
+    attention_spec,
+    attention_stats,
+    capture_attention,
+    collapse_summary,
+    plot_attention_gallery,
+    plot_attention_stats,
+    plot_collapse_summary,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 logging.getLogger().setLevel(logging.ERROR)  # open_clip's "random weights" warning
@@ -26,8 +36,13 @@ logging.getLogger().setLevel(logging.ERROR)  # open_clip's "random weights" warn
 
 def tiny_clip(**vision):
     vc = dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32) | vision
-    return open_clip.create_model("ViT-B-32", pretrained=None, embed_dim=32, vision_cfg=vc,
-                                  text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1)).eval()
+    return open_clip.create_model(
+        "ViT-B-32",
+        pretrained=None,
+        embed_dim=32,
+        vision_cfg=vc,
+        text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
+    ).eval()
 
 
 def tiny_timm(name="vit_tiny_patch16_224", img_size=32, **kw):
@@ -36,9 +51,11 @@ def tiny_timm(name="vit_tiny_patch16_224", img_size=32, **kw):
 
 class Wrapper(nn.Module):
     """Any object holding the model under `.clip`, `.visual` or `.model` (like the project's wrappers)."""
+
     def __init__(self, **kw):
         super().__init__()
-        for k, v in kw.items(): setattr(self, k, v)
+        for k, v in kw.items():
+            setattr(self, k, v)
 
 
 @pytest.fixture(scope="module")
@@ -64,20 +81,24 @@ def no_hooks(model):
 
 # ---------------------------------------------------------------- capture
 
+
 def test_open_clip_capture_leaves_output_and_model_unchanged(clip_model):
     x = torch.randn(3, 3, 32, 32)
-    with torch.no_grad(): y0 = clip_model.encode_image(x)
+    with torch.no_grad():
+        y0 = clip_model.encode_image(x)
     with AttentionCapture(clip_model) as cap, torch.no_grad():
         y1 = clip_model.encode_image(x)  # the full model's own entry point
     assert torch.equal(y0, y1)
     assert [tuple(m.shape) for m in cap.maps] == [(3, 2, 17, 17)] * 2
     assert no_hooks(clip_model)
-    with torch.no_grad(): y2 = clip_model.encode_image(x)  # a later forward records nothing
+    with torch.no_grad():
+        y2 = clip_model.encode_image(x)  # a later forward records nothing
     assert torch.equal(y0, y2) and len(cap.maps) == 2
     # with autograd on, MultiheadAttention runs SDPA without weights and an explicit softmax with them:
     # only float32 rounding may differ
     y3 = clip_model.visual(x)
-    with AttentionCapture(clip_model): y4 = clip_model.visual(x)
+    with AttentionCapture(clip_model):
+        y4 = clip_model.visual(x)
     assert (y4 - y3).abs().max() <= 1e-6 * y3.abs().max()
     y4.sum().backward()  # gradients flow through a captured forward
 
@@ -88,14 +109,17 @@ def test_open_clip_maps_are_the_softmax_attention(clip_model):
     inputs = []
     blk = clip_model.visual.transformer.resblocks[1]
     h = blk.register_forward_pre_hook(lambda m, a: inputs.append(blk.ln_1(a[0])))
-    try: maps = capture_attention(clip_model, x)
-    finally: h.remove()
+    try:
+        maps = capture_attention(clip_model, x)
+    finally:
+        h.remove()
     z = inputs[0]  # (B, T, D), batch first
     mha = blk.attn
     q, k, _ = F.linear(z, mha.in_proj_weight, mha.in_proj_bias).chunk(3, -1)
     B, T, D = z.shape
     nh = mha.num_heads
-    q = q.view(B, T, nh, -1).transpose(1, 2); k = k.view(B, T, nh, -1).transpose(1, 2)
+    q = q.view(B, T, nh, -1).transpose(1, 2)
+    k = k.view(B, T, nh, -1).transpose(1, 2)
     ref = (q @ k.transpose(-1, -2) / math.sqrt(D // nh)).softmax(-1)
     torch.testing.assert_close(maps[1], ref, atol=1e-5, rtol=1e-4)
 
@@ -104,25 +128,31 @@ def test_timm_capture_outputs_hooks_and_flags(timm_models):
     vit, size, _ = timm_models["cls"]
     x = torch.randn(2, 3, size, size)
     flags = [b.attn.fused_attn for b in vit.blocks]
-    with torch.no_grad(): z0 = vit(x)
+    with torch.no_grad():
+        z0 = vit(x)
     with AttentionCapture(vit) as cap, torch.no_grad():
         assert not any(b.attn.fused_attn for b in vit.blocks)
         z1 = vit(x)
     # the fused kernel was switched off: only float32 rounding may differ
     assert (z1 - z0).abs().max() <= 1e-6 * z0.abs().max()
     assert len(cap.maps) == 12 and [b.attn.fused_attn for b in vit.blocks] == flags and no_hooks(vit)
-    with torch.no_grad(): z2 = vit(x)
+    with torch.no_grad():
+        z2 = vit(x)
     assert torch.equal(z0, z2) and len(cap.maps) == 12
 
     # on a model already running unfused attention, capture is bit-identical
-    for b in vit.blocks: b.attn.fused_attn = False
+    for b in vit.blocks:
+        b.attn.fused_attn = False
     try:
-        with torch.no_grad(): u0 = vit(x)
-        with AttentionCapture(vit), torch.no_grad(): u1 = vit(x)
+        with torch.no_grad():
+            u0 = vit(x)
+        with AttentionCapture(vit), torch.no_grad():
+            u1 = vit(x)
         assert torch.equal(u0, u1)
         assert not any(b.attn.fused_attn for b in vit.blocks)  # its own setting, restored
     finally:
-        for b, f in zip(vit.blocks, flags): b.attn.fused_attn = f
+        for b, f in zip(vit.blocks, flags):
+            b.attn.fused_attn = f
 
 
 def test_timm_maps_are_the_softmax_attention(timm_models):
@@ -130,8 +160,10 @@ def test_timm_maps_are_the_softmax_attention(timm_models):
     attn = vit.blocks[3].attn
     inputs = []
     h = attn.register_forward_pre_hook(lambda m, a: inputs.append(a[0]))
-    try: maps = capture_attention(vit, torch.randn(2, 3, size, size))
-    finally: h.remove()
+    try:
+        maps = capture_attention(vit, torch.randn(2, 3, size, size))
+    finally:
+        h.remove()
     z = inputs[0]
     B, T, _ = z.shape
     q, k, _ = attn.qkv(z).reshape(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
@@ -176,8 +208,11 @@ def test_non_square_images_use_their_own_grid():
     maps = capture_attention(vit, images)
     df = attention_stats(vit, images, progress=False, batch_size=2)
     for layer in (0, 11):
-        np.testing.assert_allclose(df[df.layer == layer].distance.values,
-                                   attention_distance(maps[layer], 16, 1, grid=(2, 3)).numpy(), rtol=1e-5)
+        np.testing.assert_allclose(
+            df[df.layer == layer].distance.values,
+            attention_distance(maps[layer], 16, 1, grid=(2, 3)).numpy(),
+            rtol=1e-5,
+        )
     with pytest.raises(ValueError, match="square"):
         attention_distance(maps[0], 16, 1)
 
@@ -186,7 +221,11 @@ def test_wrappers_and_training_mode(clip_model, timm_models):
     vit, size, _ = timm_models["cls"]
     x = torch.randn(2, 3, 32, 32)
     ref = capture_attention(clip_model, x)
-    for wrapped in (Wrapper(clip=clip_model), Wrapper(visual=clip_model.visual), Wrapper(model=Wrapper(clip=clip_model))):
+    for wrapped in (
+        Wrapper(clip=clip_model),
+        Wrapper(visual=clip_model.visual),
+        Wrapper(model=Wrapper(clip=clip_model)),
+    ):
         got = capture_attention(wrapped, x)
         assert all(torch.equal(a, b) for a, b in zip(ref, got))
     assert attention_spec(Wrapper(model=vit)) == attention_spec(vit) == (16, (4, 4), 1)
@@ -195,7 +234,8 @@ def test_wrappers_and_training_mode(clip_model, timm_models):
     try:
         maps = capture_attention(vit, torch.randn(1, 3, size, size))
         assert vit.training and not maps[0].requires_grad
-    finally: vit.eval()
+    finally:
+        vit.eval()
 
 
 def test_unsupported_models_are_named():
@@ -209,6 +249,7 @@ def test_unsupported_models_are_named():
 
 
 # ---------------------------------------------------------------- metrics, against a brute-force reading of the definition
+
 
 def brute_force(attn: np.ndarray, patch_size: float, npre: int, g: int):
     """DESIGN.md's definition with plain Python loops: (heads,) distance and entropy."""
@@ -254,7 +295,7 @@ def neighbour_attention(g):
 def test_closed_forms(g, ps, npre):
     N, T = g * g, g * g + npre
     pts = [(r, c) for r in range(g) for c in range(g)]
-    mean_pair = sum(math.dist(p, q) for p in pts for q in pts) / N ** 2
+    mean_pair = sum(math.dist(p, q) for p in pts for q in pts) / N**2
     nb, counts = neighbour_attention(g)
     heads = [np.full((N, N), 1 / N), np.eye(N), nb]
     attn = np.zeros((2, 3, T, T))
@@ -267,9 +308,12 @@ def test_closed_forms(g, ps, npre):
                 attn[b, h, npre:, :npre] = m / npre
                 attn[b, h, :npre] = rng.dirichlet(np.ones(T), size=npre)  # prefix queries: ignored
     a = torch.from_numpy(attn)
-    np.testing.assert_allclose(attention_distance(a, ps, npre).numpy(), [ps * mean_pair, 0.0, ps], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(attention_entropy(a, npre).numpy(), [math.log(N), 0.0, np.log(counts).mean()],
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        attention_distance(a, ps, npre).numpy(), [ps * mean_pair, 0.0, ps], rtol=1e-12, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        attention_entropy(a, npre).numpy(), [math.log(N), 0.0, np.log(counts).mean()], rtol=1e-12, atol=1e-12
+    )
 
 
 def test_cls_heavy_rows_renormalise_to_a_known_answer():
@@ -293,7 +337,8 @@ def test_streaming_equals_concatenated():
     batches = [torch.randn(n, 4, 17, 17, generator=gen).softmax(-1) for n in (3, 1, 5)]
     st = AttentionStats(patch_size=14, num_prefix_tokens=1)
     for b in batches:
-        st.update(0, b); st.update(1, b.flip(-1))
+        st.update(0, b)
+        st.update(1, b.flip(-1))
     df = st.to_frame()
     assert list(df.columns) == ["layer", "head", "distance", "entropy", "n_images"] and len(df) == 8
     allb = torch.cat(batches)
@@ -345,23 +390,29 @@ def test_collapse_summary(clip_model):
 
 # ---------------------------------------------------------------- figures
 
+
 def test_figures_written(tmp_path, clip_model, timm_models):
     vit, size, _ = timm_models["cls"]
-    dfs = {"CLIP": attention_stats(clip_model, torch.randn(4, 3, 32, 32), progress=False),
-           "encoder": attention_stats(vit, torch.randn(4, 3, size, size), progress=False),
-           "aligned": attention_stats(vit, torch.randn(4, 3, size, size), progress=False)}
+    dfs = {
+        "CLIP": attention_stats(clip_model, torch.randn(4, 3, 32, 32), progress=False),
+        "encoder": attention_stats(vit, torch.randn(4, 3, size, size), progress=False),
+        "aligned": attention_stats(vit, torch.randn(4, 3, size, size), progress=False),
+    }
     fig = plot_attention_stats(dfs, path=tmp_path / "stats")
     assert len(fig.axes) == 2 * 3
     assert all(len(ax.collections[0].get_offsets()) == len(df) for ax, df in zip(fig.axes[:3], dfs.values()))
     fig = plot_collapse_summary(dfs, path=tmp_path / "collapse.png")
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3
-    fig = plot_attention_gallery(vit, torch.randn(3, 3, size, size), layers=[0, 5, 11], heads=[0, 2],
-                                 query=(1, 2), path=tmp_path / "gallery.pdf")
+    fig = plot_attention_gallery(
+        vit, torch.randn(3, 3, size, size), layers=[0, 5, 11], heads=[0, 2], query=(1, 2), path=tmp_path / "gallery.pdf"
+    )
     assert len(fig.axes) == 3 * (1 + 3 * 2)
     for stem in ("stats", "collapse", "gallery"):
         assert (tmp_path / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (tmp_path / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{s}.{e}" for s in ("stats", "collapse", "gallery") for e in ("png", "pdf"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{s}.{e}" for s in ("stats", "collapse", "gallery") for e in ("png", "pdf")
+    )
     assert plot_attention_stats(dfs["CLIP"]) is not None  # a single DataFrame, nothing written
     with pytest.raises(ValueError, match="query"):
         plot_attention_gallery(vit, torch.randn(1, 3, size, size), query=(9, 9))
@@ -371,9 +422,24 @@ def test_figures_written(tmp_path, clip_model, timm_models):
 
 # ---------------------------------------------------------------- benchmark script
 
+
 def test_bench_script_runs():
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "attention_capture.py"), "--size", "32",
-                        "--batch", "2", "--repeats", "1"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "attention_capture.py"),
+            "--size",
+            "32",
+            "--batch",
+            "2",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert any(l.startswith("open_clip") for l in lines) and any(l.startswith("timm") for l in lines)

@@ -1,8 +1,8 @@
 "The command line as a newcomer runs it: real subprocesses, real files."
+
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 
 def run(*args, cwd=None):
@@ -10,7 +10,16 @@ def run(*args, cwd=None):
 
 
 def test_demo_writes_world_and_figure(tmp_path):
-    r = run("demo", "--root", str(tmp_path / "toy"), "--n-images", "120", "--figures", str(tmp_path / "fig"), "--no-pipeline")
+    r = run(
+        "demo",
+        "--root",
+        str(tmp_path / "toy"),
+        "--n-images",
+        "120",
+        "--figures",
+        str(tmp_path / "fig"),
+        "--no-pipeline",
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "fig" / "toy_samples.png").stat().st_size > 10_000
     assert (tmp_path / "fig" / "toy_samples.pdf").exists()

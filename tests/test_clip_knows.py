@@ -1,5 +1,6 @@
 """The "CLIP knows image aesthetics" study: its helpers (cskd.clip_study) and the experiment notebook end to end
 through papermill (real toy JPEGs, real open_clip / timm models, random init)."""
+
 import json
 import math
 from pathlib import Path
@@ -8,12 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cskd.clip_study import (PAPER_RECIPE, ClipStudyConfig, epochs_run, paper_finetune_config, plot_convergence,
-                             results_table, save_table, subset_splits)
-from cskd.config import ConfigError, from_dict, from_namespace, load_config
+from cskd.clip_study import (
+    PAPER_RECIPE,
+    ClipStudyConfig,
+    epochs_run,
+    paper_finetune_config,
+    plot_convergence,
+    results_table,
+    subset_splits,
+)
+from cskd.config import ConfigError, from_namespace, load_config
 from cskd.data import read_split
 from cskd.iaa import FinetuneConfig, finetune
 from cskd.models import TEST_CLIP
+from cskd.runs import save_table
 from cskd.toy import make_toy_world
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +39,14 @@ def test_paper_finetune_config_fields():
     assert isinstance(c, FinetuneConfig) and c.encoder == "clip:ViT-B-32"
     assert (c.optimizer, c.momentum, c.lr, c.head_lr) == ("sgd", 0.5, 1e-4, 1e-2)
     assert (c.batch_size, c.epochs, c.patience, c.best_metric, c.best_mode) == (128, 50, 10, "val_emd2", "min")
-    assert (c.head, c.loss, c.weight_decay, c.schedule, c.warmup_epochs, c.grad_clip) == ("dist", "emd", 0.0, "constant", 0.0, None)
+    assert (c.head, c.loss, c.weight_decay, c.schedule, c.warmup_epochs, c.grad_clip) == (
+        "dist",
+        "emd",
+        0.0,
+        "constant",
+        0.0,
+        None,
+    )
     c2 = paper_finetune_config("resnet18", epochs=3, lr=1e-3)
     assert (c2.epochs, c2.lr, c2.momentum) == (3, 1e-3, 0.5)
     assert PAPER_RECIPE["epochs"] == 50  # overrides never leak into the recipe
@@ -41,9 +57,18 @@ def test_paper_finetune_config_fields():
 def test_recipe_runs_through_finetune_and_logs_per_epoch(toy, tmp_path):
     splits = subset_splits(toy, tmp_path / "splits", n_train=64, n_val=16, n_test=20).resolve()
     run = tmp_path / "ft"
-    cfg = paper_finetune_config(f"clip:{TEST_CLIP}", data_root=str(toy), image_size=32, epochs=2, batch_size=16,
-                                train_split=str(splits / "train.txt"), val_split=str(splits / "val.txt"),
-                                test_split=str(splits / "test.txt"), progress=False, run_dir=str(run))
+    cfg = paper_finetune_config(
+        f"clip:{TEST_CLIP}",
+        data_root=str(toy),
+        image_size=32,
+        epochs=2,
+        batch_size=16,
+        train_split=str(splits / "train.txt"),
+        val_split=str(splits / "val.txt"),
+        test_split=str(splits / "test.txt"),
+        progress=False,
+        run_dir=str(run),
+    )
     r = finetune(cfg)
     assert np.isfinite(r["test_emd2"]) and r["steps"] == 2 * (64 // 16)
     e = epochs_run(run)
@@ -85,8 +110,12 @@ def test_plot_convergence_one_line_per_model(tmp_path):
 
 
 def test_results_table_and_files(tmp_path):
-    t = results_table([dict(step="zero-shot", model="clip:m", variant="paper", srcc=0.1, plcc=0.2, acc=0.6, n_test=5),
-                       dict(step="fine-tune", model="r18", variant="paper recipe", srcc=0.3, emd2=0.1, epochs=4, best_epoch=2.0)])
+    t = results_table(
+        [
+            dict(step="zero-shot", model="clip:m", variant="paper", srcc=0.1, plcc=0.2, acc=0.6, n_test=5),
+            dict(step="fine-tune", model="r18", variant="paper recipe", srcc=0.3, emd2=0.1, epochs=4, best_epoch=2.0),
+        ]
+    )
     assert list(t.columns[:3]) == ["step", "model", "variant"] and "emd2" in t and "epochs" in t
     csv, md = save_table(t, tmp_path / "results")
     back = pd.read_csv(csv)
@@ -107,30 +136,52 @@ def test_subset_splits_takes_first_ids(toy, tmp_path):
 
 def test_study_config_validation():
     assert from_namespace(ClipStudyConfig, dict(prompt_sets="paper,ensemble")).prompt_sets == ["paper", "ensemble"]
-    for bad, name in ((dict(prompt_sets=["paper", "nope"]), "'prompt_sets'"), (dict(clip_model="ViT-B-33"), "'clip_model'"),
-                      (dict(imagenet_model="resnet_nope"), "'imagenet_model'"), (dict(class_names="imagenet1k"), "'class_names'"),
-                      (dict(probe_methods=["lasso"]), "'probe_methods'"), (dict(n_train=0), "'n_train'"),
-                      (dict(epochs="many"), "'epochs'"), (dict(promt_sets=["paper"]), "'promt_sets'")):
+    for bad, name in (
+        (dict(prompt_sets=["paper", "nope"]), "'prompt_sets'"),
+        (dict(clip_model="ViT-B-33"), "'clip_model'"),
+        (dict(imagenet_model="resnet_nope"), "'imagenet_model'"),
+        (dict(class_names="imagenet1k"), "'class_names'"),
+        (dict(probe_methods=["lasso"]), "'probe_methods'"),
+        (dict(n_train=0), "'n_train'"),
+        (dict(epochs="many"), "'epochs'"),
+        (dict(promt_sets=["paper"]), "'promt_sets'"),
+    ):
         with pytest.raises(ConfigError, match=name):
             from_namespace(ClipStudyConfig, bad)
 
 
 def test_real_scale_config_validates():
     cfg = load_config(ClipStudyConfig, ROOT / "configs" / "clip_knows_ava_vitb32.yaml")
-    assert (cfg.clip_model, cfg.clip_pretrained, cfg.imagenet_pretrained, cfg.image_size) == ("ViT-B-32", "openai", True, 224)
+    assert (cfg.clip_model, cfg.clip_pretrained, cfg.imagenet_pretrained, cfg.image_size) == (
+        "ViT-B-32",
+        "openai",
+        True,
+        224,
+    )
     assert (cfg.epochs, cfg.patience, cfg.batch_size, cfg.lr, cfg.head_lr) == (50, 10, 128, 1e-4, 1e-2)
     assert cfg.n_train is None and cfg.data_root.startswith("/data/ava") and "content" in cfg.prompt_sets
 
 
 def test_experiment_notebook_runs_and_validates(tmp_path):
     import papermill as pm
+
     run = tmp_path / "run"
-    pm.execute_notebook(str(NB), str(tmp_path / "out.ipynb"), cwd=str(ROOT), kernel_name="python3", progress_bar=False,
-                        parameters=dict(run_dir=str(run), data_root=str(tmp_path / "toy"), toy_images=800))
+    pm.execute_notebook(
+        str(NB),
+        str(tmp_path / "out.ipynb"),
+        cwd=str(ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+        parameters=dict(run_dir=str(run), data_root=str(tmp_path / "toy"), toy_images=800),
+    )
     m = json.loads((run / "metrics.json").read_text())
     keys = [f"zeroshot_{s}_{k}" for s in ("paper", "ensemble", "content") for k in ("srcc", "plcc", "acc")]
     keys += [f"probe_{b}{o}_{k}" for b in ("clip", "imagenet") for o in ("", "_ols") for k in ("srcc", "plcc", "acc")]
-    keys += [f"finetune_{b}_{k}" for b in ("clip", "imagenet") for k in ("test_srcc", "test_plcc", "test_acc", "test_emd2", "epochs", "best_epoch")]
+    keys += [
+        f"finetune_{b}_{k}"
+        for b in ("clip", "imagenet")
+        for k in ("test_srcc", "test_plcc", "test_acc", "test_emd2", "epochs", "best_epoch")
+    ]
     for k in keys:
         assert k in m and m[k] is not None and math.isfinite(m[k]), k
     assert m["finetune_clip_epochs"] == 3 and m["finetune_imagenet_epochs"] == 3 and m["random_weights"] == 1
@@ -151,7 +202,13 @@ def test_experiment_notebook_runs_and_validates(tmp_path):
     for params, name in ((dict(prompt_sets=["paper", "beautifull"]), "'prompt_sets'"), (dict(epoch=3), "'epoch'")):
         bad = tmp_path / "bad"
         with pytest.raises(pm.PapermillExecutionError) as e:
-            pm.execute_notebook(str(NB), str(tmp_path / "bad.ipynb"), cwd=str(ROOT), kernel_name="python3", progress_bar=False,
-                                parameters=dict(run_dir=str(bad), data_root=str(tmp_path / "toy"), **params))
+            pm.execute_notebook(
+                str(NB),
+                str(tmp_path / "bad.ipynb"),
+                cwd=str(ROOT),
+                kernel_name="python3",
+                progress_bar=False,
+                parameters=dict(run_dir=str(bad), data_root=str(tmp_path / "toy"), **params),
+            )
         assert name in str(e.value)
         assert not bad.exists()

@@ -1,5 +1,6 @@
 """The feature-collapse experiment notebook end to end through papermill (real toy JPEGs, real tiny open_clip /
 timm models, real alignment and fine-tuning runs), and `cskd.collapse.load_vit` on the run folders it wrote."""
+
 import json
 import math
 from pathlib import Path
@@ -19,8 +20,15 @@ FIGURES = ["collapse_attention_stats", "collapse_summary"] + [f"collapse_gallery
 
 def execute(tmp, name, **parameters):
     import papermill as pm
-    return pm.execute_notebook(str(NB), str(tmp / f"{name}.ipynb"), cwd=str(ROOT), kernel_name="python3",
-                               progress_bar=False, parameters=parameters)
+
+    return pm.execute_notebook(
+        str(NB),
+        str(tmp / f"{name}.ipynb"),
+        cwd=str(ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+        parameters=parameters,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,35 +76,56 @@ def test_load_vit_restores_the_runs_weights(default_run):
         enc = load_vit(f"finetune:{s / run}")
         for k, v in enc.state_dict().items():
             assert torch.equal(v, sd["encoder." + k]), (run, k)
-    stats = collapse_study({"a": f"align:{s / 'align'}", "b": f"finetune:{s / 'vit_aligned_iaa'}"},
-                           split_images(default_run / "toy", 4))
+    stats = collapse_study(
+        {"a": f"align:{s / 'align'}", "b": f"finetune:{s / 'vit_aligned_iaa'}"}, split_images(default_run / "toy", 4)
+    )
     assert not stats["a"].distance.equals(stats["b"].distance)  # fine-tuning changed the attention
 
 
 def test_given_specs_and_figures_dir(default_run, tmp_path):
     s = default_run / "run" / "standins"
-    models = {"Tiny CLIP": "clip:cskd-test-vit", "ViT init": "timm:vit_tiny_patch16_224", "aligned": f"align:{s / 'align'}",
-              "IAA": f"finetune:{s / 'vit_aligned_iaa'}"}
-    execute(tmp_path, "given", run_dir=str(tmp_path / "run"), data_root=str(default_run / "toy"), models=models,
-            images=8, gallery_images=2, image_size=32, figures_dir=str(tmp_path / "figs"))
+    models = {
+        "Tiny CLIP": "clip:cskd-test-vit",
+        "ViT init": "timm:vit_tiny_patch16_224",
+        "aligned": f"align:{s / 'align'}",
+        "IAA": f"finetune:{s / 'vit_aligned_iaa'}",
+    }
+    execute(
+        tmp_path,
+        "given",
+        run_dir=str(tmp_path / "run"),
+        data_root=str(default_run / "toy"),
+        models=models,
+        images=8,
+        gallery_images=2,
+        image_size=32,
+        figures_dir=str(tmp_path / "figs"),
+    )
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert m["tiny_clip/layers"] == 2 and m["vit_init/layers"] == 12 and m["aligned/images"] == 8 and m["iaa/heads"] == 3
+    assert (
+        m["tiny_clip/layers"] == 2 and m["vit_init/layers"] == 12 and m["aligned/images"] == 8 and m["iaa/heads"] == 3
+    )
     assert not any(k.startswith("standins/") for k in m) and not (tmp_path / "run" / "standins").exists()
     for f in ["collapse_attention_stats", "collapse_summary", "collapse_gallery_tiny_clip", "collapse_gallery_iaa"]:
         assert (tmp_path / "figs" / f"{f}.png").exists() and (tmp_path / "figs" / f"{f}.pdf").exists(), f
     assert not (tmp_path / "run" / "figures").exists()
 
 
-@pytest.mark.parametrize("parameters, words", [
-    (dict(models={"X": "hf:some-vit"}), ["parameter 'models'", "'X'", "unknown prefix 'hf:'"]),
-    (dict(models={"X": "align:/no/such/run"}), ["parameter 'models'", "config.json does not exist"]),
-    (dict(images=0), ["parameter 'images'", "integer >= 1"]),
-    (dict(gallery_images=9, images=4), ["parameter 'gallery_images'", "at most images=4"]),
-    (dict(batch_sise=8), ["unknown parameter 'batch_sise'", "did you mean 'batch_size'"]),
-])
+@pytest.mark.parametrize(
+    "parameters, words",
+    [
+        (dict(models={"X": "hf:some-vit"}), ["parameter 'models'", "'X'", "unknown prefix 'hf:'"]),
+        (dict(models={"X": "align:/no/such/run"}), ["parameter 'models'", "config.json does not exist"]),
+        (dict(images=0), ["parameter 'images'", "integer >= 1"]),
+        (dict(gallery_images=9, images=4), ["parameter 'gallery_images'", "at most images=4"]),
+        (dict(batch_sise=8), ["unknown parameter 'batch_sise'", "did you mean 'batch_size'"]),
+    ],
+)
 def test_bad_parameters_fail_early_naming_them(tmp_path, parameters, words):
     import papermill as pm
+
     with pytest.raises(pm.PapermillExecutionError) as e:
         execute(tmp_path, "bad", run_dir=str(tmp_path / "run"), data_root=str(tmp_path / "toy"), **parameters)
-    for w in words: assert w in str(e.value), (w, str(e.value)[-500:])
+    for w in words:
+        assert w in str(e.value), (w, str(e.value)[-500:])
     assert not (tmp_path / "toy").exists() and not (tmp_path / "run").exists()  # before any data or training

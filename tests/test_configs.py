@@ -1,4 +1,5 @@
 "Every real-scale YAML file in configs/ validates against its schema (no training)."
+
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 def schema(path: Path):
     "(config class, defaults) of a config file: a phase's, by the file name's first word, or the CLIP study's."
-    if path.stem.startswith("clip_knows"): return ClipStudyConfig, {}
-    if path.stem.startswith("pipeline"): return PipelineConfig, {}
+    if path.stem.startswith("clip_knows"):
+        return ClipStudyConfig, {}
+    if path.stem.startswith("pipeline"):
+        return PipelineConfig, {}
     ph = PHASES[path.stem.split("_")[0]]
     return ph.config, ph.defaults
 

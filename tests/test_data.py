@@ -1,4 +1,5 @@
 """Integration tests of cskd.images / cskd.data on real files: every bad image kind, DataLoader workers, the toy world."""
+
 import warnings
 from pathlib import Path
 
@@ -10,9 +11,22 @@ import skimage
 import torch
 from PIL import Image, ImageFile
 
-from cskd.data import (BadImageError, IAADataset, UnlabeledPool, collate_skip_none, eval_transform, load_image,
-                       random_split, read_ava, read_split, train_transform, votes_to_dist, write_split, scan,
-                       LabelFileError)
+from cskd.data import (
+    BadImageError,
+    IAADataset,
+    UnlabeledPool,
+    collate_skip_none,
+    eval_transform,
+    load_image,
+    random_split,
+    read_ava,
+    read_split,
+    train_transform,
+    votes_to_dist,
+    write_split,
+    scan,
+    LabelFileError,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "tests" / "data" / "AVA_sample.txt"
@@ -29,20 +43,33 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("imgs")
     photo = _photo()
     good, bad = {}, {}
-    photo.save(d / "photo.jpg", quality=90); good["photo.jpg"] = (512, 512)
+    photo.save(d / "photo.jpg", quality=90)
+    good["photo.jpg"] = (512, 512)
     hopper = Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
-    hopper.convert("RGB").save(d / "hopper.jpg", quality=80); good["hopper.jpg"] = hopper.size
-    photo.convert("CMYK").save(d / "cmyk.jpg"); good["cmyk.jpg"] = (512, 512)
-    photo.convert("L").save(d / "grey.jpg"); good["grey.jpg"] = (512, 512)
-    Image.fromarray((np.asarray(photo.convert("L"), np.uint16) * 257)).save(d / "g16.png"); good["g16.png"] = (512, 512)
-    rgba = photo.convert("RGBA"); rgba.putalpha(128); rgba.save(d / "rgba.png"); good["rgba.png"] = (512, 512)
-    pal = photo.convert("P", palette=Image.ADAPTIVE, colors=16); pal.save(d / "pal.png", transparency=0)
+    hopper.convert("RGB").save(d / "hopper.jpg", quality=80)
+    good["hopper.jpg"] = hopper.size
+    photo.convert("CMYK").save(d / "cmyk.jpg")
+    good["cmyk.jpg"] = (512, 512)
+    photo.convert("L").save(d / "grey.jpg")
+    good["grey.jpg"] = (512, 512)
+    Image.fromarray((np.asarray(photo.convert("L"), np.uint16) * 257)).save(d / "g16.png")
+    good["g16.png"] = (512, 512)
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(d / "rgba.png")
+    good["rgba.png"] = (512, 512)
+    pal = photo.convert("P", palette=Image.ADAPTIVE, colors=16)
+    pal.save(d / "pal.png", transparency=0)
     good["pal.png"] = (512, 512)
-    (d / "zero.jpg").write_bytes(b""); bad["zero.jpg"] = "empty file"
+    (d / "zero.jpg").write_bytes(b"")
+    bad["zero.jpg"] = "empty file"
     data = (d / "photo.jpg").read_bytes()
-    (d / "trunc.jpg").write_bytes(data[: len(data) // 2]); bad["trunc.jpg"] = "truncated"
-    (d / "text.jpg").write_text("this is a text file, not a JPEG\n"); bad["text.jpg"] = "not an image"
-    Image.new("L", (2500, 2500)).save(d / "bomb.png"); bad["bomb.png"] = "decompression bomb"
+    (d / "trunc.jpg").write_bytes(data[: len(data) // 2])
+    bad["trunc.jpg"] = "truncated"
+    (d / "text.jpg").write_text("this is a text file, not a JPEG\n")
+    bad["text.jpg"] = "not an image"
+    Image.new("L", (2500, 2500)).save(d / "bomb.png")
+    bad["bomb.png"] = "decompression bomb"
     return d, good, bad
 
 
@@ -60,7 +87,8 @@ def test_every_kind_loads_or_fails_clearly(files, low_bomb_limit):
     for name, size in good.items():  # draft decoding: smaller, still >= the asked size on both sides
         im = load_image(d / name, draft_size=100)
         assert im.mode == "RGB" and min(im.size) >= 100
-        if name.endswith(".jpg"): assert im.size[0] < size[0]
+        if name.endswith(".jpg"):
+            assert im.size[0] < size[0]
     for name, reason in bad.items():
         with pytest.raises(BadImageError) as e:
             load_image(d / name)
@@ -76,7 +104,8 @@ def test_mode_values(files):
     assert np.abs(g16[..., 0] - grey).max() <= 1  # 16-bit range scaled back to 8 bits, not clipped
     rgba = np.asarray(load_image(d / "rgba.png"), np.float32)  # half transparent over white
     assert np.abs(rgba - (ref * 128 + 255 * 127) / 255).max() <= 2
-    pal = Image.open(d / "pal.png"); idx0 = np.asarray(pal) == 0
+    pal = Image.open(d / "pal.png")
+    idx0 = np.asarray(pal) == 0
     assert idx0.any() and (np.asarray(load_image(d / "pal.png"))[idx0] == 255).all()
 
 
@@ -100,8 +129,10 @@ def test_scan_header_check(files, low_bomb_limit):
 def _labels(names):
     ids = [Path(n).stem for n in names]
     rng = np.random.default_rng(0)
-    v = rng.integers(0, 20, (len(ids), 10)); v[:, 4] += 1
-    df = pd.DataFrame(v, columns=[f"votes_{k}" for k in range(1, 11)]); df.insert(0, "image_id", ids)
+    v = rng.integers(0, 20, (len(ids), 10))
+    v[:, 4] += 1
+    df = pd.DataFrame(v, columns=[f"votes_{k}" for k in range(1, 11)])
+    df.insert(0, "image_id", ids)
     df["mean"] = v @ np.arange(1, 11) / v.sum(1)
     return df
 
@@ -141,8 +172,9 @@ def test_dataloader_workers_summary(files, ctx):
     # PIL's default bomb limit here (spawned workers would not see a monkeypatched one): bomb.png is then a good image
     ds, good, bad, d = _dataset(files, "skip")
     bad = {k: v for k, v in bad.items() if k != "bomb.png"}
-    dl = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, collate_fn=collate_skip_none,
-                                     multiprocessing_context=ctx)
+    dl = torch.utils.data.DataLoader(
+        ds, batch_size=3, num_workers=2, collate_fn=collate_skip_none, multiprocessing_context=ctx
+    )
     seen = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -161,7 +193,8 @@ def test_dataloader_raise_in_worker(files):
     ds, *_ = _dataset(files, "raise")
     dl = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
     with pytest.raises(BadImageError, match=r"(zero|trunc|text)\.jpg") as e:
-        for _ in dl: pass
+        for _ in dl:
+            pass
     # re-raised in the parent as our type, path and reason recovered
     assert Path(e.value.path).name in ("zero.jpg", "trunc.jpg", "text.jpg") and e.value.reason
 
@@ -188,10 +221,16 @@ def test_ava_sample_and_big_file(tmp_path):
     np.testing.assert_allclose(votes_to_dist(df) @ np.arange(1, 11), df["mean"], rtol=1e-5)
     # a 255,600-line file (AVA size) with 3 bad lines in it: skip counts and names them
     lines = SAMPLE.read_text().splitlines()
-    out = [f"{k * 2556 + j + 1} {l.split()[1]}x{k} " + " ".join(l.split()[2:]) for k in range(100)
-           for j, l in enumerate(lines)]
-    out[1000] = "1001 bad 1 2 3"; out[200000] = out[199999]; out[-1] = out[-1].replace(" 0 0 0", " 0 0 zero")
-    p = tmp_path / "AVA.txt"; p.write_text("\n".join(out) + "\n")
+    out = [
+        f"{k * 2556 + j + 1} {l.split()[1]}x{k} " + " ".join(l.split()[2:])
+        for k in range(100)
+        for j, l in enumerate(lines)
+    ]
+    out[1000] = "1001 bad 1 2 3"
+    out[200000] = out[199999]
+    out[-1] = out[-1].replace(" 0 0 0", " 0 0 zero")
+    p = tmp_path / "AVA.txt"
+    p.write_text("\n".join(out) + "\n")
     with pytest.raises(LabelFileError) as e:
         read_ava(p)
     msg = str(e.value)

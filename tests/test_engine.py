@@ -1,5 +1,6 @@
 """Integration tests of cskd.engine with real processes: DDP (torchrun, gloo on CPU) and torch.compile.
 Kills, resumes, the run-folder lock and other faults are in tests/reliability/ (see RELIABILITY.md)."""
+
 import json, subprocess, sys
 from pathlib import Path
 
@@ -20,7 +21,16 @@ def run(args):
 
 
 def torchrun(args, nproc=2, timeout=180):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone", str(WORKER), *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--standalone",
+        str(WORKER),
+        *map(str, args),
+    ]
     p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stderr[-4000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -38,18 +48,34 @@ def test_ddp_two_ranks_match_one_process(tmp_path, accum):
     steps = [json.loads(l)["step"] for l in open(tmp_path / "ddp" / "metrics.jsonl")]
     assert steps == list(range(5, 21, 5))
     st = torch.load(tmp_path / "ddp" / "checkpoints" / "last" / "state.pt", weights_only=True)
-    assert st["world_size"] == 2 and len(st["rng"]) == 2 and not torch.equal(st["rng"][0]["torch"], st["rng"][1]["torch"])
+    assert (
+        st["world_size"] == 2 and len(st["rng"]) == 2 and not torch.equal(st["rng"][0]["torch"], st["rng"][1]["torch"])
+    )
     loss_one = [json.loads(l)["loss"] for l in open(tmp_path / "one" / "metrics.jsonl")]
     loss_ddp = [json.loads(l)["loss"] for l in open(tmp_path / "ddp" / "metrics.jsonl")]
-    assert loss_ddp == pytest.approx(loss_one, rel=1e-5)                                   # the logged loss is the global mean
+    assert loss_ddp == pytest.approx(loss_one, rel=1e-5)  # the logged loss is the global mean
 
 
 def test_ddp_resume_after_sigkill(tmp_path):
     common = ["--epochs", 2, "--samples", 640, "--batch-size", 32, "--ckpt-every", 3, "--dropout", 0.2, "--noise", 0.1]
     ref = torchrun(["--run-dir", tmp_path / "ref", *common])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(WORKER),
-           "--run-dir", str(tmp_path / "run"), *map(str, common), "--step-delay", "0.05"]
-    p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        str(WORKER),
+        "--run-dir",
+        str(tmp_path / "run"),
+        *map(str, common),
+        "--step-delay",
+        "0.05",
+    ]
+    p = subprocess.Popen(
+        cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     wait_for(tmp_path / "run" / "checkpoints" / "last" / "state.pt", p, timeout=120)
     kill(p)
     st = torch.load(tmp_path / "run" / "checkpoints" / "last" / "state.pt", weights_only=True)
@@ -63,6 +89,7 @@ def test_compile_matches_eager_and_saves_plain_keys(tmp_path):
     # torch.compile (inductor, CPU) must not change the result beyond float reordering, nor the checkpoint's key names
     from torch import nn
     from cskd.engine import TrainConfig, fit, load_weights
+
     g = torch.Generator().manual_seed(0)
     ds = torch.utils.data.TensorDataset(torch.randn(64, 8, generator=g), torch.randn(64, 1, generator=g))
     step = lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])
@@ -70,8 +97,15 @@ def test_compile_matches_eager_and_saves_plain_keys(tmp_path):
     for comp in (False, True):
         torch.manual_seed(0)
         m = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 1))
-        fit(m, ds, step, TrainConfig(batch_size=16, epochs=2, lr=1e-2, compile=comp, progress=False, run_dir=tmp_path / str(comp)))
+        fit(
+            m,
+            ds,
+            step,
+            TrainConfig(batch_size=16, epochs=2, lr=1e-2, compile=comp, progress=False, run_dir=tmp_path / str(comp)),
+        )
         out[comp] = m.state_dict()
     assert_same(out[True], out[False], atol=1e-5)
     assert set(weights(tmp_path / "True")) == {"0.weight", "0.bias", "2.weight", "2.bias"}
-    load_weights(nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 1)), tmp_path / "True" / "checkpoints" / "last")
+    load_weights(
+        nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 1)), tmp_path / "True" / "checkpoints" / "last"
+    )

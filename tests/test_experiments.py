@@ -1,5 +1,6 @@
 """The fine-tuning and distillation experiment notebooks through papermill, and the phases through the
 command line: real subprocesses, real toy JPEGs, real timm models."""
+
 import json
 import subprocess
 import sys
@@ -20,8 +21,14 @@ def toy(tmp_path_factory):
 
 
 def execute(name, out_dir, **parameters):
-    return pm.execute_notebook(str(NBS / f"{name}.ipynb"), str(out_dir / f"{name}.ipynb"), cwd=str(ROOT),
-                               kernel_name="python3", progress_bar=False, parameters=parameters)
+    return pm.execute_notebook(
+        str(NBS / f"{name}.ipynb"),
+        str(out_dir / f"{name}.ipynb"),
+        cwd=str(ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+        parameters=parameters,
+    )
 
 
 def test_finetune_notebook(toy, tmp_path):
@@ -50,12 +57,26 @@ def cli(*args):
 
 
 def test_phase_from_the_command_line_with_yaml_and_flags(toy, tmp_path):
-    (tmp_path / "ft.yaml").write_text(f"data_root: {toy}\nencoder: resnet10t\nimage_size: 32\nepochs: 1\nbatch_size: 32\n")
-    r = cli("finetune", "-c", str(tmp_path / "ft.yaml"), "--run-dir", str(tmp_path / "run"), "--n-train", "96", "--progress", "false")
+    (tmp_path / "ft.yaml").write_text(
+        f"data_root: {toy}\nencoder: resnet10t\nimage_size: 32\nepochs: 1\nbatch_size: 32\n"
+    )
+    r = cli(
+        "finetune",
+        "-c",
+        str(tmp_path / "ft.yaml"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--n-train",
+        "96",
+        "--progress",
+        "false",
+    )
     assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout[r.stdout.index("{"):])
+    out = json.loads(r.stdout[r.stdout.index("{") :])
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["n_train"] == 96 and saved["encoder"] == "resnet10t" and saved["lr"] == 3e-4  # flag, YAML, phase default
+    assert (
+        saved["n_train"] == 96 and saved["encoder"] == "resnet10t" and saved["lr"] == 3e-4
+    )  # flag, YAML, phase default
     assert out["steps"] == 3
 
 
@@ -64,30 +85,63 @@ def test_claims_and_pipeline_with_minimal_parameters(toy, tmp_path, monkeypatch)
     pre-training is cached, every pipeline step leaves its executed notebook, both tables have every row,
     and a rerun skips the finished work."""
     from cskd.pipeline import run_step
+
     cache = tmp_path / "cache"
-    params = dict(data_root=str(toy), figures_dir=str(tmp_path / "figures"), seeds=[0], n_labeled=64, pool_limit=120,
-                  align_epochs=1, finetune_epochs=1, distill_epochs=1, batch_size=32, latency_repeats=2, collapse_images=8,
-                  pretrain_images=48, clip_epochs=1, imagenet_epochs=1, cache_dir=str(cache))
+    params = dict(
+        data_root=str(toy),
+        figures_dir=str(tmp_path / "figures"),
+        seeds=[0],
+        n_labeled=64,
+        pool_limit=120,
+        align_epochs=1,
+        finetune_epochs=1,
+        distill_epochs=1,
+        batch_size=32,
+        latency_repeats=2,
+        collapse_images=8,
+        pretrain_images=48,
+        clip_epochs=1,
+        imagenet_epochs=1,
+        cache_dir=str(cache),
+    )
     monkeypatch.chdir(tmp_path)  # a relative run folder, as `make demo` gives it
     m = run_step("claims", "demo", params)
     assert sorted(p.name.split("-")[0] for p in cache.glob("*.safetensors")) == ["toy_clip", "toy_imagenet"]
     table = (tmp_path / "demo" / "pipeline" / "results_table.md").read_text()
-    for row in ("CLIP fine-tuned directly", "IAA teacher", "student, no alignment", "student, aligned, no distillation",
-                "student, CSKD"):
+    for row in (
+        "CLIP fine-tuned directly",
+        "IAA teacher",
+        "student, no alignment",
+        "student, aligned, no distillation",
+        "student, CSKD",
+    ):
         assert row in table, row
     seed0 = tmp_path / "demo" / "pipeline" / "seed0"
-    for step in ("align_large", "align_student", "teacher", "cskd_student", "student_no_align", "student_no_distill",
-                 "clip_direct", "student_clip_teacher", "collapse"):
+    for step in (
+        "align_large",
+        "align_student",
+        "teacher",
+        "cskd_student",
+        "student_no_align",
+        "student_no_distill",
+        "clip_direct",
+        "student_clip_teacher",
+        "collapse",
+    ):
         assert list((seed0 / step).glob("*.ipynb")), step
     # the encoders started from the toy classifiers: the aligned runs record the weights they were given
-    assert json.loads((seed0 / "align_student" / "config.json").read_text())["student_pretrained"].startswith(str(cache))
+    assert json.loads((seed0 / "align_student" / "config.json").read_text())["student_pretrained"].startswith(
+        str(cache)
+    )
     pm_ = json.loads((tmp_path / "demo" / "pipeline" / "metrics.json").read_text())
     assert pm_["cskd_student/params_m"] < pm_["teacher/params_m"]
     claims = (tmp_path / "demo" / "claims.md").read_text()
     for c in ("| a |", "| b |", "| c |", "| d |", "| d-ctl |", "| e |"):
         assert c in claims, c
     assert {f"claim_{c}/gain_mean" for c in "abcde"} <= set(m) and m["seeds"] == 1
-    assert (tmp_path / "figures" / "claims.png").exists() and (tmp_path / "figures" / "collapse_attention_stats.png").exists()
+    assert (tmp_path / "figures" / "claims.png").exists() and (
+        tmp_path / "figures" / "collapse_attention_stats.png"
+    ).exists()
     log = []
     run_step("claims", "demo", params, log=log.append)
     assert log and log[0].startswith("[skip]")
@@ -107,7 +161,9 @@ def test_a_step_never_takes_another_notebooks_result(toy, tmp_path):
     """A run folder finished by one notebook is not mistaken for another notebook's result with the same
     parameters (an older demo's folder, for instance): the step runs, after clearing the folder."""
     from cskd.pipeline import run_step
-    run = tmp_path / "step"; run.mkdir()
+
+    run = tmp_path / "step"
+    run.mkdir()
     params = dict(data_root=str(toy), lrr=0.1)
     (run / "step.json").write_text(json.dumps(dict(notebook="pipeline", parameters=dict(params, run_dir=str(run)))))
     (run / "metrics.json").write_text('{"stale": 1}')

@@ -1,4 +1,5 @@
 "Exported students: parity with PyTorch (ONNX Runtime and torch.export), and scoring real JPEGs from the file alone."
+
 import logging
 import subprocess
 import sys
@@ -22,10 +23,21 @@ def run_dir(tmp_path_factory):
     "A real fine-tuning run (ResNet-10t, 32 px, one epoch on a 60-image toy world), made in process."
     from cskd.iaa import finetune, finetune_config
     from cskd.toy import make_toy_world
+
     d = tmp_path_factory.mktemp("export")
     world = make_toy_world(d / "toy", 60, seed=0)
-    finetune(finetune_config(data_root=str(world), run_dir=str(d / "run"), epochs=1, batch_size=16, image_size=32,
-                             encoder="resnet10t", eval_batch_size=32, progress=False))
+    finetune(
+        finetune_config(
+            data_root=str(world),
+            run_dir=str(d / "run"),
+            epochs=1,
+            batch_size=16,
+            image_size=32,
+            encoder="resnet10t",
+            eval_batch_size=32,
+            progress=False,
+        )
+    )
     return d / "run"
 
 
@@ -53,18 +65,36 @@ def test_vit_student_parity(tmp_path):
 
 def test_cli_export_then_score_jpegs(run_dir, photos, tmp_path):
     "`cskd export` of a trained CNN run; the exported files score real JPEGs as the PyTorch scorer does."
-    r = subprocess.run([sys.executable, "-m", "cskd", "export", "--run", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "s.onnx")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cskd",
+            "export",
+            "--run",
+            str(run_dir),
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "s.onnx"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "max |difference| to PyTorch" in r.stdout and (tmp_path / "s.onnx").stat().st_size > 100_000
     from cskd.cli import main
+
     assert main(["export", "--run", str(run_dir), "--format", "pt2", "--out", str(tmp_path / "s.pt2")]) == 0
     model, cfg = load_scorer(run=run_dir)
     ref = score_images(model, [photos], progress=False)
     assert (ref.error != "").sum() == 1 and ref.pred_mean.notna().sum() == 5
     for f in ("s.onnx", "s.pt2"):
         ex = load_exported(tmp_path / f)
-        assert ex.preprocessing == dict(image_size=cfg.image_size, mean=list(model.encoder.mean), std=list(model.encoder.std))
+        assert ex.preprocessing == dict(
+            image_size=cfg.image_size, mean=list(model.encoder.mean), std=list(model.encoder.std)
+        )
         got = score_images(ex, [photos], batch_size=2, progress=False)
         assert got.path.tolist() == ref.path.tolist() and got.error.tolist() == ref.error.tolist()
         assert np.allclose(got.pred_mean.fillna(-1), ref.pred_mean.fillna(-1), atol=PARITY_ATOL), f
@@ -74,6 +104,7 @@ def test_cli_export_then_score_jpegs(run_dir, photos, tmp_path):
 
 def test_export_errors(run_dir, tmp_path, capsys):
     from cskd.cli import main
+
     assert main(["export", "--run", str(run_dir), "--format", "torchscript", "--out", str(tmp_path / "m.ts")]) == 2
     e = capsys.readouterr().err
     assert "unknown export format 'torchscript'" in e and "pt2" in e, e

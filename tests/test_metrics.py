@@ -1,4 +1,5 @@
 """Metrics and losses on the real AVA sample (vote counts from the public AVA labels)."""
+
 import warnings
 from pathlib import Path
 
@@ -67,7 +68,9 @@ def test_emd_loss_trains_towards_target(votes):
     for _ in range(100):
         loss = emd_loss(torch.softmax(logits, -1), true)
         first = loss.item() if first is None else first
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     assert loss.item() < 0.5 * first
     assert kl_loss(logits.detach(), true).item() < kl_loss(torch.zeros(64, 10), true).item()
 

@@ -1,4 +1,5 @@
 """cskd.models with real open_clip / timm factories (tiny random-init configs), CPU only."""
+
 import json
 import os
 import subprocess
@@ -10,9 +11,21 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from cskd.models import (TEST_CLIP, TOY_CLIP, CLIPTeacher, Encoder, IAAHead, IAAModel, Projector,
-                         UnknownModelError, WeightsUnavailableError, clip_encoder, clip_teacher, encoder,
-                         model_info)
+from cskd.models import (
+    TEST_CLIP,
+    TOY_CLIP,
+    CLIPTeacher,
+    Encoder,
+    IAAHead,
+    IAAModel,
+    Projector,
+    UnknownModelError,
+    WeightsUnavailableError,
+    clip_encoder,
+    clip_teacher,
+    encoder,
+    model_info,
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +77,9 @@ def test_toy_teacher_and_zero_shot_text():
 
 def _run_offline(code, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf" / "hub"))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
-                          text=True, timeout=240)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=240
+    )
 
 
 def test_offline_weights_errors_are_clear(tmp_path):
@@ -91,10 +105,13 @@ def test_offline_weights_errors_are_clear(tmp_path):
 
 
 def test_tokenizer_works_offline(tmp_path):
-    r = _run_offline("""
+    r = _run_offline(
+        """
         import open_clip, cskd.models
         print(open_clip.get_tokenizer('cskd-test-vit')(['a photo of a cat']).tolist()[0][:3])
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().startswith("[49406,")  # start-of-text token, then real BPE ids
 
@@ -128,14 +145,17 @@ def test_local_weights_files(tmp_path, teacher):
 SWIN_TINY = dict(window_size=4, embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2))
 
 
-@pytest.mark.parametrize("name,img,kw,dim,token_dim,grid", [
-    ("vit_tiny_patch16_224", 32, {}, 192, 192, (2, 2)),
-    ("vit_tiny_patch16_224", 64, {}, 192, 192, (4, 4)),
-    ("resnet18", 64, {}, 512, 512, (2, 2)),
-    ("convnext_atto", 64, {}, 320, 320, (2, 2)),
-    ("mobilenetv3_small_050", 64, {}, 1024, 288, (2, 2)),
-    ("swin_tiny_patch4_window7_224", 64, SWIN_TINY, 192, 192, (2, 2)),  # a shrunken Swin: NHWC features
-])
+@pytest.mark.parametrize(
+    "name,img,kw,dim,token_dim,grid",
+    [
+        ("vit_tiny_patch16_224", 32, {}, 192, 192, (2, 2)),
+        ("vit_tiny_patch16_224", 64, {}, 192, 192, (4, 4)),
+        ("resnet18", 64, {}, 512, 512, (2, 2)),
+        ("convnext_atto", 64, {}, 320, 320, (2, 2)),
+        ("mobilenetv3_small_050", 64, {}, 1024, 288, (2, 2)),
+        ("swin_tiny_patch4_window7_224", 64, SWIN_TINY, 192, 192, (2, 2)),  # a shrunken Swin: NHWC features
+    ],
+)
 def test_timm_encoders(name, img, kw, dim, token_dim, grid):
     e = encoder(name, img_size=img, **kw).eval()
     assert isinstance(e, Encoder) and (e.dim, e.token_dim, e.image_size) == (dim, token_dim, img)
@@ -196,7 +216,10 @@ def test_phase1_style_alignment_reduces_loss(teacher):
     losses = []
     for _ in range(15):
         loss = F.smooth_l1_loss(proj(student(student.normalize(x))), target, beta=2.0)
-        opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert not any(p.grad is not None for p in teacher.parameters())
 
@@ -210,8 +233,9 @@ def test_iaa_model():
     assert mean.shape == (4,) and ((mean >= 1) & (mean <= 10)).all()
     bb, hd = set(map(id, m.backbone_parameters())), set(map(id, m.head_parameters()))
     assert not bb & hd and len(bb | hd) == len(list(m.parameters()))
-    opt = torch.optim.SGD([{"params": m.backbone_parameters(), "lr": 1e-4},
-                           {"params": m.head_parameters(), "lr": 1e-2}], momentum=0.5)
+    opt = torch.optim.SGD(
+        [{"params": m.backbone_parameters(), "lr": 1e-4}, {"params": m.head_parameters(), "lr": 1e-2}], momentum=0.5
+    )
     assert [g["lr"] for g in opt.param_groups] == [1e-4, 1e-2]
     info = model_info(m)
     assert info["params"] == info["backbone"] + info["head"] and info["head"] == 320 * 10 + 10

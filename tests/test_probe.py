@@ -1,5 +1,6 @@
 """cskd.probe: closed-form fits against numpy references, the embedding cache with real models and JPEGs, and an
 end-to-end probe of a CLIP and a timm backbone on a toy world."""
+
 import json
 import os
 import time
@@ -11,12 +12,25 @@ import torch
 
 from cskd.data import IAADataset, eval_transform, read_ava
 from cskd.models import TEST_CLIP, build_encoder, clip_teacher, encoder
-from cskd.probe import (ALPHAS, LinearProbe, Standardizer, cv_ridge, dataset_targets, embed, fit_probe, linear_probe,
-                        probe_backbone, probe_datasets, ridge_path, weights_hash)
+from cskd.probe import (
+    ALPHAS,
+    LinearProbe,
+    Standardizer,
+    cv_ridge,
+    dataset_targets,
+    embed,
+    fit_probe,
+    linear_probe,
+    probe_backbone,
+    probe_datasets,
+    ridge_path,
+    weights_hash,
+)
 from cskd.toy import make_toy_world
 
 
 # ---------------------------------------------------------------- closed-form fits
+
 
 def _data(n, d, noise, seed=0, k=None):
     rng = np.random.default_rng(seed)
@@ -55,9 +69,9 @@ def test_ridge_closed_form_and_limits():
     W = ridge_path(Z, yc, alphas)
     for j, a in enumerate(alphas[2:5], 2):
         np.testing.assert_allclose(W[:, j], np.linalg.solve(Z.T @ Z + a * np.eye(8), Z.T @ yc), rtol=1e-8)
-    np.testing.assert_allclose(W[:, 1], W[:, 0], rtol=1e-6)     # alpha -> 0 equals OLS
+    np.testing.assert_allclose(W[:, 1], W[:, 0], rtol=1e-6)  # alpha -> 0 equals OLS
     norms = np.linalg.norm(W, axis=0)
-    assert np.all(np.diff(norms) < 0)                           # larger alpha shrinks
+    assert np.all(np.diff(norms) < 0)  # larger alpha shrinks
     assert norms[-1] < 1e-5 * norms[0]
     # a huge penalty predicts the training mean
     probe = fit_probe(X, y, alphas=[1e12])
@@ -87,7 +101,7 @@ def test_cv_picks_a_sensible_alpha():
     with pytest.warns(RuntimeWarning, match="edge of the grid"):  # the smallest alpha wins here
         p = fit_probe(X, y, alphas=np.logspace(-3, 5, 17))
     assert p.alpha <= 1.0, p.alpha
-    assert p.cv.mse.min() == pytest.approx(0.1 ** 2, rel=0.5)  # CV error estimates the noise variance
+    assert p.cv.mse.min() == pytest.approx(0.1**2, rel=0.5)  # CV error estimates the noise variance
     # many irrelevant features, strong noise: heavy shrinkage wins and beats OLS out of sample
     X, y = _data(200, 80, 3.0, seed=2, k=2)
     Xte, yte = _data(2000, 80, 3.0, seed=2, k=2)  # same seed: same weights and feature scales
@@ -118,6 +132,7 @@ def test_edge_of_grid_warns_and_bad_arguments_fail():
 
 # ---------------------------------------------------------------- embeddings and the cache
 
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     return make_toy_world(tmp_path_factory.mktemp("w") / "toy", 200, image_size=32, workers=1)
@@ -131,7 +146,8 @@ def teacher():
 
 def _ds(world, model, ids=None, size=32, **kw):
     labels = read_ava(world / "AVA.txt")
-    if ids is not None: labels = labels.set_index("image_id", drop=False).loc[ids].reset_index(drop=True)
+    if ids is not None:
+        labels = labels.set_index("image_id", drop=False).loc[ids].reset_index(drop=True)
     return IAADataset(world / "images", labels, eval_transform(size, model.mean, model.std), **kw)
 
 
@@ -140,7 +156,8 @@ class _Counter:
         self.n = 0
         self.h = module.register_forward_hook(self)
 
-    def __call__(self, m, i, o): self.n += len(i[0])
+    def __call__(self, m, i, o):
+        self.n += len(i[0])
 
 
 def test_cache_reuse_and_invalidation(tmp_path, world, teacher):
@@ -152,15 +169,21 @@ def test_cache_reuse_and_invalidation(tmp_path, world, teacher):
         ids, X = embed(teacher, ds, cache, batch_size=16, progress=False)
         assert c.n == 40 and ids == ids40 and X.shape == (40, 32) and X.dtype == np.float32
         ids_b, X_b = embed(teacher, ds, cache, batch_size=7, progress=False)
-        assert c.n == 40 and ids_b == ids and np.array_equal(X_b, X)                   # reused
+        assert c.n == 40 and ids_b == ids and np.array_equal(X_b, X)  # reused
         # the uncached result has the same (float16) precision
         assert np.array_equal(embed(teacher, ds, None, progress=False)[1], X) and c.n == 80
         # another image list
         embed(teacher, _ds(world, teacher, ids40[:39]), cache, progress=False)
         assert c.n == 80 + 39
         # another transform (no centre crop) of the same images
-        embed(teacher, IAADataset(world / "images", ds_labels(world, ids40), eval_transform(32, teacher.mean, teacher.std, crop=False)),
-              cache, progress=False)
+        embed(
+            teacher,
+            IAADataset(
+                world / "images", ds_labels(world, ids40), eval_transform(32, teacher.mean, teacher.std, crop=False)
+            ),
+            cache,
+            progress=False,
+        )
         assert c.n == 80 + 39 + 40
         # a changed image file (same name)
         n = c.n
@@ -173,8 +196,10 @@ def test_cache_reuse_and_invalidation(tmp_path, world, teacher):
         assert c.n == n + 40
         # changed weights
         n = c.n
-        for p, delta, calls in ((teacher.clip.visual.proj, 0.5, 40),
-                                (teacher.clip.text_projection, 1.0, 0)):  # the text tower does not key image embeddings
+        for p, delta, calls in (
+            (teacher.clip.visual.proj, 0.5, 40),
+            (teacher.clip.text_projection, 1.0, 0),
+        ):  # the text tower does not key image embeddings
             keep = p.detach().clone()
             with torch.no_grad():
                 p.add_(delta)
@@ -185,7 +210,7 @@ def test_cache_reuse_and_invalidation(tmp_path, world, teacher):
                     p.copy_(keep)
             n += calls
             assert c.n == n and np.allclose(X2, X) == (calls == 0)
-        embed(teacher, ds, cache, progress=False)   # restored weights: the first entry again
+        embed(teacher, ds, cache, progress=False)  # restored weights: the first entry again
         assert c.n == n
     finally:
         c.h.remove()
@@ -218,7 +243,8 @@ def test_weights_key_by_file_or_tag_and_corrupt_cache(tmp_path, world, teacher):
         embed(teacher, ds, tmp_path / "c", weights="laion2b_s34b_b79k", progress=False)
         embed(teacher, ds, tmp_path / "c", weights="laion2b_s34b_b79k", progress=False)
         assert c.n == 36
-        for m in (tmp_path / "c").glob("*.json"): m.write_text("{not json")
+        for m in (tmp_path / "c").glob("*.json"):
+            m.write_text("{not json")
         with pytest.warns(RuntimeWarning, match="unreadable"):
             embed(teacher, ds, tmp_path / "c", weights=w, progress=False)
         assert c.n == 48
@@ -229,6 +255,7 @@ def test_weights_key_by_file_or_tag_and_corrupt_cache(tmp_path, world, teacher):
 
 def test_unreadable_images_are_skipped(tmp_path, world, teacher):
     import shutil
+
     imgs = tmp_path / "images"
     shutil.copytree(world / "images", imgs)
     ids = read_ava(world / "AVA.txt").image_id[:10].tolist()
@@ -254,17 +281,21 @@ def test_embeddings_of_timm_and_clip_encoders(tmp_path, world):
             ref = model(torch.stack([ds[i][0] for i in range(8)])).numpy()
         np.testing.assert_allclose(X, ref, rtol=2e-3, atol=2e-3)
     with pytest.raises(TypeError, match="needs `.paths`"):
-        embed(model, torch.utils.data.TensorDataset(torch.zeros(2, 3, 32, 32), torch.zeros(2)), tmp_path, progress=False)
+        embed(
+            model, torch.utils.data.TensorDataset(torch.zeros(2, 3, 32, 32), torch.zeros(2)), tmp_path, progress=False
+        )
 
 
 # ---------------------------------------------------------------- end to end
+
 
 def test_probe_backbones_on_a_toy_world(tmp_path, world, teacher):
     results = {}
     for model in (teacher, encoder("resnet18", img_size=32)):
         splits = probe_datasets(model, world)
-        m, pred, probe = probe_backbone(model, splits, tmp_path / "cache", folds=3, progress=False,
-                                        alphas=np.logspace(-2, 5, 8))
+        m, pred, probe = probe_backbone(
+            model, splits, tmp_path / "cache", folds=3, progress=False, alphas=np.logspace(-2, 5, 8)
+        )
         results[m["model"]] = m
         assert len(pred) == 200 and set(pred.split) == {"train", "val", "test"}
         for s in ("train", "val", "test"):
@@ -274,6 +305,7 @@ def test_probe_backbones_on_a_toy_world(tmp_path, world, teacher):
         # the predictions table reproduces the reported test metrics
         t = pred[pred.split == "test"]
         from cskd.metrics import srcc
+
         assert srcc(t.pred_mean, t.true_mean) == pytest.approx(m["test_srcc"])
         # same protocol, same images for both backbones
         assert sorted(t.image_id) == sorted(splits["test"].ids)

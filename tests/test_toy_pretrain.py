@@ -1,4 +1,5 @@
 "Integration tests of cskd.toy_pretrain: tiny real trainings on a real toy world, the cache, and loading."
+
 import json
 import math
 
@@ -25,6 +26,7 @@ def test_pretrain_world_is_disjoint_from_iaa_worlds(cache):
     w = pretrain_world(32, 0, cache)
     assert '"seed": 1000' in (w / "world.json").read_text()
     import cskd.toy as toy
+
     iaa = toy.make_toy_world(cache / "iaa", 32, seed=0)
     assert (w / "images" / "1.jpg").read_bytes() != (iaa / "images" / "1.jpg").read_bytes()
     assert (w / "captions.tsv").read_text() != (iaa / "captions.tsv").read_text()
@@ -72,10 +74,15 @@ def test_toy_imagenet_vit_loads_into_build_encoder(cache):
     assert set(sd) == set(msd) and all(torch.equal(sd[k], msd[k]) for k in sd)
     assert enc(torch.randn(2, 3, 64, 64)).shape == (2, 192)
     mtime = path.stat().st_mtime_ns
-    assert toy_imagenet("vit_tiny_patch16_224", n_images=64, epochs=1, batch_size=16, cache_dir=cache,
-                        progress=False) == path and path.stat().st_mtime_ns == mtime
-    assert toy_imagenet("vit_tiny_patch16_224", n_images=64, epochs=2, batch_size=16, cache_dir=cache,
-                        progress=False) != path
+    assert (
+        toy_imagenet("vit_tiny_patch16_224", n_images=64, epochs=1, batch_size=16, cache_dir=cache, progress=False)
+        == path
+        and path.stat().st_mtime_ns == mtime
+    )
+    assert (
+        toy_imagenet("vit_tiny_patch16_224", n_images=64, epochs=2, batch_size=16, cache_dir=cache, progress=False)
+        != path
+    )
 
 
 def test_toy_imagenet_learns_content(cache):
@@ -85,6 +92,9 @@ def test_toy_imagenet_learns_content(cache):
 
 
 def test_bad_settings(cache):
-    with pytest.raises(ValueError, match="epochs"): toy_clip(epochs=0, cache_dir=cache)
-    with pytest.raises(ValueError, match="n_images"): toy_clip(n_images=5, cache_dir=cache)
-    with pytest.raises(ValueError, match="not-a-model"): toy_imagenet("not-a-model", cache_dir=cache)
+    with pytest.raises(ValueError, match="epochs"):
+        toy_clip(epochs=0, cache_dir=cache)
+    with pytest.raises(ValueError, match="n_images"):
+        toy_clip(n_images=5, cache_dir=cache)
+    with pytest.raises(ValueError, match="not-a-model"):
+        toy_imagenet("not-a-model", cache_dir=cache)

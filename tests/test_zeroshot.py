@@ -1,4 +1,5 @@
 """cskd.zeroshot with a real tiny open_clip model (TEST_CLIP, random weights, offline tokenizer) and real JPEGs."""
+
 import json
 
 import numpy as np
@@ -9,8 +10,15 @@ import torch.nn.functional as F
 from cskd.data import IAADataset, eval_transform, read_ava
 from cskd.models import TEST_CLIP, clip_teacher
 from cskd.toy import CLASSES, make_toy_world
-from cskd.zeroshot import (DEFAULT_PROMPTS, GENERIC_CLASSES, PromptFileError, PromptSet, ZeroShotScorer, load_prompts,
-                           zero_shot_eval)
+from cskd.zeroshot import (
+    DEFAULT_PROMPTS,
+    GENERIC_CLASSES,
+    PromptFileError,
+    PromptSet,
+    ZeroShotScorer,
+    load_prompts,
+    zero_shot_eval,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +41,10 @@ def _img(teacher, x):
     return F.normalize(teacher.clip.encode_image(x).float(), dim=-1)
 
 
-@pytest.mark.parametrize("name,k", [("paper", 2), ("atrocious", 1), ("horrible", 1), ("ensemble", 1),
-                                    ("content", 1), ("content-ensemble", 1)])
+@pytest.mark.parametrize(
+    "name,k",
+    [("paper", 2), ("atrocious", 1), ("horrible", 1), ("ensemble", 1), ("content", 1), ("content-ensemble", 1)],
+)
 def test_every_shipped_set_scores_with_the_right_shapes(teacher, images, name, k):
     zs = ZeroShotScorer(teacher, name)
     assert zs.text_embeddings.shape == (2, k, 32)
@@ -71,8 +81,9 @@ def test_binary_decision_is_the_pairwise_softmax(teacher, images):
     zs = ZeroShotScorer(teacher, "paper")
     out = zs.score(images)
     img = _img(teacher, images)
-    for k, (b, g) in enumerate([("A atrocious picture", "A outstanding picture"),
-                                ("A horrible picture", "A smashing picture")]):
+    for k, (b, g) in enumerate(
+        [("A atrocious picture", "A outstanding picture"), ("A horrible picture", "A smashing picture")]
+    ):
         t = _txt(teacher, [b, g])
         p = (100 * img @ t.T).softmax(-1)[:, 1]
         torch.testing.assert_close(out["pair_p_good"][:, k], p, atol=1e-5, rtol=1e-4)
@@ -103,8 +114,9 @@ def test_content_aware_templates_are_filled_and_averaged(teacher):
     torch.testing.assert_close(zs.text_embeddings[0, 0], expected, atol=1e-5, rtol=1e-4)
     assert load_prompts("content").classes == GENERIC_CLASSES  # the default content list
     # several templates x classes, class placeholder in the prompt itself
-    ps = load_prompts(dict(bad=["ugly {}"], good=["pretty {}"], templates=["{prompt}", "a photo: {prompt}"],
-                           classes=["dog", "cat"]))
+    ps = load_prompts(
+        dict(bad=["ugly {}"], good=["pretty {}"], templates=["{prompt}", "a photo: {prompt}"], classes=["dog", "cat"])
+    )
     assert ps.expand("ugly {}") == ["ugly dog", "ugly cat", "a photo: ugly dog", "a photo: ugly cat"]
     # templates without a class placeholder ensemble phrasings only; braces in prompts are literal text
     ps = load_prompts(dict(bad=["bad {x}"], good=["good"], templates=["{prompt}!"]))
@@ -125,8 +137,9 @@ def test_score_is_invariant_to_image_embedding_scale(teacher, images):
 
 def test_prompt_files_yaml_json_txt(tmp_path, teacher):
     y = tmp_path / "mine.yaml"
-    y.write_text("bad:\n  - A dreadful picture\ngood:\n  - A lovely picture\ntemplates: ['{prompt}, of a {}']\n"
-                 "classes: toy\n")
+    y.write_text(
+        "bad:\n  - A dreadful picture\ngood:\n  - A lovely picture\ntemplates: ['{prompt}, of a {}']\nclasses: toy\n"
+    )
     ps = load_prompts(y)
     assert isinstance(ps, PromptSet) and ps.name == "mine" and ps.classes == tuple(CLASSES)
     assert ps.expand("A dreadful picture")[0] == "A dreadful picture, of a circle"
@@ -134,7 +147,9 @@ def test_prompt_files_yaml_json_txt(tmp_path, teacher):
     j.write_text(json.dumps(dict(name="j", bad=["a", "b"], good=["c", "d"], ensemble=True)))
     assert load_prompts(j).ensemble and load_prompts(j).n_pairs == 1
     t = tmp_path / "pairs.txt"
-    t.write_text("# bad | good\nA atrocious picture | A outstanding picture\n\nA horrible picture\tA smashing picture\n")
+    t.write_text(
+        "# bad | good\nA atrocious picture | A outstanding picture\n\nA horrible picture\tA smashing picture\n"
+    )
     ps = load_prompts(t)
     assert ps.bad == ("A atrocious picture", "A horrible picture") and ps.good[1] == "A smashing picture"
     assert ZeroShotScorer(teacher, t).text_embeddings.shape == (2, 2, 32)
@@ -142,19 +157,22 @@ def test_prompt_files_yaml_json_txt(tmp_path, teacher):
     assert load_prompts(y, classes=["dog"]).expand("x") == ["x, of a dog"]
 
 
-@pytest.mark.parametrize("text,where", [
-    ("bad: [a]\n", "key 'good': missing"),
-    ("bad: a\ngood: [b]\n", "key 'bad': expected a non-empty list"),
-    ("bad: []\ngood: [b]\n", "key 'bad': expected a non-empty list"),
-    ("bad: [a, 3]\ngood: [b, c]\n", "key 'bad': item 1"),
-    ("bad: [a]\ngood: [b]\ntemplates: ['{}, nice']\n", "key 'templates': item 0"),
-    ("bad: [a]\ngood: [b]\nclasses: imagenet\n", "key 'classes': unknown class list 'imagenet'"),
-    ("bad: [a]\ngood: [b]\nensemble: maybe\n", "key 'ensemble'"),
-    ("bad: [a]\ngood: [b, c]\n", "key 'good': 2 prompts but 'bad' has 1"),
-    ("bad: [a]\ngood: [b]\ngoood: [c]\n", "key 'goood': unknown key"),
-    ("bad: [a\ngood: [b]\n", "cannot parse prompt file"),
-    ("- a\n- b\n", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        ("bad: [a]\n", "key 'good': missing"),
+        ("bad: a\ngood: [b]\n", "key 'bad': expected a non-empty list"),
+        ("bad: []\ngood: [b]\n", "key 'bad': expected a non-empty list"),
+        ("bad: [a, 3]\ngood: [b, c]\n", "key 'bad': item 1"),
+        ("bad: [a]\ngood: [b]\ntemplates: ['{}, nice']\n", "key 'templates': item 0"),
+        ("bad: [a]\ngood: [b]\nclasses: imagenet\n", "key 'classes': unknown class list 'imagenet'"),
+        ("bad: [a]\ngood: [b]\nensemble: maybe\n", "key 'ensemble'"),
+        ("bad: [a]\ngood: [b, c]\n", "key 'good': 2 prompts but 'bad' has 1"),
+        ("bad: [a]\ngood: [b]\ngoood: [c]\n", "key 'goood': unknown key"),
+        ("bad: [a\ngood: [b]\n", "cannot parse prompt file"),
+        ("- a\n- b\n", "expected a mapping"),
+    ],
+)
 def test_malformed_prompt_files_name_file_and_key(tmp_path, text, where):
     f = tmp_path / "bad_prompts.yaml"
     f.write_text(text)
@@ -216,6 +234,7 @@ def test_raw_open_clip_model_needs_a_tokenizer(teacher, images):
 
 def test_save_prompts_round_trip_and_unequal_ensembles(tmp_path):
     from cskd.zeroshot import save_prompts
+
     spec = dict(name="mine", bad=["a {}", "b {}", "c {}"], good=["d {}"], classes=["x", "y"], ensemble=True)
     f = save_prompts(spec, tmp_path / "sub" / "mine.yaml")
     ps, ref = load_prompts(f), load_prompts(spec)

@@ -1,5 +1,6 @@
 """Shared helpers of the reliability suite: start the fault-injecting worker (or `python -m cskd`) as a real
 subprocess, kill process trees, compare checkpoints."""
+
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 
@@ -15,7 +16,8 @@ def run(script, args, timeout=300, cwd=ROOT, check=True):
     "Run `script` (a path, or `-m cskd`) with `args` to the end; returns the CompletedProcess."
     cmd = [sys.executable, *(["-m", "cskd"] if script == "cskd" else [str(script)]), *map(str, args)]
     p = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
-    if check: assert p.returncode == 0, p.stderr[-3000:]
+    if check:
+        assert p.returncode == 0, p.stderr[-3000:]
     return p
 
 
@@ -27,8 +29,15 @@ def worker(args, **kw):
 
 def start(script, args):
     "Start in its own process group, so that a kill reaches the data workers too."
-    return subprocess.Popen([sys.executable, str(script), *map(str, args)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), *map(str, args)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def descendants(pid):
@@ -36,22 +45,30 @@ def descendants(pid):
     children = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
-            try: children.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
-            except (OSError, IndexError, ValueError): pass
+            try:
+                children.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
     out, todo = [], [pid]
     while todo:
-        for c in children.get(todo.pop(), []): out.append(c); todo.append(c)
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
     return out
 
 
 def kill(p):
     "SIGKILL the process and everything it started, at the same moment (as a crash of the machine would)."
     pids = descendants(p.pid)
-    try: os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError: pass
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     for pid in pids:
-        try: os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError: pass
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     p.wait(timeout=30)
 
 
@@ -70,8 +87,10 @@ def weights(run_dir, which="last"):
 def assert_same(a, b, atol=0.0):
     assert a.keys() == b.keys()
     for k in a:
-        if atol == 0: assert torch.equal(a[k], b[k]), (k, (a[k] - b[k]).abs().max())
-        else: torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+        if atol == 0:
+            assert torch.equal(a[k], b[k]), (k, (a[k] - b[k]).abs().max())
+        else:
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
 
 
 def last_error_line(stderr: str) -> str:

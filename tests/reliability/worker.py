@@ -12,6 +12,7 @@
 
 On success it prints one JSON line with the result. The faults are plain code in this script; the library
 is not patched."""
+
 import argparse, json, os, resource, signal, sys, time
 
 import torch
@@ -22,19 +23,24 @@ from cskd.engine import TrainConfig, fit
 
 class NoisyDataset(torch.utils.data.Dataset):
     "Seeded random regression data plus noise drawn per item from torch's global RNG (an 'augmentation')."
+
     def __init__(self, n, d, noise, seed=0):
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(n, d, generator=g)
         self.y = self.x @ torch.randn(d, 1, generator=g) + 0.1 * torch.randn(n, 1, generator=g)
         self.noise = noise
-    def __len__(self): return len(self.x)
+
+    def __len__(self):
+        return len(self.x)
+
     def __getitem__(self, i):
         x = self.x[i]
         return (x + self.noise * torch.randn_like(x) if self.noise else x), self.y[i]
 
 
 def die():
-    sys.stdout.flush(); sys.stderr.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -60,41 +66,68 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     if a.kill_on:
-        event, text, nth = a.kill_on.split(":"); nth, seen = int(nth), [0]
+        event, text, nth = a.kill_on.split(":")
+        nth, seen = int(nth), [0]
+
         def hook(ev, args):
             if ev == event and any(text in str(x) for x in args):
                 seen[0] += 1
-                if seen[0] == nth: die()
+                if seen[0] == nth:
+                    die()
+
         sys.addaudithook(hook)
-    if a.fsize_limit is not None: signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+    if a.fsize_limit is not None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(a.dim, a.hidden), nn.GELU(), nn.Dropout(0.2), nn.Linear(a.hidden, 1))
     held_out = NoisyDataset(64, a.dim, 0.0, seed=1)
 
     def step(model, batch, info):
-        if a.step_delay: time.sleep(a.step_delay)
-        if a.kill_at_step is not None and info.step == a.kill_at_step: die()
+        if a.step_delay:
+            time.sleep(a.step_delay)
+        if a.kill_at_step is not None and info.step == a.kill_at_step:
+            die()
         if a.pause_at_step is not None and info.step == a.pause_at_step:
-            while os.path.exists(a.pause_while): time.sleep(0.02)
+            while os.path.exists(a.pause_while):
+                time.sleep(0.02)
         if a.fsize_limit is not None and info.step == a.fsize_at_step:
             resource.setrlimit(resource.RLIMIT_FSIZE, (a.fsize_limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
         x, y = batch
         loss = nn.functional.mse_loss(model(x), y)
-        if a.bad_loss_at_step is not None and info.step + 1 == a.bad_loss_at_step: loss = loss * a.bad_loss
+        if a.bad_loss_at_step is not None and info.step + 1 == a.bad_loss_at_step:
+            loss = loss * a.bad_loss
         return loss
 
     calls = [0]
+
     def evaluate(model):
         calls[0] += 1
-        if a.kill_in_eval == calls[0]: die()
+        if a.kill_in_eval == calls[0]:
+            die()
         torch.randn(3)  # eval draws random numbers too: the engine must keep them off the training streams
         return dict(mse=nn.functional.mse_loss(model(held_out.x), held_out.y))
 
-    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=1e-2, warmup_steps=3, ckpt_every=a.ckpt_every,
-                      run_dir=a.run_dir, progress=False, log_every=2, seed=1, best_metric="mse", best_mode="min")
+    cfg = TrainConfig(
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=1e-2,
+        warmup_steps=3,
+        ckpt_every=a.ckpt_every,
+        run_dir=a.run_dir,
+        progress=False,
+        log_every=2,
+        seed=1,
+        best_metric="mse",
+        best_mode="min",
+    )
     r = fit(model, NoisyDataset(a.samples, a.dim, 0.1), step, cfg, eval_fn=evaluate)
-    print(json.dumps(dict(global_step=r.global_step, resumed_from=r.resumed_from, last=str(r.last_checkpoint), pid=os.getpid())), flush=True)
+    print(
+        json.dumps(
+            dict(global_step=r.global_step, resumed_from=r.resumed_from, last=str(r.last_checkpoint), pid=os.getpid())
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
