@@ -11,6 +11,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -18,13 +19,14 @@ import torch.nn.functional as F
 
 from .config import ConfigError, param, register_phase
 from .data import UnlabeledPool, collate_skip_none, read_split
-from .engine import TrainConfig, fit, load_checkpoint, resolve_device
+from .runs import read_metrics, write_text_atomic
+from .engine import TrainConfig, fit, resolve_device
 from .models import TOY_CLIP, Projector, build_encoder, clip_teacher
 from .teacher_cache import PoolViews, SeededView, ensure_teacher_cache, teacher_targets, to_unit
 
 # %% auto #0
 __all__ = ['LOSSES', 'GRANULARITIES', 'ALIGN_DEFAULTS', 'AlignConfig', 'align_config', 'align_pool', 'AlignModel',
-           'build_align_model', 'align_target', 'align_loss', 'default_cache_dir', 'align']
+           'build_align_model', 'align_target', 'align_loss', 'default_cache_dir', 'align_step', 'align']
 
 # %% ../nbs/05_align.ipynb #44c8c536
 LOSSES, GRANULARITIES = ("fd", "cosine", "mse"), ("pooled", "tokens")
@@ -164,17 +166,6 @@ def align_loss(pred: torch.Tensor, target: torch.Tensor, loss: str = "fd", beta:
     raise ValueError(f"loss={loss!r}: use one of {LOSSES}")
 
 # %% ../nbs/05_align.ipynb #00c0d183
-def _resume_step(cfg) -> int:
-    "The global step `fit` will resume from (0 for a fresh run)."
-    last = Path(cfg.run_dir) / "checkpoints" / "last" if cfg.run_dir else None
-    if not (last and cfg.resume and ((last / "state.pt").exists() or any(last.parent.glob("last.old-*")))):
-        return 0
-    try:
-        return int(load_checkpoint(last)["global_step"])
-    except FileNotFoundError:
-        return 0
-
-
 def default_cache_dir(cfg: AlignConfig) -> Path:
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"teacher-{cfg.teacher}-{cfg.granularity}-{cfg.image_size}")
     return Path(cfg.cache_dir) if cfg.cache_dir else Path("cache") / name
@@ -196,93 +187,64 @@ def _check_batches(
     return dict(loss=tot / n, cosine=cos / n)
 
 # %% ../nbs/05_align.ipynb #a9fdd60a
-def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
-    "Phase 1 as `cfg` says; returns flat metrics and writes the run to `cfg.run_dir` (checkpoints hold `encoder.*` and `projector.*`)."
-    t0 = time.perf_counter()
-    pool = align_pool(cfg)
-    paths = list(pool.paths)
-    torch.manual_seed(cfg.seed)
-    teacher = clip_teacher(cfg.teacher, cfg.teacher_pretrained)
-    model = model if model is not None else build_align_model(cfg, teacher)
-    view = SeededView(cfg.image_size, (cfg.min_scale, 1.0), hflip=cfg.hflip, draft_factor=cfg.draft_factor)
-    dev = resolve_device(cfg)
-    cache, t_cache = None, 0.0
-    if cfg.cache:
-        t1 = time.perf_counter()
-        cache = ensure_teacher_cache(
-            default_cache_dir(cfg),
-            teacher,
-            paths,
-            view,
-            cfg.cache_views,
-            cfg.view_seed,
-            cfg.granularity,
-            precision=cfg.precision,
-            device=dev,
-            batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers,
-            progress=cfg.progress,
-            on_error=cfg.on_bad_image,
-        )
-        t_cache = time.perf_counter() - t1
-    else:
-        teacher.to(dev)
-    ds = PoolViews(paths, view, cfg.view_seed, cfg.seed, cache=cache, on_error=cfg.on_bad_image, bad_log=pool.bad_log)
-    spe = len(ds) // cfg.batch_size
-    ds.set_epoch(_resume_step(cfg) // spe if spe else 0)
+def align_step(cfg: AlignConfig, teacher, cached: bool) -> Callable:
+    "The engine's step function of phase 1: the teacher's targets (online, or the cached ones) and the loss."
 
-    def step(net, batch, info):
-        if info.epoch > ds.epoch:
-            ds.set_epoch(info.epoch)  # only if the epoch's last micro-batch was unreadable (never called)
-        micro = round((info.epoch_float - info.step / spe) * spe * cfg.accum_steps)
-        if info.step + 1 == (info.epoch + 1) * spe and micro == cfg.accum_steps - 1:
-            ds.set_epoch(
-                info.epoch + 1
-            )  # the epoch's last micro-batch: before the engine starts the next epoch's iterator
-        if cache is None:
-            x, target = batch[0], teacher_targets(teacher, batch[0], cfg.granularity)
-        else:
-            x, target = batch[0], batch[1]
+    def step(net, batch):
+        x = batch[0]
+        target = batch[1] if cached else teacher_targets(teacher, x, cfg.granularity)
         return align_loss(net(x), target, cfg.loss, cfg.fd_beta)
 
-    # the fixed alignment check: view 0 of evenly spaced pool images, with their targets
-    eval_fn, before = None, {}
-    if cfg.eval_images:
-        idx = torch.linspace(0, len(ds) - 1, min(cfg.eval_images, len(ds))).long().tolist()
-        feats = cache.open() if cache is not None else None
-        items = [(ds.view_of(i, 0), i) for i in idx]
-        items = [
-            (x, i)
-            for x, i in items
-            if x is not None
-            and (feats is None or bool(torch.isfinite(torch.from_numpy(feats[i, 0].astype("float32"))).all()))
-        ]
-        ev = torch.stack([x for x, _ in items])
-        if feats is not None:
-            et = torch.stack([torch.from_numpy(feats[i, 0].astype("float32")) for _, i in items])
-        else:
-            et = torch.cat(
-                [
-                    teacher_targets(teacher, ev[s : s + 64].to(dev), cfg.granularity).float().cpu()
-                    for s in range(0, len(ev), 64)
-                ]
-            )
-        eval_fn = lambda m: _check_batches(m, ev, et, cfg.loss, cfg.fd_beta)
-        was = model.training
-        model.to(dev).eval()
-        before = eval_fn(model)
-        model.train(was)
+    return step
 
-    res = fit(model, ds, step, cfg, eval_fn=eval_fn, collate_fn=collate_skip_none)
+
+def _teacher_cache(cfg: AlignConfig, teacher, paths, view, dev):
+    "The teacher-feature cache of the pool's fixed views (built once), or None when the teacher runs online."
+    if not cfg.cache:
+        teacher.to(dev)
+        return None
+    return ensure_teacher_cache(
+        default_cache_dir(cfg),
+        teacher,
+        paths,
+        view,
+        cfg.cache_views,
+        cfg.view_seed,
+        cfg.granularity,
+        precision=cfg.precision,
+        device=dev,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        progress=cfg.progress,
+        on_error=cfg.on_bad_image,
+    )
+
+
+def _check_set(cfg: AlignConfig, ds: PoolViews, cache, teacher, dev):
+    "The fixed alignment check: view 0 of `eval_images` evenly spaced pool images, with their targets."
+    idx = torch.linspace(0, len(ds) - 1, min(cfg.eval_images, len(ds))).long().tolist()
+    feats = cache.open() if cache is not None else None
+    cached = lambda i: torch.from_numpy(feats[i, 0].astype("float32"))
+    items = [(ds.view_of(i, 0), i) for i in idx]
+    items = [(x, i) for x, i in items if x is not None and (feats is None or bool(torch.isfinite(cached(i)).all()))]
+    views = torch.stack([x for x, _ in items])
+    if feats is not None:
+        return views, torch.stack([cached(i) for _, i in items])
+    chunks = [views[s : s + 64].to(dev) for s in range(0, len(views), 64)]
+    return views, torch.cat([teacher_targets(teacher, c, cfg.granularity).float().cpu() for c in chunks])
+
+
+def _align_results(cfg: AlignConfig, res, before: dict, n_images: int) -> dict:
+    "The phase's flat metrics: the loss curve's ends and the alignment check before and after."
     out = dict(
-        pool_images=len(ds),
+        pool_images=n_images,
         steps=res.global_step,
         steps_per_epoch=res.steps_per_epoch,
         final_loss=res.metrics.get("train/loss", float("nan")),
     )
     if cfg.run_dir and (Path(cfg.run_dir) / "metrics.jsonl").exists():
-        rows = [json.loads(l) for l in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines() if l.strip()]
-        losses = [r["loss"] for r in rows if "loss" in r]
+        losses = read_metrics(cfg.run_dir).get("loss")
+        losses = losses.dropna().tolist() if losses is not None else []
         if losses:
             out.update(first_loss=losses[0], final_loss=losses[-1])
     if before:
@@ -292,6 +254,35 @@ def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
             eval_loss_after=res.metrics.get("eval/loss", float("nan")),
             eval_cosine_after=res.metrics.get("eval/cosine", float("nan")),
         )
+    return out
+
+
+def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
+    "Phase 1 as `cfg` says: flat metrics; the run goes to `cfg.run_dir` (weights: `encoder.*`, `projector.*`)."
+    t0 = time.perf_counter()
+    pool = align_pool(cfg)
+    paths = list(pool.paths)
+    torch.manual_seed(cfg.seed)
+    teacher = clip_teacher(cfg.teacher, cfg.teacher_pretrained)
+    model = model if model is not None else build_align_model(cfg, teacher)
+    view = SeededView(cfg.image_size, (cfg.min_scale, 1.0), hflip=cfg.hflip, draft_factor=cfg.draft_factor)
+    dev = resolve_device(cfg)
+    t1 = time.perf_counter()
+    cache = _teacher_cache(cfg, teacher, paths, view, dev)
+    t_cache = time.perf_counter() - t1
+    # the engine calls ds.set_epoch(epoch) before each epoch: every batch of epoch e uses epoch e's views
+    ds = PoolViews(paths, view, cfg.view_seed, cfg.seed, cache=cache, on_error=cfg.on_bad_image, bad_log=pool.bad_log)
+    eval_fn, before = None, {}
+    if cfg.eval_images:
+        views, targets = _check_set(cfg, ds, cache, teacher, dev)
+        eval_fn = lambda m: _check_batches(m, views, targets, cfg.loss, cfg.fd_beta)
+        was = model.training
+        before = eval_fn(model.to(dev).eval())
+        model.train(was)
+    res = fit(
+        model, ds, align_step(cfg, teacher, cache is not None), cfg, eval_fn=eval_fn, collate_fn=collate_skip_none
+    )
+    out = _align_results(cfg, res, before, len(ds))
     out.update(
         bad_images=len(pool.bad_log),
         cache_seconds=round(t_cache, 2),
@@ -299,9 +290,8 @@ def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
         seconds=round(time.perf_counter() - t0, 2),
     )
     if cfg.run_dir:
-        run = Path(cfg.run_dir)
-        (run / "results.json").write_text(json.dumps(out, indent=1) + "\n")
-        (run / "pool.txt").write_text("".join(f"{p}\n" for p in paths))
+        write_text_atomic(Path(cfg.run_dir) / "results.json", json.dumps(out, indent=1) + "\n")
+        write_text_atomic(Path(cfg.run_dir) / "pool.txt", "".join(f"{p}\n" for p in paths))
     if len(pool.bad_log):
         pool.bad_log.warn()
     return out

@@ -16,17 +16,17 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['PHASES', 'ConfigError', 'param', 'check_value', 'from_dict', 'to_dict', 'load_yaml', 'YamlParams', 'load_config',
-           'from_namespace', 'notebook_parameters', 'add_arguments', 'register_phase']
+__all__ = ['PHASES', 'ConfigError', 'param', 'check_value', 'check_fields', 'from_dict', 'to_dict', 'load_yaml', 'YamlParams',
+           'load_config', 'from_namespace', 'notebook_parameters', 'add_arguments', 'register_phase']
 
 # %% ../nbs/04b_config.ipynb #111e4aca
 class ConfigError(ValueError):
     "A bad run parameter: the message names it, where it came from, and what is allowed."
 
 
-def param(default, help: str = "", choices=None, min=None, max=None):
-    "A config field with its documentation and constraints."
-    meta = dict(help=help, choices=tuple(choices) if choices is not None else None, min=min, max=max)
+def param(default, help: str = "", choices=None, min=None, max=None, above=None):
+    "A config field with its documentation and constraints: `min`/`max` inclusive, `above` a strict lower bound."
+    meta = dict(help=help, choices=tuple(choices) if choices is not None else None, min=min, max=max, above=above)
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -81,17 +81,41 @@ def _type_name(tp) -> str:
     return " or ".join("None" if t is type(None) else getattr(t, "__name__", str(t)) for t in _base_types(tp))
 
 
+def _allowed(v, choices) -> bool:
+    "Membership that keeps `True` and `1` apart (`resume` allows False, True and 'auto', not 1)."
+    return any(v is c if isinstance(c, bool) or isinstance(v, bool) else v == c for c in choices)
+
+
 def check_value(cls, name: str, v, source: str = "config"):
-    "Check one field's value against its metadata constraints (choices, min, max)."
+    "Check one field's value against its metadata constraints (choices, min, max, above)."
     m = {f.name: f for f in dataclasses.fields(cls)}[name].metadata
     if v is None:
         return
-    if m.get("choices") is not None and v not in m["choices"]:
+    if m.get("choices") is not None and not _allowed(v, m["choices"]):
         raise ConfigError(f"parameter '{name}' ({source}): {v!r} is not allowed; choose one of {list(m['choices'])}")
     if m.get("min") is not None and v < m["min"]:
         raise ConfigError(f"parameter '{name}' ({source}): {v!r} is below the minimum {m['min']}")
+    if m.get("above") is not None and v <= m["above"]:
+        raise ConfigError(f"parameter '{name}' ({source}): {v!r} must be above {m['above']}")
     if m.get("max") is not None and v > m["max"]:
         raise ConfigError(f"parameter '{name}' ({source}): {v!r} is above the maximum {m['max']}")
+
+
+def check_fields(cfg, source: str | None = None):
+    """Check every field of a constructed config: its type (an int is taken as a float where a float is
+    expected), then its constraints. Called from `__post_init__`, so direct construction is checked too."""
+    source = source or type(cfg).__name__
+    for name, tp in _field_types(type(cfg)).items():
+        v, allowed = getattr(cfg, name), _base_types(tp)
+        if v is None and type(None) in allowed:
+            continue
+        if isinstance(v, int) and not isinstance(v, bool) and float in allowed and int not in allowed:
+            setattr(cfg, name, v := float(v))
+        kinds = tuple(t for t in allowed if isinstance(t, type))
+        listed = isinstance(v, (list, tuple)) and bool({list, tuple} & set(kinds))
+        if (isinstance(v, bool) and bool not in allowed) or not (isinstance(v, kinds) or listed):
+            raise ConfigError(f"parameter '{name}' ({source}): got {v!r}, expected {_type_name(tp)}")
+        check_value(type(cfg), name, v, source)
 
 # %% ../nbs/04b_config.ipynb #311bdb45
 def from_dict(cls, values: dict, source: str = "parameters", strict: bool = True, lines: dict | None = None):
@@ -197,10 +221,25 @@ def notebook_parameters(namespace: dict, before) -> dict:
     return {k: v for k, v in namespace.items() if k not in before and not k.startswith("_")}
 
 # %% ../nbs/04b_config.ipynb #c951db7c
+def _flag_help(f, tp, default) -> str:
+    "A flag's help: the field's text, its allowed values or bounds, list syntax, and the default."
+    m, notes = f.metadata, []
+    if m.get("choices"):
+        notes.append(f"one of {list(m['choices'])}")
+    bounds = [f"{op} {m[k]}" for k, op in (("min", ">="), ("above", ">"), ("max", "<=")) if m.get(k) is not None]
+    notes += bounds
+    if {list, tuple} & set(_base_types(tp)):
+        notes.append("a comma-separated list, e.g. a,b")
+    if not m.get("help"):
+        raise ConfigError(f"field '{f.name}' has no help text: declare it with param(default, help)")
+    extra = f" ({'; '.join(notes)})" if notes else ""
+    return f"{m['help']}{extra} [default: {default!r}]"
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls, defaults: dict | None = None):
+    "One `--flag` per field of `cls` (dashes for underscores), defaulting to 'not given'; each with its help."
+    types_ = _field_types(cls)
     for f in dataclasses.fields(cls):
-        m = f.metadata
-        extra = f" (one of {list(m['choices'])})" if m.get("choices") else ""
         default = (defaults or {}).get(
             f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory()
         )
@@ -209,7 +248,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, defaults: dict | None = 
             dest=f.name,
             default=argparse.SUPPRESS,
             metavar=f.name.upper(),
-            help=f"{m.get('help', '')}{extra} [default: {default!r}]",
+            help=_flag_help(f, types_[f.name], default),
         )
 
 

@@ -7,7 +7,7 @@ JSON-lines metrics and DDP under `torchrun`."""
 # %% ../nbs/04_engine.ipynb #c63d543e
 from __future__ import annotations
 
-import dataclasses, difflib, inspect, json, math, os, random, shutil, socket, sys, time, warnings
+import dataclasses, inspect, json, math, os, random, shutil, signal, socket, sys, threading, time, warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
+from fastcore.basics import patch
 
+from .config import ConfigError, check_fields, param
+from .config import from_dict as config_from_dict
 from .runs import write_text_atomic
 
 with warnings.catch_warnings():  # tqdm.auto warns once when ipywidgets is missing; it then falls back to text bars
@@ -28,137 +31,81 @@ with warnings.catch_warnings():  # tqdm.auto warns once when ipywidgets is missi
     from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['TrainConfig', 'lr_factor', 'mix_seed', 'StepBatchSampler', 'build_param_groups', 'save_checkpoint',
-           'CheckpointWriteError', 'CheckpointError', 'load_checkpoint', 'load_weights', 'RunLockedError',
-           'is_main_process', 'NonFiniteLossError', 'StepInfo', 'FitResult', 'resolve_device', 'fit']
+__all__ = ['PRECISIONS', 'TrainConfig', 'lr_factor', 'mix_seed', 'StepBatchSampler', 'build_param_groups', 'find_checkpoint',
+           'save_checkpoint', 'CheckpointWriteError', 'CheckpointError', 'load_checkpoint', 'load_weights',
+           'RunLockedError', 'is_main_process', 'NonFiniteLossError', 'TrainingInterrupted', 'StepInfo', 'TrainState',
+           'FitResult', 'resolve_device', 'resolve_precision', 'get_autocast', 'Hook', 'Fit', 'fit']
 
 # %% ../nbs/04_engine.ipynb #2163bce3
-_CHOICES = dict(
-    optimizer=("adamw", "sgd"),
-    schedule=("cosine", "constant"),
-    precision=("auto", "bf16", "fp32"),
-    best_mode=("min", "max"),
-    resume=(False, True, "auto"),
-)
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
 class TrainConfig:
     "Everything a run needs besides model, data and loss. Phases set fields; they never copy the loop."
 
-    epochs: int = 1
-    batch_size: int = 32  # global: samples per optimizer step over all ranks and micro-batches
-    lr: float = 1e-3
-    head_lr: Optional[float] = None  # None: same as lr
-    head_prefixes: tuple = ("head",)  # parameter-name prefixes that head_lr applies to
-    weight_decay: float = 0.05  # never applied to biases, norm weights or timm's no_weight_decay()
-    optimizer: str = "adamw"
-    momentum: float = 0.9  # sgd only
-    betas: tuple = (0.9, 0.999)  # adamw only
-    warmup_steps: int = 0
-    warmup_epochs: float = 0.0
-    schedule: str = "cosine"
-    min_lr: float = 0.0
-    grad_clip: Optional[float] = None
-    accum_steps: int = 1
-    precision: str = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    device: str = "auto"  # auto: cuda (this rank's LOCAL_RANK) if available, else cpu
-    num_workers: int = 0
-    seed: int = 0
-    eval_every: int = 1  # epochs; 0 = only at the end
-    ckpt_every: int = 0  # optimizer steps; 0 = only at the end of each epoch
-    best_metric: Optional[str] = None  # a key of eval_fn's dict; keeps checkpoints/best
-    best_mode: str = "max"
-    patience: Optional[int] = None  # early stopping: evaluations without a better best_metric; None = off
-    log_every: int = 10  # optimizer steps
-    progress: bool = True
-    run_dir: Optional[str] = None  # None: write nothing
-    resume: Union[bool, str] = "auto"
+    epochs: int = param(1, "passes over the training set", min=1)
+    batch_size: int = param(32, "global batch: samples per optimizer step over all ranks and micro-batches", min=1)
+    lr: float = param(1e-3, "peak learning rate (after warm-up)", above=0)
+    head_lr: Optional[float] = param(None, "learning rate of the head parameters (head_prefixes); None: lr", above=0)
+    head_prefixes: tuple = param(("head",), "parameter-name prefixes that head_lr applies to")
+    weight_decay: float = param(0.05, "decoupled weight decay; never on biases, norms or no_weight_decay()", min=0)
+    optimizer: str = param("adamw", "the optimizer", choices=("adamw", "sgd"))
+    momentum: float = param(0.9, "sgd momentum (sgd only)", min=0)
+    betas: tuple = param((0.9, 0.999), "AdamW betas, two numbers (adamw only)")
+    warmup_steps: int = param(0, "linear warm-up, in optimizer steps (or set warmup_epochs)", min=0)
+    warmup_epochs: float = param(0.0, "linear warm-up, in epochs (or set warmup_steps)", min=0)
+    schedule: str = param("cosine", "learning rate after warm-up", choices=("cosine", "constant"))
+    min_lr: float = param(0.0, "floor of the cosine schedule for the base lr", min=0)
+    grad_clip: Optional[float] = param(None, "max global gradient L2 norm; None or 0: no clipping", min=0)
+    accum_steps: int = param(1, "micro-batches per optimizer step (gradient accumulation)", min=1)
+    precision: str = param("auto", "auto: bf16 autocast on a GPU that has it, else fp32", choices=PRECISIONS)
+    channels_last: bool = param(False, "channels-last memory format for the model and 4-D inputs")
+    compile: bool = param(False, "torch.compile the model")
+    device: str = param("auto", "auto: this rank's GPU (LOCAL_RANK) if there is one, else cpu; or cpu, cuda:1, ...")
+    num_workers: int = param(0, "data-loading worker processes", min=0)
+    seed: int = param(0, "seed of the data order, the augmentations and the model's random streams", min=0)
+    eval_every: int = param(1, "evaluate every this many epochs; 0: only at the end (the last epoch always)", min=0)
+    ckpt_every: int = param(0, "also save checkpoints/last every this many optimizer steps; 0: off", min=0)
+    ckpt_minutes: float = param(10.0, "also save checkpoints/last after this many minutes of training; 0: off", min=0)
+    best_metric: Optional[str] = param(None, "an eval metric that selects checkpoints/best; None: no best")
+    best_mode: str = param("max", "whether a larger or a smaller best_metric is better", choices=("min", "max"))
+    patience: Optional[int] = param(None, "early stopping: evaluations without a better best_metric; None: off", min=1)
+    log_every: int = param(10, "write a metrics line every this many optimizer steps", min=1)
+    progress: bool = param(True, "show progress bars")
+    run_dir: Optional[str] = param(None, "the run folder (config, metrics, checkpoints); None: write nothing")
+    resume: Union[bool, str] = param(
+        "auto",
+        "auto: continue from run_dir's last checkpoint if there is one; True: require one; False: start over",
+        choices=(False, True, "auto"),
+    )
 
     def __post_init__(self):
-        def bad(name, why):
-            raise ValueError(f"TrainConfig.{name} = {getattr(self, name)!r} {why}")
-
-        def integer(name, lo):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                bad(name, "must be an integer")
-            if v < lo:
-                bad(name, f"must be >= {lo}")
-
-        def number(name, lo, strict=False, optional=False):
-            v = getattr(self, name)
-            if v is None and optional:
-                return
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                bad(name, "must be a number")
-            if v < lo or (strict and v == lo):
-                bad(name, f"must be {'>' if strict else '>='} {lo}")
-            setattr(self, name, float(v))
-
-        for k, v in _CHOICES.items():
-            val = getattr(self, k)
-            if not any(val is c or (isinstance(c, str) and val == c) for c in v):
-                bad(k, f"is not allowed; choose one of {', '.join(map(repr, v))}")
-        for k, lo in dict(
-            epochs=1,
-            batch_size=1,
-            accum_steps=1,
-            warmup_steps=0,
-            num_workers=0,
-            seed=0,
-            eval_every=0,
-            ckpt_every=0,
-            log_every=1,
-        ).items():
-            integer(k, lo)
-        number("lr", 0, strict=True)
-        number("head_lr", 0, strict=True, optional=True)
-        number("weight_decay", 0)
-        number("momentum", 0)
-        number("min_lr", 0)
-        number("warmup_epochs", 0)
-        number("grad_clip", 0, optional=True)
-        if self.patience is not None:
-            integer("patience", 1)
-            if not self.best_metric:
-                bad("patience", "needs best_metric (the metric whose improvement it waits for)")
-        if self.grad_clip == 0:
-            self.grad_clip = None
-        if self.min_lr > self.lr:
-            bad("min_lr", f"must be <= lr ({self.lr})")
-        if self.warmup_steps and self.warmup_epochs:
-            bad("warmup_epochs", "cannot be set together with warmup_steps")
-        for k in ("channels_last", "compile", "progress"):
-            if not isinstance(getattr(self, k), bool):
-                bad(k, "must be True or False")
         if isinstance(self.head_prefixes, str):
             self.head_prefixes = (self.head_prefixes,)
-        self.head_prefixes, self.betas = tuple(self.head_prefixes), tuple(float(b) for b in self.betas)
+        if self.run_dir is not None and not isinstance(self.run_dir, str):
+            self.run_dir = str(self.run_dir)  # a Path is welcome
+        check_fields(self)
+        self.head_prefixes = tuple(self.head_prefixes)
+        self.betas = tuple(float(b) for b in self.betas)
         if len(self.betas) != 2:
-            bad("betas", "must be two numbers")
-        if self.run_dir is not None:
-            self.run_dir = str(self.run_dir)
-        if not isinstance(self.device, str):
-            self.device = str(self.device)
+            raise ConfigError(f"parameter 'betas': {self.betas} must be two numbers")
+        if self.grad_clip == 0:
+            self.grad_clip = None
+        if self.patience is not None and not self.best_metric:
+            raise ConfigError("parameter 'patience' needs best_metric (the metric whose improvement it waits for)")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"parameter 'min_lr': {self.min_lr} must be <= lr ({self.lr})")
+        if self.warmup_steps and self.warmup_epochs:
+            raise ConfigError("parameter 'warmup_epochs' cannot be set together with warmup_steps")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict, source: str = "config") -> "TrainConfig":
         "Build from a plain dict (YAML / JSON); unknown keys are an error that names them and suggests close matches."
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in d if k not in names]
-        if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(str(k), names, n=3)
-                hints.append(f"{k!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
-            raise ValueError(f"TrainConfig: unknown key(s) {', '.join(hints)}; allowed keys: {', '.join(names)}")
-        return cls(**d)
+        return config_from_dict(cls, d, source=source)
 
 # %% ../nbs/04_engine.ipynb #5498c7c4
 def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = "cosine", min_ratio: float = 0.0) -> float:
@@ -320,9 +267,8 @@ def _atomic_dir(final: Path, write: Callable[[Path], None]):
         for f in tmp.iterdir():
             _fsync(f)
     except BaseException:
-        shutil.rmtree(
-            tmp, ignore_errors=True
-        )  # a failed write (full disk, quota) leaves no debris; `final` is untouched
+        # a failed write (full disk, quota) leaves no debris; `final` is untouched
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     if final.exists():
         os.replace(final, old)  # a kill after this line leaves a complete `old`
@@ -331,7 +277,7 @@ def _atomic_dir(final: Path, write: Callable[[Path], None]):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _resolve_checkpoint(path) -> Optional[Path]:
+def find_checkpoint(path) -> Optional[Path]:
     "The complete checkpoint folder at `path`, or the `.old-` copy a kill between two renames left; None if neither."
     path = Path(path)
     if (path / "state.pt").exists() or (path / "model.safetensors").exists():
@@ -342,8 +288,28 @@ def _resolve_checkpoint(path) -> Optional[Path]:
     return olds[-1] if olds else None
 
 
+def _link_or_copy(src: Path, dst: Path):
+    "Checkpoint files are never modified after writing, so `best` can share them with `last` through hard links."
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _recover_checkpoints(ckdir: Path):
+    "After a kill between two renames: put the `.old-` copy back in place; drop temporary folders."
+    if not ckdir.exists():
+        return
+    for name in ("last", "best"):
+        old = find_checkpoint(ckdir / name)
+        if not (ckdir / name).exists() and old is not None:
+            os.replace(old, ckdir / name)
+    for junk in [*ckdir.glob("*.tmp-*"), *ckdir.glob("*.old-*")]:
+        shutil.rmtree(junk, ignore_errors=True)
+
+
 def save_checkpoint(path, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, **state) -> Path:
-    "Atomically write `path/model.safetensors` and `path/state.pt` (optimizer state + `state`, plain values and tensors)."
+    "Atomically write `path/model.safetensors` and `path/state.pt` (optimizer state + `state`: plain values, tensors)."
     path = Path(path)
 
     def write(tmp):
@@ -375,7 +341,7 @@ class CheckpointWriteError(RuntimeError):
             free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on that file system"
         except OSError:
             free = ""
-        prev = _resolve_checkpoint(path)
+        prev = find_checkpoint(path)
         super().__init__(
             f"could not write checkpoint {path}: writing {name} failed: {str(cause).strip()} "
             f"(is the disk full, or a quota or file-size limit reached?{free}); "
@@ -402,7 +368,7 @@ def _load_state(f: Path, map_location):
 
 def load_checkpoint(path, model: Optional[nn.Module] = None, optimizer=None, map_location="cpu") -> dict:
     "Load a checkpoint folder's weights into `model`, its optimizer state into `optimizer`; return the state dict."
-    found = _resolve_checkpoint(path)
+    found = find_checkpoint(path)
     if found is None:
         raise FileNotFoundError(f"no checkpoint at {path} (expected {Path(path) / 'state.pt'})")
     if model is not None:
@@ -417,7 +383,7 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> nn.Module:
     "Load safetensors weights (a `.safetensors` file or a checkpoint folder) into `model`, naming any mismatch."
     path = Path(path)
     if path.is_dir() or not path.suffix:
-        found = _resolve_checkpoint(path)
+        found = find_checkpoint(path)
         path = (found or path) / "model.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"no weights file at {path}")
@@ -543,6 +509,15 @@ def _init_distributed() -> bool:
     return True
 
 
+def _end_distributed(owns_pg: bool, ok: bool):
+    "Tear down the process group `fit` created; ranks that finished normally first meet at a barrier."
+    if not owns_pg:
+        return
+    if ok:  # a rank tearing gloo down while its peer still talks to it can abort the peer
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def _world() -> tuple:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
@@ -563,17 +538,27 @@ def _gather(obj, world: int) -> list:
     dist.all_gather_object(out, obj)
     return out
 
-# %% ../nbs/04_engine.ipynb #58f6c64b
+# %% ../nbs/04_engine.ipynb #7fb27b941602401d91542211134fc71a
 class NonFiniteLossError(FloatingPointError):
     "The loss became NaN or infinite; raised before the optimizer step."
 
     def __init__(self, loss: float, step: int, epoch: int, checkpoint=None):
         self.loss, self.step, self.epoch, self.checkpoint = loss, step, epoch, checkpoint
+        saved = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written"
         super().__init__(
             f"non-finite loss {loss} at step {step} (epoch {epoch}); the optimizer step was skipped and "
-            f"training stopped; "
-            + (f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written")
+            f"training stopped; {saved}"
         )
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    "SIGINT or SIGTERM stopped a run after a complete optimizer step; `checkpoint` holds that step."
+
+    def __init__(self, signum: int, step: int, checkpoint: Optional[Path]):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+        then = "rerun the same command to resume" if checkpoint else "there is no run folder, so nothing was saved"
+        super().__init__(f"interrupted at step {step}; {then}")
 
 
 class StepInfo(NamedTuple):
@@ -583,6 +568,17 @@ class StepInfo(NamedTuple):
     epoch: int
     epoch_float: float  # fractional epochs done
     total_steps: int
+
+
+@dataclass
+class TrainState:
+    "Where a run is: what a checkpoint keeps besides weights, optimizer and RNG states."
+
+    epoch: int = 0  # the current epoch
+    step_in_epoch: int = 0  # optimizer steps done in it
+    global_step: int = 0
+    best: dict = dataclasses.field(default_factory=dict)  # metric, mode, value, step, stale
+    eval: dict = dataclasses.field(default_factory=dict)  # the last evaluation: {"eval/<name>": value}
 
 
 @dataclass
@@ -604,11 +600,8 @@ class FitResult:
 def _to_device(x, device, channels_last=False):
     if isinstance(x, torch.Tensor):
         x = x.to(device, non_blocking=True)
-        return (
-            x.contiguous(memory_format=torch.channels_last)
-            if channels_last and x.ndim == 4 and x.is_floating_point()
-            else x
-        )
+        four_d = channels_last and x.ndim == 4 and x.is_floating_point()
+        return x.contiguous(memory_format=torch.channels_last) if four_d else x
     if isinstance(x, dict):
         return {k: _to_device(v, device, channels_last) for k, v in x.items()}
     if isinstance(x, tuple) and hasattr(x, "_fields"):
@@ -626,6 +619,25 @@ def resolve_device(cfg) -> torch.device:
         return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     dev = torch.device(name)
     return torch.device("cuda", local) if dev.type == "cuda" and dev.index is None else dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    "'auto' is bf16 on a CUDA device that supports it, else fp32; 'bf16' and 'fp32' stay."
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def get_autocast(precision: str, device: torch.device) -> Callable:
+    "A context-manager factory: bf16 autocast on `device`, or nothing for fp32."
+    if resolve_precision(precision, device) == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
+def _scalar(v):
+    "A metric value as a float tensor (no device sync) or a float."
+    return v.detach().float() if isinstance(v, torch.Tensor) else float(v)
 
 
 def _floats(d: dict, where: str) -> dict:
@@ -646,30 +658,478 @@ def _trim_metrics(path: Path, max_step: int):
             continue
         if rec.get("step", 0) <= max_step:
             keep.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(l + "\n" for l in keep))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 _RESUME_SENSITIVE = (
-    "epochs",
-    "batch_size",
-    "lr",
-    "head_lr",
-    "weight_decay",
-    "optimizer",
-    "momentum",
-    "betas",
-    "warmup_steps",
-    "warmup_epochs",
-    "schedule",
-    "min_lr",
-    "grad_clip",
-    "accum_steps",
-    "seed",
-)
+    "epochs", "batch_size", "lr", "head_lr", "weight_decay", "optimizer", "momentum", "betas",
+    "warmup_steps", "warmup_epochs", "schedule", "min_lr", "grad_clip", "accum_steps", "seed",
+)  # fmt: skip
 
-# %% ../nbs/04_engine.ipynb #8866b848
+# %% ../nbs/04_engine.ipynb #9a63283cbaf04dbcab1f6479b197f3a8
+class Hook:
+    "A feature of `fit` beside the loop. Override the stages you need; each gets the running `Fit`."
+
+    order = 50  # at each stage, hooks run by increasing order
+
+    def before_fit(self, f: "Fit"): ...
+    def before_epoch(self, f: "Fit"): ...
+    def after_step(self, f: "Fit"): ...
+    def after_epoch(self, f: "Fit"): ...
+    def after_fit(self, f: "Fit"): ...  # always runs, after an error too: release what before_fit took
+
+
+class Fit:
+    "One call of `fit`: the model, data, optimizer and `TrainState` that its stages and hooks share."
+
+    def __init__(self, model, train_set, step_fn, cfg: TrainConfig, eval_fn=None, hooks=()):
+        self.model, self.train_set, self.step_fn, self.cfg = model, train_set, step_fn, cfg
+        self.rank, self.world = _world()
+        self.main = self.rank == 0
+        self.run = Path(cfg.run_dir) if cfg.run_dir else None
+        self.ckdir = self.run / "checkpoints" if self.run else None
+        builtin = [_Progress(), _Checkpoints(), _Interrupts()] + ([_Evaluate(eval_fn)] if eval_fn else [])
+        self.hooks = sorted(builtin + list(hooks), key=lambda h: h.order)
+        self.state, self.last_train, self.step_metrics = TrainState(), {}, {}
+        self.lock, self.log_file, self.resumed_from = None, None, None
+        self.stop, self.improved, self.closed = False, False, False
+        self.wants_info = len(inspect.signature(step_fn).parameters) >= 3
+        self.t_start = time.perf_counter()
+
+    def call(self, stage: str):
+        for h in self.hooks:
+            getattr(h, stage)(self)
+
+    def open_run(self):
+        "Take the run folder's lock and put back a checkpoint that a kill between two renames left as `.old-`."
+        err = None
+        if self.run and self.main:
+            self.run.mkdir(parents=True, exist_ok=True)
+            try:
+                self.lock = _acquire_lock(self.run)
+            except RunLockedError as e:
+                err = str(e)
+            if self.lock is not None:
+                _recover_checkpoints(self.ckdir)
+        err = _share(err, self.world)  # also makes the other ranks wait for the recovery
+        if err is not None:
+            raise RunLockedError(err)
+
+    def setup(self, param_groups=None, collate_fn=None):
+        "Device and precision, the step sampler and its loader, the optimizer, DDP and compile."
+        cfg, n = self.cfg, len(self.train_set)
+        self.device = resolve_device(cfg)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.autocast = get_autocast(self.precision, self.device)
+        self.sampler = StepBatchSampler(n, cfg.batch_size, cfg.seed, self.rank, self.world, cfg.accum_steps)
+        self.steps_per_epoch = spe = self.sampler.steps
+        if spe == 0:
+            raise ValueError(f"train_set has {n} samples, fewer than batch_size={cfg.batch_size}: no full batch")
+        self.total_steps, self.warmup = cfg.epochs * spe, cfg.warmup_steps or round(cfg.warmup_epochs * spe)
+        self.loader = DataLoader(
+            _SeededFetch(self.train_set),
+            batch_sampler=self.sampler,
+            num_workers=cfg.num_workers,
+            collate_fn=collate_fn,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=cfg.num_workers > 0,
+            worker_init_fn=_ignore_interrupts,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )  # its own generator keeps the loader off the global RNG
+        self.model.to(self.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.opt = _make_optimizer(build_param_groups(self.model, cfg, param_groups), cfg)
+        self.net = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        self.step_loss = torch.zeros((), device=self.device)
+
+# %% ../nbs/04_engine.ipynb #8dd0d8092fe74a7c96281538738b07e2
+@patch
+def restore(self: Fit):
+    "Resume from `checkpoints/last` (weights, optimizer, RNG streams, position) or start fresh; write config.json."
+    cfg, ckpt = self.cfg, self._resume_checkpoint()
+    self.state.best = dict(metric=cfg.best_metric, mode=cfg.best_mode, value=None, step=None)
+    if ckpt is None:
+        _seed_all(cfg.seed + self.rank)
+    else:
+        self._load(ckpt)
+    if self.run and self.main:
+        self._open_files(fresh=ckpt is None)
+    if ckpt is not None and self.main:
+        done, total = self.state.global_step, self.total_steps
+        news = "is finished; nothing to train" if done >= total else "resuming"
+        print(f"{self.run}: {news} (step {done} of {total})", file=sys.stderr, flush=True)
+
+
+@patch
+def _resume_checkpoint(self: Fit) -> Optional[Path]:
+    last = self.ckdir / "last" if self.run else None
+    found = last if last is not None and self.cfg.resume and (last / "state.pt").exists() else None
+    if self.cfg.resume is True and found is None:
+        raise FileNotFoundError(f"resume=True but there is no checkpoint at {last or 'run_dir=None'}")
+    return found
+
+
+@patch
+def _load(self: Fit, ckpt: Path):
+    st = load_checkpoint(ckpt, self.model, self.opt)  # on the CPU: RNG states stay CPU tensors
+    if st["steps_per_epoch"] != self.steps_per_epoch:
+        raise ValueError(
+            f"checkpoint {ckpt} has {st['steps_per_epoch']} steps per epoch, this run {self.steps_per_epoch}: "
+            f"the dataset or batch_size changed; start a new run_dir"
+        )
+    self.state = TrainState(st["epoch"], st["step_in_epoch"], st["global_step"], st["best"], st["eval"])
+    self.resumed_from = self.state.global_step
+    if len(st["rng"]) == self.world:
+        _set_rng_state(st["rng"][self.rank])
+    else:
+        _seed_all(mix_seed(self.cfg.seed, self.rank, self.state.global_step))
+        warnings.warn(f"resuming {self.world} ranks from a {len(st['rng'])}-rank checkpoint: RNG streams reseeded")
+    now = self.cfg.to_dict()
+    changed = [k for k in _RESUME_SENSITIVE if st["config"].get(k) != now[k]]
+    if changed and self.main:
+        warnings.warn(f"resuming {ckpt} with changed settings {changed}: the run will not match an uninterrupted one")
+
+
+@patch
+def _open_files(self: Fit, fresh: bool):
+    "config.json (as resolved); metrics.jsonl started over, or cut back to the checkpoint's step."
+    resolved = dict(self.cfg.to_dict(), precision=self.precision, device=str(self.device))
+    write_text_atomic(self.run / "config.json", json.dumps(resolved, indent=1) + "\n")
+    metrics = self.run / "metrics.jsonl"
+    if fresh:
+        metrics.write_text("")
+        for name in ("last", "best"):
+            shutil.rmtree(self.ckdir / name, ignore_errors=True)
+    else:
+        _trim_metrics(metrics, self.state.global_step)
+    self.log_file = open(metrics, "a")
+
+
+@patch
+def log(self: Fit, record: dict):
+    "Append one line to metrics.jsonl (rank 0, with a run folder)."
+    if self.log_file:
+        self.log_file.write(json.dumps(record) + "\n")
+        self.log_file.flush()
+
+# %% ../nbs/04_engine.ipynb #72eea5119410473aa328ad9291626812
+@patch
+def begin_epoch(self: Fit, epoch: int):
+    "Position the sampler, tell the dataset the epoch (its `set_epoch`, after a resume too), then the hooks."
+    s = self.state
+    if epoch != s.epoch:
+        s.epoch, s.step_in_epoch = epoch, 0
+    self.sampler.set_position(epoch, s.step_in_epoch)
+    if hasattr(self.train_set, "set_epoch"):
+        self.train_set.set_epoch(epoch)  # before the loader's iterator starts its workers
+    self.micro, self.improved = 0, False
+    self.call("before_epoch")
+
+
+@patch
+def micro_step(self: Fit, batch) -> bool:
+    "Forward and backward of one micro-batch; True when it completes an optimizer step's accumulation."
+    accum, last = self.cfg.accum_steps, self.micro == self.cfg.accum_steps - 1
+    if batch is not None:  # None: every item of this micro-batch was unreadable
+        loss, extras = self._forward_backward(_to_device(batch, self.device, self.cfg.channels_last), last)
+        self.step_loss = self.step_loss + loss.detach().float() / accum
+        for k, v in (extras or {}).items():
+            self.step_metrics[k] = self.step_metrics.get(k, 0.0) + _scalar(v) / accum
+    self.micro = 0 if last else self.micro + 1
+    return last
+
+
+@patch
+def _forward_backward(self: Fit, batch, last_micro: bool):
+    s, spe, accum = self.state, self.steps_per_epoch, self.cfg.accum_steps
+    info = StepInfo(s.global_step, s.epoch, s.global_step / spe + self.micro / (spe * accum), self.total_steps)
+    no_sync = self.world > 1 and not last_micro  # DDP all-reduces gradients on a step's last micro-batch only
+    with self.net.no_sync() if no_sync else nullcontext():
+        with self.autocast():
+            out = self.step_fn(self.net, batch, info) if self.wants_info else self.step_fn(self.net, batch)
+        loss, extras = out if isinstance(out, tuple) else (out, None)
+        (loss / accum).backward()
+    return loss, extras
+
+
+@patch
+def optimizer_step(self: Fit):
+    "Check the loss (a NaN never reaches the weights), clip, set the learning rate, step; then the hooks."
+    cfg, s, loss = self.cfg, self.state, self.step_loss
+    if self.world > 1:
+        dist.all_reduce(loss)
+        loss = loss / self.world
+    loss_value, self.step_loss = float(loss), torch.zeros((), device=self.device)
+    if not math.isfinite(loss_value):
+        last = find_checkpoint(self.ckdir / "last") if self.ckdir else None
+        raise NonFiniteLossError(loss_value, s.global_step + 1, s.epoch, last)
+    if cfg.grad_clip:
+        self.step_metrics["grad_norm"] = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+    factor = lr_factor(s.global_step, self.total_steps, self.warmup, cfg.schedule, cfg.min_lr / cfg.lr)
+    for g in self.opt.param_groups:
+        g["lr"] = g["base_lr"] * factor
+    self.opt.step()
+    self.opt.zero_grad(set_to_none=True)
+    s.global_step += 1
+    s.step_in_epoch += 1
+    self.step_metrics["loss"] = loss_value
+    self.call("after_step")
+    self.step_metrics = {}
+
+
+@patch
+def evaluate(self: Fit, eval_fn: Callable) -> dict:
+    "`eval_fn` on rank 0 (eval mode, no grad, the run's autocast), leaving the training RNG streams untouched."
+    out = None
+    if self.main:
+        states, was_training = _rng_state(), self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                out = {f"eval/{k}": v for k, v in _floats(eval_fn(self.model), "eval_fn").items()}
+        finally:
+            self.model.train(was_training)
+            _set_rng_state(states)
+    return _share(out, self.world)
+
+
+@patch
+def save(self: Fit, best: bool = False):
+    "Save `last` (and `best` as a copy); collective under DDP: every rank hands rank 0 its RNG states."
+    s, spe = self.state, self.steps_per_epoch
+    epoch, step = (s.epoch + 1, 0) if s.step_in_epoch == spe else (s.epoch, s.step_in_epoch)
+    rngs = _gather(_rng_state(), self.world)
+    if self.run and self.main:
+        position = dict(epoch=epoch, step_in_epoch=step, global_step=s.global_step, steps_per_epoch=spe)
+        save_checkpoint(
+            self.ckdir / "last",
+            self.model,
+            self.opt,
+            **position,
+            world_size=self.world,
+            rng=rngs,
+            best=s.best,
+            eval=s.eval,
+            config=self.cfg.to_dict(),
+        )
+        if best:
+            last = self.ckdir / "last"
+            _atomic_dir(self.ckdir / "best", lambda tmp: [_link_or_copy(f, tmp / f.name) for f in last.iterdir()])
+    if self.world > 1:
+        dist.barrier()
+
+
+@patch
+def finish(self: Fit) -> FitResult:
+    "The hooks' `after_fit`, the dataset's one summary of skipped files, and the result."
+    self.close_hooks()
+    if self.main and hasattr(self.train_set, "warn_bad"):
+        self.train_set.warn_bad()
+    s, run = self.state, self.run
+    best = self.ckdir / "best" if run and (self.ckdir / "best").exists() else None
+    metrics = dict(s.eval, **{f"train/{k}": v for k, v in self.last_train.items()})
+    return FitResult(
+        metrics,
+        s.best["value"],
+        s.best["step"],
+        s.global_step,
+        self.steps_per_epoch,
+        run,
+        self.ckdir / "last" if run else None,
+        best,
+        self.resumed_from,
+        time.perf_counter() - self.t_start,
+    )
+
+
+@patch
+def close_hooks(self: Fit):
+    if not self.closed:
+        self.closed = True
+        self.call("after_fit")
+
+
+@patch
+def close(self: Fit):
+    "Always runs: the hooks' `after_fit` (once), the metrics file, the lock."
+    try:
+        self.close_hooks()
+    finally:
+        if self.log_file:
+            self.log_file.close()
+        _release_lock(self.lock)
+
+# %% ../nbs/04_engine.ipynb #10185d26023b46108eb7d9f57d49d2b3
+class _Progress(Hook):
+    "Metrics lines every `log_every` steps and at each epoch's end, and the progress bar."
+
+    order = 10
+
+    def before_fit(self, f):
+        self.sums, self.n, self.t0 = {}, 0, time.perf_counter()
+        self.bar = tqdm(
+            total=f.total_steps,
+            initial=f.state.global_step,
+            disable=not (f.main and f.cfg.progress),
+            dynamic_ncols=True,
+            mininterval=0.2 if sys.stderr.isatty() else 5.0,
+            unit="step",
+        )
+
+    def before_epoch(self, f):
+        self.bar.set_description(f"epoch {f.state.epoch + 1}/{f.cfg.epochs}")
+
+    def after_step(self, f):
+        for k, v in f.step_metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += 1
+        self.bar.update(1)
+        s = f.state
+        if s.global_step % f.cfg.log_every and s.step_in_epoch != f.steps_per_epoch:
+            return
+        f.last_train = {k: float(v) / self.n for k, v in self.sums.items()}
+        lr, seconds = f.opt.param_groups[0]["lr"], round(time.perf_counter() - self.t0, 3)
+        f.log(
+            dict(
+                step=s.global_step,
+                epoch=round(s.global_step / f.steps_per_epoch, 4),
+                lr=lr,
+                time=seconds,
+                **f.last_train,
+            )
+        )
+        self.bar.set_postfix(loss=f"{f.last_train['loss']:.4g}", lr=f"{lr:.3g}", refresh=False)
+        self.sums, self.n = {}, 0
+
+    def after_fit(self, f):
+        if hasattr(self, "bar"):
+            self.bar.close()
+
+
+class _Evaluate(Hook):
+    "`eval_fn` every `eval_every` epochs and at the end; `best_metric` tracking; early stopping after `patience`."
+
+    order = 20
+
+    def __init__(self, eval_fn):
+        self.eval_fn = eval_fn
+
+    def before_fit(self, f):
+        patience, stale = f.cfg.patience, f.state.best.get("stale", 0)
+        f.stop = bool(patience and stale >= patience)  # a resumed run that had stopped stays stopped
+
+    def after_epoch(self, f):
+        cfg, s, done = f.cfg, f.state, f.state.epoch + 1
+        if not ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.epochs):
+            return
+        s.eval = f.evaluate(self.eval_fn)
+        f.log(dict(step=s.global_step, epoch=round(s.global_step / f.steps_per_epoch, 4), **s.eval))
+        if cfg.best_metric:
+            self.track_best(f)
+
+    def track_best(self, f):
+        cfg, s = f.cfg, f.state
+        key = f"eval/{cfg.best_metric}"
+        if key not in s.eval:
+            raise KeyError(
+                f"best_metric={cfg.best_metric!r} is not among eval_fn's metrics {sorted(k[5:] for k in s.eval)}"
+            )
+        v, old = s.eval[key], s.best["value"]
+        f.improved = old is None or (v > old if cfg.best_mode == "max" else v < old)
+        s.best = (
+            dict(s.best, value=v, step=s.global_step, stale=0)
+            if f.improved
+            else dict(s.best, stale=s.best.get("stale", 0) + 1)
+        )
+        if cfg.patience and s.best["stale"] >= cfg.patience:
+            f.stop = True
+            f.log(dict(step=s.global_step, epoch=round(s.global_step / f.steps_per_epoch, 4), early_stop=1))
+            if f.main:
+                tqdm.write(f"early stop: no better {cfg.best_metric} for {cfg.patience} evaluations")
+
+
+class _Checkpoints(Hook):
+    "`last` every `ckpt_every` steps, every `ckpt_minutes` of training, and at each epoch's end (`best` too)."
+
+    order = 30
+
+    def before_fit(self, f):
+        self.saved_at = time.monotonic()
+
+    def after_step(self, f):
+        cfg, s = f.cfg, f.state
+        if s.step_in_epoch == f.steps_per_epoch:
+            return  # the epoch's end saves
+        due = bool(cfg.ckpt_every and s.global_step % cfg.ckpt_every == 0)
+        if not due and cfg.ckpt_minutes and s.global_step % cfg.log_every == 0:
+            # rank 0's clock decides, so that every rank takes part in the same (collective) save
+            due = _share(time.monotonic() - self.saved_at >= 60 * cfg.ckpt_minutes, f.world)
+        if due:
+            self.save(f)
+
+    def after_epoch(self, f):
+        self.save(f, best=f.improved)
+
+    def save(self, f, best=False):
+        f.save(best)
+        self.saved_at = time.monotonic()
+
+
+def _ignore_interrupts(worker_id: int):
+    "In data workers: Ctrl-C reaches the whole process group; only the main process handles it."
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class _Interrupts(Hook):
+    "SIGINT / SIGTERM: finish the current step, save `last`, say how to resume, raise `TrainingInterrupted`."
+
+    order = 40
+
+    def before_fit(self, f):
+        self.signum, self.previous = 0, {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame):
+        if self.signum:
+            raise KeyboardInterrupt  # a second signal: stop at once
+        self.signum = signum
+
+    def after_step(self, f):
+        signum = self.signum
+        if f.world > 1:  # every rank stops at the same step, whichever got the signal
+            t = torch.tensor(signum, device=f.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            signum = int(t)
+        if signum:
+            self.stop(f, signum, save=True)
+
+    def after_epoch(self, f):
+        if self.signum:
+            self.stop(f, self.signum, save=False)  # `_Checkpoints` has just saved the epoch's end
+
+    def stop(self, f, signum, save: bool):
+        if save:
+            f.save()
+        err = TrainingInterrupted(signum, f.state.global_step, f.ckdir / "last" if f.run else None)
+        if f.main:
+            print(f"{f.run or 'the run'}: {err}", file=sys.stderr, flush=True)
+        raise err
+
+    def after_fit(self, f):
+        for sig, handler in getattr(self, "previous", {}).items():
+            signal.signal(sig, handler)
+
+# %% ../nbs/04_engine.ipynb #7623eae2785240b9bd12b16a66d81610
 def fit(
     model: nn.Module,
     train_set,
@@ -678,311 +1138,34 @@ def fit(
     eval_fn: Optional[Callable] = None,
     param_groups=None,
     collate_fn: Optional[Callable] = None,
+    hooks=(),
 ) -> FitResult:
     """Train `model` on `train_set`; `step_fn(model, batch)` returns the loss or `(loss, {name: scalar})`.
     `eval_fn(model) -> {metric: value}` runs every `cfg.eval_every` epochs and at the end; `param_groups` (list of
-    dicts or `model -> list`) sets per-group `lr` / `lr_mult` / `weight_decay`; `collate_fn` goes to the DataLoader."""
+    dicts or `model -> list`) sets per-group `lr` / `lr_mult` / `weight_decay`; `collate_fn` goes to the DataLoader;
+    `hooks` are extra `Hook`s."""
     cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else (cfg or TrainConfig())
     if not (hasattr(train_set, "__len__") and hasattr(train_set, "__getitem__")):
-        raise TypeError(
-            f"train_set must be a map-style dataset (__len__ and __getitem__), got {type(train_set).__name__}"
-        )
-    owns_pg = _init_distributed()
-    rank, world = _world()
-    main = rank == 0
-    run = Path(cfg.run_dir) if cfg.run_dir else None
-    ckdir = run / "checkpoints" if run else None
-    lock, pbar, log_file, t_start = None, None, None, time.perf_counter()
+        raise TypeError(f"train_set must be a map-style dataset (__len__, __getitem__), got {type(train_set).__name__}")
+    owns_pg, f, ok = _init_distributed(), None, False
     try:
-        # ---- the run folder: lock, recover from a kill between two renames, resume or start fresh
-        err = None
-        if run and main:
-            run.mkdir(parents=True, exist_ok=True)
-            try:
-                lock = _acquire_lock(run)
-            except RunLockedError as e:
-                err = str(e)
-            if lock is not None and ckdir.exists():  # a kill between two renames: put `.old-` back; drop temp folders
-                for name in ("last", "best"):
-                    if not (ckdir / name).exists() and (old := _resolve_checkpoint(ckdir / name)) is not None:
-                        os.replace(old, ckdir / name)
-                for junk in list(ckdir.glob("*.tmp-*")) + list(ckdir.glob("*.old-*")):
-                    shutil.rmtree(junk, ignore_errors=True)
-        if (err := _share(err, world)) is not None:
-            raise RunLockedError(err)  # also makes the other ranks wait for the recovery
-        ckpt = ckdir / "last" if run and cfg.resume and (ckdir / "last" / "state.pt").exists() else None
-        if cfg.resume is True and ckpt is None:
-            raise FileNotFoundError(
-                f"resume=True but there is no checkpoint at {ckdir / 'last' if ckdir else 'run_dir=None'}"
-            )
-
-        # ---- devices, data, optimizer
-        device = resolve_device(cfg)
-        precision = (
-            ("bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32")
-            if cfg.precision == "auto"
-            else cfg.precision
-        )
-        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
-        sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, rank, world, cfg.accum_steps)
-        spe = sampler.steps
-        if spe == 0:
-            raise ValueError(
-                f"train_set has {len(train_set)} samples, fewer than TrainConfig.batch_size={cfg.batch_size}: no full batch to train on"
-            )
-        total = cfg.epochs * spe
-        warmup = cfg.warmup_steps or round(cfg.warmup_epochs * spe)
-        loader = DataLoader(
-            _SeededFetch(train_set),
-            batch_sampler=sampler,
-            num_workers=cfg.num_workers,
-            collate_fn=collate_fn,
-            pin_memory=device.type == "cuda",
-            persistent_workers=cfg.num_workers > 0,
-            generator=torch.Generator().manual_seed(cfg.seed),
-        )  # keeps the loader off the global RNG
-        model.to(device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        opt = _make_optimizer(build_param_groups(model, cfg, param_groups), cfg)
-        net = (
-            nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-            if world > 1
-            else model
-        )
-        if cfg.compile:
-            net = torch.compile(net)
-
-        # ---- position: fresh start or resume
-        epoch0, step0, gstep = 0, 0, 0
-        best = dict(metric=cfg.best_metric, mode=cfg.best_mode, value=None, step=None)
-        last_eval, resumed_from = {}, None
-        if ckpt is not None:
-            st = load_checkpoint(
-                ckpt, model, opt
-            )  # on the CPU: RNG states must stay CPU tensors; the optimizer moves its state to the params' device
-            epoch0, step0, gstep, best, last_eval = (
-                st["epoch"],
-                st["step_in_epoch"],
-                st["global_step"],
-                st["best"],
-                st["eval"],
-            )
-            if st["steps_per_epoch"] != spe:
-                raise ValueError(
-                    f"checkpoint {ckpt} has {st['steps_per_epoch']} steps per epoch, this run {spe}: "
-                    f"the dataset or batch_size changed; start a new run_dir"
-                )
-            rngs, resumed_from = st["rng"], gstep
-            if len(rngs) == world:
-                _set_rng_state(rngs[rank])
-            else:
-                _seed_all(mix_seed(cfg.seed, rank, gstep))
-                warnings.warn(f"resuming {world} ranks from a {len(rngs)}-rank checkpoint: RNG streams reseeded")
-            changed = [k for k in _RESUME_SENSITIVE if st["config"].get(k) != cfg.to_dict()[k]]
-            if changed and main:
-                warnings.warn(
-                    f"resuming {ckpt} with changed settings {changed}: the run will not match an uninterrupted one"
-                )
-        else:
-            _seed_all(cfg.seed + rank)
-        if run and main:
-            resolved = dict(cfg.to_dict(), precision=precision, device=str(device))
-            write_text_atomic(run / "config.json", json.dumps(resolved, indent=1) + "\n")
-            if ckpt is None:
-                (run / "metrics.jsonl").write_text("")
-                for name in ("last", "best"):
-                    shutil.rmtree(ckdir / name, ignore_errors=True)
-            else:
-                _trim_metrics(run / "metrics.jsonl", gstep)
-        log_file = open(run / "metrics.jsonl", "a") if run and main else None
-
-        def log(rec):
-            if log_file:
-                log_file.write(json.dumps(rec) + "\n")
-                log_file.flush()
-
-        def checkpoint(epoch, step_in_epoch, improved=False):
-            "Save `last` (and `best`); collective under DDP: all ranks hand rank 0 their RNG states."
-            if epoch is not None and step_in_epoch == spe:
-                epoch, step_in_epoch = epoch + 1, 0
-            rngs = _gather(_rng_state(), world)
-            if run and main:
-                save_checkpoint(
-                    ckdir / "last",
-                    model,
-                    opt,
-                    epoch=epoch,
-                    step_in_epoch=step_in_epoch,
-                    global_step=gstep,
-                    steps_per_epoch=spe,
-                    world_size=world,
-                    rng=rngs,
-                    best=best,
-                    eval=last_eval,
-                    config=cfg.to_dict(),
-                )
-                if improved:
-                    _atomic_dir(
-                        ckdir / "best", lambda tmp: [_link_or_copy(f, tmp / f.name) for f in (ckdir / "last").iterdir()]
-                    )
-            if world > 1:
-                dist.barrier()
-
-        def evaluate(epoch):
-            "Run eval_fn on rank 0 without touching the training RNG streams; returns {'eval/<k>': v}."
-            out = None
-            if main:
-                states, was_training = _rng_state(), model.training
-                model.eval()
-                try:
-                    with torch.no_grad(), autocast():
-                        out = {f"eval/{k}": v for k, v in _floats(eval_fn(model), "eval_fn").items()}
-                finally:
-                    model.train(was_training)
-                    _set_rng_state(states)
-            return _share(out, world)
-
-        # ---- the loop
-        pbar = tqdm(
-            total=total,
-            initial=gstep,
-            disable=not (main and cfg.progress),
-            dynamic_ncols=True,
-            mininterval=0.2 if sys.stderr.isatty() else 5.0,
-            unit="step",
-        )
-        net.train()
-        sums, n_logged, last_train, t0 = {}, 0, {}, time.perf_counter()
-        wants_info = len(inspect.signature(step_fn).parameters) >= 3
-        for epoch in range(epoch0, cfg.epochs):
-            if cfg.patience and best.get("stale", 0) >= cfg.patience:
+        f = Fit(model, train_set, step_fn, cfg, eval_fn, hooks)
+        f.open_run()
+        f.setup(param_groups, collate_fn)
+        f.restore()
+        f.call("before_fit")
+        f.net.train()
+        for epoch in range(f.state.epoch, cfg.epochs):
+            if f.stop:
                 break
-            sampler.set_position(epoch, step0 if epoch == epoch0 else 0)
-            step_in_epoch, micro, step_loss = sampler.start, 0, 0.0
-            pbar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
-            for batch in loader:
-                last_micro = micro == cfg.accum_steps - 1
-                if batch is None:
-                    extras = None  # every item of this micro-batch was unreadable
-                else:
-                    batch = _to_device(batch, device, cfg.channels_last)
-                    with net.no_sync() if world > 1 and not last_micro else nullcontext():
-                        info = StepInfo(gstep, epoch, gstep / spe + micro / (spe * cfg.accum_steps), total)
-                        with autocast():
-                            out = step_fn(net, batch, info) if wants_info else step_fn(net, batch)
-                        loss, extras = out if isinstance(out, tuple) else (out, None)
-                        (loss / cfg.accum_steps).backward()
-                    step_loss = step_loss + loss.detach().float() / cfg.accum_steps
-                for k, v in (extras or {}).items():
-                    sums[k] = (
-                        sums.get(k, 0.0)
-                        + (v.detach().float() if isinstance(v, torch.Tensor) else float(v)) / cfg.accum_steps
-                    )
-                if not last_micro:
-                    micro += 1
-                    continue
-                micro = 0
-                # -- one optimizer step: check the loss first, so a NaN never reaches the weights
-                if world > 1:
-                    dist.all_reduce(step_loss)
-                    step_loss = step_loss / world
-                loss_value, step_loss = float(step_loss), 0.0
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(
-                        loss_value, gstep + 1, epoch, _resolve_checkpoint(ckdir / "last") if ckdir else None
-                    )
-                if cfg.grad_clip:
-                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + nn.utils.clip_grad_norm_(
-                        model.parameters(), cfg.grad_clip
-                    )
-                f = lr_factor(gstep, total, warmup, cfg.schedule, cfg.min_lr / cfg.lr)
-                for g in opt.param_groups:
-                    g["lr"] = g["base_lr"] * f
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                gstep += 1
-                step_in_epoch += 1
-                n_logged += 1
-                sums["loss"] = sums.get("loss", 0.0) + loss_value
-                pbar.update(1)
-                if gstep % cfg.log_every == 0 or step_in_epoch == spe:
-                    last_train = {k: float(v) / n_logged for k, v in sums.items()}
-                    log(
-                        dict(
-                            step=gstep,
-                            epoch=round(gstep / spe, 4),
-                            lr=opt.param_groups[0]["lr"],
-                            time=round(time.perf_counter() - t0, 3),
-                            **last_train,
-                        )
-                    )
-                    pbar.set_postfix(
-                        loss=f"{last_train['loss']:.4g}", lr=f"{opt.param_groups[0]['lr']:.3g}", refresh=False
-                    )
-                    sums, n_logged = {}, 0
-                if cfg.ckpt_every and gstep % cfg.ckpt_every == 0 and step_in_epoch < spe:
-                    checkpoint(epoch, step_in_epoch)
-            # -- end of epoch: evaluate, track the best, save
-            improved = False
-            if eval_fn is not None and (
-                (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch + 1 == cfg.epochs
-            ):
-                last_eval = evaluate(epoch)
-                log(dict(step=gstep, epoch=round(gstep / spe, 4), **last_eval))
-                if cfg.best_metric:
-                    key = f"eval/{cfg.best_metric}"
-                    if key not in last_eval:
-                        raise KeyError(
-                            f"TrainConfig.best_metric={cfg.best_metric!r} is not among eval_fn's metrics {sorted(k[5:] for k in last_eval)}"
-                        )
-                    v = last_eval[key]
-                    improved = best["value"] is None or (
-                        v > best["value"] if cfg.best_mode == "max" else v < best["value"]
-                    )
-                    best = (
-                        dict(best, value=v, step=gstep, stale=0)
-                        if improved
-                        else dict(best, stale=best.get("stale", 0) + 1)
-                    )
-                    if cfg.patience and best["stale"] >= cfg.patience:
-                        log(dict(step=gstep, epoch=round(gstep / spe, 4), early_stop=1))
-                        if main:
-                            pbar.write(f"early stop: no better {cfg.best_metric} for {cfg.patience} evaluations")
-            checkpoint(epoch, spe, improved)
-        pbar.close()
-        if main and hasattr(train_set, "warn_bad"):
-            train_set.warn_bad()
-        metrics = dict(last_eval, **{f"train/{k}": v for k, v in last_train.items()})
-        return FitResult(
-            metrics,
-            best["value"],
-            best["step"],
-            gstep,
-            spe,
-            run,
-            ckdir / "last" if run else None,
-            ckdir / "best" if run and (ckdir / "best").exists() else None,
-            resumed_from,
-            time.perf_counter() - t_start,
-        )
+            f.begin_epoch(epoch)
+            for batch in f.loader:
+                if f.micro_step(batch):
+                    f.optimizer_step()
+            f.call("after_epoch")
+        result, ok = f.finish(), True
+        return result
     finally:
-        if pbar is not None:
-            pbar.close()
-        if log_file:
-            log_file.close()
-        _release_lock(lock)
-        if owns_pg:
-            # ranks that finished together leave together: a rank tearing gloo down while its peer still
-            # talks to it can abort ("terminate called without an active exception")
-            if sys.exc_info()[0] is None:
-                dist.barrier()
-            dist.destroy_process_group()
-
-
-def _link_or_copy(src: Path, dst: Path):
-    "Checkpoint files are never modified after writing, so `best` can share them with `last` through hard links."
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+        if f is not None:
+            f.close()
+        _end_distributed(owns_pg, ok)

@@ -60,7 +60,7 @@ class FinetuneConfig(TrainConfig):
     loss: str = param("emd", "IAA loss (emd needs head='dist')", choices=("emd", "mse", "l1"))
     drop_path: float = param(0.1, "stochastic depth of the encoder", min=0.0, max=1.0)
     dropout: float = param(0.0, "dropout before the head", min=0.0, max=1.0)
-    eval_batch_size: int = param(128, min=1)
+    eval_batch_size: int = param(128, "batch size of the evaluation passes (val, test)", min=1)
     on_bad_image: str = param("skip", "a corrupt image: skip it (and report) or raise", choices=("skip", "raise"))
     on_bad_label: str = param(
         "raise",

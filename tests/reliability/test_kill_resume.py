@@ -3,7 +3,7 @@ write. After each kill the `last` checkpoint loads, and the resumed run ends wit
 uninterrupted run's. Kills are injected deterministically by the worker (tests/reliability/worker.py), or
 sent from outside at (seeded) random moments as a crash would."""
 
-import json, random
+import json, os, random, signal
 
 import pytest
 import torch
@@ -43,6 +43,39 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, reference, where):
     steps = [json.loads(l)["step"] for l in open(run / "metrics.jsonl")]
     ref_steps = [json.loads(l)["step"] for l in open(reference / "metrics.jsonl")]
     assert steps == ref_steps  # one clean history, no duplicates
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_sigterm_save_then_resume_is_bit_identical(tmp_path, reference, sig):
+    # the signal reaches the whole process group, as Ctrl-C in a terminal or a cluster's preemption does,
+    # while step 14 is being computed; that step completes, `last` holds it, the run exits 128 + signal
+    run, pause = tmp_path / "run", tmp_path / "pause"
+    pause.touch()
+    p = start(
+        ROOT / "tests" / "reliability" / "worker.py", ["--run-dir", run, "--pause-at-step", 13, "--pause-while", pause]
+    )
+    wait_for(f"{pause}.reached", p)
+    os.killpg(p.pid, sig)
+    pause.unlink()
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + sig, err[-3000:]
+    assert err.strip().splitlines()[-1] == f"{run}: interrupted at step 14; rerun the same command to resume", err
+    assert "Traceback" not in err
+    assert not (run / "run.lock").exists()  # released on the way out
+    assert load_checkpoint(run / "checkpoints" / "last")["global_step"] == 14
+    resumed = run_worker_capturing(["--run-dir", run])
+    assert f"{run}: resuming (step 14 of 30)" in resumed.stderr
+    assert json.loads(resumed.stdout.strip().splitlines()[-1])["resumed_from"] == 14
+    assert_same(weights(run), weights(reference))  # bit for bit
+    assert_same(weights(run, "best"), weights(reference, "best"))
+    again = run_worker_capturing(["--run-dir", run])
+    assert f"{run}: is finished; nothing to train (step 30 of 30)" in again.stderr
+
+
+def run_worker_capturing(args):
+    from relutil import WORKER, run
+
+    return run(WORKER, args)
 
 
 # ---- kills sent from outside at (seeded) random moments (moved here from tests/test_engine.py)

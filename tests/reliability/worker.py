@@ -6,7 +6,8 @@
   --kill-on EV:TEXT:N    SIGKILL itself at the N-th audit event EV (os.mkdir, open, os.rename, shutil.rmtree)
                          whose arguments contain TEXT: a deterministic point inside a checkpoint write
   --bad-loss-at-step K   multiply the loss by --bad-loss (nan or inf) at optimizer step K (1-based)
-  --pause-at-step K --pause-while FILE   wait inside step_fn at step K for as long as FILE exists
+  --pause-at-step K --pause-while FILE   wait inside step_fn at step K for as long as FILE exists (and
+                         create FILE.reached when the wait starts)
   --fsize-limit B        from step --fsize-at-step on, no file may grow past B bytes (RLIMIT_FSIZE, SIGXFSZ
                          ignored): a real write failure, as a full disk or a quota gives
 
@@ -18,7 +19,7 @@ import argparse, json, os, resource, signal, sys, time
 import torch
 from torch import nn
 
-from cskd.engine import TrainConfig, fit
+from cskd.engine import TrainConfig, TrainingInterrupted, fit
 
 
 class NoisyDataset(torch.utils.data.Dataset):
@@ -89,6 +90,7 @@ def main(argv=None):
         if a.kill_at_step is not None and info.step == a.kill_at_step:
             die()
         if a.pause_at_step is not None and info.step == a.pause_at_step:
+            open(a.pause_while + ".reached", "w").close()
             while os.path.exists(a.pause_while):
                 time.sleep(0.02)
         if a.fsize_limit is not None and info.step == a.fsize_at_step:
@@ -121,7 +123,10 @@ def main(argv=None):
         best_metric="mse",
         best_mode="min",
     )
-    r = fit(model, NoisyDataset(a.samples, a.dim, 0.1), step, cfg, eval_fn=evaluate)
+    try:
+        r = fit(model, NoisyDataset(a.samples, a.dim, 0.1), step, cfg, eval_fn=evaluate)
+    except TrainingInterrupted as e:  # SIGINT / SIGTERM: `last` is saved; exit as the command line does
+        sys.exit(e.exit_code)
     print(
         json.dumps(
             dict(global_step=r.global_step, resumed_from=r.resumed_from, last=str(r.last_checkpoint), pid=os.getpid())
