@@ -612,8 +612,8 @@ def _to_device(x, device, channels_last=False):
 
 
 def resolve_device(cfg) -> torch.device:
-    "The device of `cfg.device` (or a device name): 'auto' and a bare 'cuda' mean this rank's GPU (LOCAL_RANK)."
-    name = cfg if isinstance(cfg, str) else cfg.device
+    "The device of `cfg.device` (or a device or its name): 'auto' and a bare 'cuda' mean this rank's GPU (LOCAL_RANK)."
+    name = cfg if isinstance(cfg, (str, torch.device)) else cfg.device
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if name == "auto":
         return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")

@@ -21,9 +21,10 @@ from torch.utils.data import DataLoader
 from .data import IAADataset, eval_transform, read_ava, read_split
 from .images import collate_skip_none
 from .metrics import iaa_metrics, mean_score
+from .runs import atomic_path, weights_fingerprint
 
 # %% auto #0
-__all__ = ['ALPHAS', 'embed_module', 'embed_fn', 'model_name', 'weights_hash', 'weights_id', 'images_key', 'cache_key', 'embed',
+__all__ = ['ALPHAS', 'embed_module', 'embed_fn', 'model_name', 'weights_id', 'images_key', 'cache_key', 'embed',
            'dataset_targets', 'Standardizer', 'ridge_path', 'cv_ridge', 'LinearProbe', 'fit_probe', 'linear_probe',
            'probe_datasets', 'probe_backbone']
 
@@ -65,21 +66,10 @@ def model_name(model) -> str:
     return type(model).__name__
 
 # %% ../nbs/09b_probe.ipynb #35d945a0
-def weights_hash(module: torch.nn.Module) -> str:
-    "A hash of a module's parameters and buffers (names, shapes, dtypes and bytes)."
-    h = hashlib.blake2b(digest_size=16)
-    for k, v in module.state_dict().items():
-        h.update(f"{k}|{tuple(v.shape)}|{v.dtype}\n".encode())
-        t = v.detach().cpu().contiguous().reshape(-1)
-        if t.numel():
-            h.update(t.view(torch.uint8).numpy().data)
-    return h.hexdigest()
-
-
 def weights_id(model, weights=None) -> str:
     "`weights` as a cache key: a file -> path, size and mtime; another string -> itself; None -> a hash of the weights."
     if weights is None:
-        return "hash:" + weights_hash(embed_module(model))
+        return "hash:" + weights_fingerprint(embed_module(model))
     p = Path(str(weights))
     if p.is_file():
         st = p.stat()
@@ -122,16 +112,10 @@ def _slug(s: str) -> str:
 
 
 def _atomic_write(path: Path, write):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _read_cache(stem: Path, key: dict):

@@ -5,28 +5,53 @@
 # %% ../nbs/04c_runs.ipynb #16f8aef5
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import torch
 
 # %% auto #0
-__all__ = ['write_text_atomic', 'read_metrics', 'write_metrics', 'to_markdown', 'save_table', 'save_figure', 'plot_curves',
-           'plot_predictions']
+__all__ = ['atomic_path', 'write_text_atomic', 'weights_fingerprint', 'read_metrics', 'write_metrics', 'to_markdown',
+           'save_table', 'save_figure', 'plot_curves', 'plot_predictions']
 
 # %% ../nbs/04c_runs.ipynb #46119467
-def write_text_atomic(path, text: str) -> Path:
-    "Write `text` to `path` through a temporary file and a rename: readers see the old or the new file, never half of one."
+@contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to: renamed over `path` when the block ends, removed if it fails.
+    Readers see the old file or the new one, never half of one; a failed write leaves nothing behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path, text: str) -> Path:
+    "Write `text` to `path` atomically (through `atomic_path`)."
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def weights_fingerprint(module) -> str:
+    "SHA-1 of a module's parameters and buffers (names, shapes, dtypes, bytes): the one weights hash of cskd."
+    h = hashlib.sha1()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def read_metrics(run_dir) -> pd.DataFrame:
@@ -87,23 +112,17 @@ def save_table(df: pd.DataFrame, path) -> tuple[Path, Path]:
 
 # %% ../nbs/04c_runs.ipynb #8fbef8d1
 def save_figure(fig, path) -> list[Path]:
-    "Write `fig` as `<path>.png` and `<path>.pdf` atomically (a `.png`/`.pdf` suffix is dropped); `path=None` writes nothing."
+    """Write `fig` as `<path>.png` and `<path>.pdf` atomically (a `.png`/`.pdf` suffix is dropped); `path=None`
+    writes nothing. No creation date goes into the files, so the same figure gives the same bytes."""
     if path is None:
         return []
     p = Path(path)
     stem = p.with_suffix("") if p.suffix.lower() in (".png", ".pdf") else p
-    stem.parent.mkdir(parents=True, exist_ok=True)
     out = []
-    for ext in ("png", "pdf"):
+    for ext, metadata in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Creator": None})):
         dest = stem.with_name(f"{stem.name}.{ext}")
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(dest) as tmp:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", metadata=metadata)
         out.append(dest)
     return out
 

@@ -18,13 +18,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .engine import mix_seed
+from .engine import mix_seed, resolve_device, resolve_precision
+from .runs import weights_fingerprint, write_text_atomic
 from .images import BadImageError, BadImageLog, load_image
 
 # %% auto #0
 __all__ = ['view_seed', 'CACHE_FORMAT', 'crop_box', 'SeededView', 'to_unit', 'teacher_input', 'teacher_targets', 'target_shape',
-           'PoolViews', 'CacheError', 'weights_fingerprint', 'image_list_hash', 'cache_key', 'TeacherCache',
-           'build_teacher_cache', 'ensure_teacher_cache']
+           'PoolViews', 'CacheError', 'image_list_hash', 'cache_key', 'TeacherCache', 'build_teacher_cache',
+           'ensure_teacher_cache']
 
 # %% ../nbs/05b_teacher_cache.ipynb #0069091b
 view_seed = (
@@ -212,16 +213,6 @@ class CacheError(RuntimeError):
     "A teacher-feature cache that is missing, incomplete, truncated or made for something else."
 
 
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    "SHA-1 of every parameter and buffer (name, shape, dtype, bytes)."
-    h = hashlib.sha1()
-    for name, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def image_list_hash(paths) -> str:
     "SHA-1 of the ordered list of image paths (as given)."
     return hashlib.sha1("\n".join(str(p) for p in paths).encode()).hexdigest()
@@ -277,9 +268,7 @@ def _describe_change(name, have, want) -> str:
 
 
 def _write_json(path: Path, obj: dict):
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
 def _npy_layout(path: Path):
@@ -369,12 +358,6 @@ class _AllViews(Dataset):
         )
 
 
-def _device(device) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def build_teacher_cache(
     path,
     teacher,
@@ -395,12 +378,8 @@ def build_teacher_cache(
     "Run `teacher` over `views` seeded views of every image in `paths` and write the cache folder `path` (resuming a matching partial build)."
     from tqdm.auto import tqdm
 
-    path, dev = Path(path), _device(device)
-    prec = (
-        ("bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32")
-        if precision == "auto"
-        else precision
-    )
+    path, dev = Path(path), resolve_device(device or "auto")
+    prec = resolve_precision(precision, dev)
     key = cache_key(teacher, paths, view, views, view_seed, granularity, prec)
     path.mkdir(parents=True, exist_ok=True)
     mf, ff, pmf, pff = (
@@ -501,12 +480,8 @@ def ensure_teacher_cache(
     **build_kw,
 ) -> TeacherCache:
     "The cache at `path` if it matches; otherwise build it (printing why). Under torchrun only rank 0 builds."
-    dev = _device(device)
-    prec = (
-        ("bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32")
-        if precision == "auto"
-        else precision
-    )
+    dev = resolve_device(device or "auto")
+    prec = resolve_precision(precision, dev)
     key = cache_key(teacher, paths, view, views, view_seed, granularity, prec)
     why = TeacherCache.check(path, key)
     if why is None:

@@ -5,7 +5,7 @@
 # %% ../nbs/11_toy_pretrain.ipynb #d3111905
 from __future__ import annotations
 
-import hashlib, json, math, os, time
+import hashlib, json, math, os
 from pathlib import Path
 
 import pandas as pd
@@ -17,9 +17,10 @@ import timm
 from safetensors.torch import save_file
 from timm.data import resolve_data_config
 
+from .engine import TrainConfig, fit
 from .images import load_image, train_transform, eval_transform
 from .models import TOY_CLIP
-from .runs import write_text_atomic
+from .runs import atomic_path, read_metrics, write_text_atomic
 from .toy import CLASSES, make_toy_world
 
 # %% auto #0
@@ -49,10 +50,9 @@ def pretrain_world(n_images: int, seed: int = 0, cache_dir=None, image_size: int
 
 
 def _save_atomic(state: dict, path: Path, info: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, path)
+    "The weights as safetensors, then their card (JSON) beside them; both atomic."
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
     write_text_atomic(path.with_suffix(".json"), json.dumps(info, indent=1))
 
 # %% ../nbs/11_toy_pretrain.ipynb #9039648c
@@ -62,7 +62,7 @@ class _ToyPairs(torch.utils.data.Dataset):
     def __init__(self, root, tfm, tokenizer=None, n=None):
         root = Path(root)
         meta = pd.read_csv(root / "metadata.csv", dtype={"image_id": str})
-        caps = dict(l.split("\t", 1) for l in (root / "captions.tsv").read_text().splitlines() if l)
+        caps = dict(line.split("\t", 1) for line in (root / "captions.tsv").read_text().splitlines() if line)
         meta = meta.iloc[:n] if n else meta
         missing = [i for i in meta.image_id if i not in caps]
         if missing:
@@ -80,58 +80,36 @@ class _ToyPairs(torch.utils.data.Dataset):
         return (x, self.tokens[i] if self.tokens is not None else self.labels[i])
 
 
-def _schedule(opt, total: int, warmup_frac: float = 0.1):
-    warm = max(1, int(total * warmup_frac))
-    f = lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
-    return torch.optim.lr_scheduler.LambdaLR(opt, f)
-
-
-def _adamw(model: nn.Module, lr: float, weight_decay: float):
-    # no weight decay on gains, biases, embeddings' scale parameters and logit_scale (1-d or scalar tensors)
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return torch.optim.AdamW(
-        [dict(params=decay, weight_decay=weight_decay), dict(params=rest, weight_decay=0.0)], lr=lr
-    )
-
-
 def _check(name, value, lo=1):
-    if not isinstance(value, int) or value < lo:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ValueError(f"{name}={value!r}: must be an integer >= {lo}")
 
 
-def _train(model, loader, epochs, lr, weight_decay, step, progress, what):
-    "AdamW + warm-up/cosine over `epochs`; `step(model, batch)` returns the loss, or (loss, correct predictions)."
-    opt = _adamw(model, lr, weight_decay)
-    sched = _schedule(opt, epochs * len(loader))
-    history, accuracy, t0 = [], [], time.time()
-    model.train()
-    for ep in range(epochs):
-        tot, right, n = 0.0, 0, 0
-        for batch in loader:
-            out = step(model, batch)
-            loss, correct = out if isinstance(out, tuple) else (out, None)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{what}: loss became {loss.item()} in epoch {ep + 1}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot += loss.item() * len(batch[0])
-            n += len(batch[0])
-            right += int(correct or 0)
-        history.append(tot / n)
-        if correct is not None:
-            accuracy.append(right / n)
-        if progress:
-            print(
-                f"{what} epoch {ep + 1}/{epochs}: loss {history[-1]:.4f}"
-                + (f", accuracy {accuracy[-1]:.3f}" if accuracy else "")
-                + f" ({time.time() - t0:.0f} s)",
-                flush=True,
-            )
+def _pretrain(model, ds, step, settings: dict, path: Path, progress: bool) -> dict:
+    """Train through the engine: AdamW, 10% linear warm-up then cosine, one metrics line per epoch, in a run
+    folder beside the weights file (so an interrupted pre-training resumes). Returns the per-epoch curves."""
+    bs = min(settings["batch_size"], len(ds))  # a contrastive batch needs negatives: full batches only
+    steps = settings["epochs"] * (len(ds) // bs)
+    run = path.with_name(f"run-{path.stem}")
+    cfg = TrainConfig(
+        epochs=settings["epochs"],
+        batch_size=bs,
+        lr=settings["lr"],
+        seed=settings["seed"],
+        weight_decay=settings["weight_decay"],
+        warmup_steps=max(1, steps // 10),
+        log_every=len(ds) // bs,
+        run_dir=str(run),
+        progress=progress,
+        eval_every=0,
+    )
+    res = fit(model, ds, step, cfg)
+    lines = read_metrics(run).dropna(subset=["loss"])
+    curves = dict(loss=lines["loss"].round(5).tolist())
+    if "accuracy" in lines:
+        curves["accuracy"] = lines["accuracy"].round(5).tolist()
     model.eval()
-    return dict(loss=history, **(dict(accuracy=accuracy) if accuracy else {})), time.time() - t0
+    return dict(curves, seconds=round(res.seconds, 1), steps=res.global_step, run=str(run))
 
 # %% ../nbs/11_toy_pretrain.ipynb #15499646
 def clip_loss_on(model: nn.Module, root, n: int = 64) -> float:
@@ -177,7 +155,7 @@ def toy_clip(
         lr=lr,
         weight_decay=weight_decay,
         seed=seed,
-        version=1,
+        version=2,  # 2: trained through the engine
     )
     path = cache_root(cache_dir) / f"toy_clip-{settings_hash(settings)}.safetensors"
     if path.exists() and not force:
@@ -187,28 +165,18 @@ def toy_clip(
     model = open_clip.create_model(TOY_CLIP, pretrained=None)  # random init, both towers
     tfm = train_transform(64, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
     ds = _ToyPairs(world, tfm, open_clip.get_tokenizer(TOY_CLIP))
-    g = torch.Generator().manual_seed(seed)
-    # drop_last: a contrastive batch of 1 has no negatives
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True, generator=g
-    )
-    loss_fn = open_clip.loss.ClipLoss()
+    loss_fn, max_scale = open_clip.loss.ClipLoss(), math.log(100)
 
     def step(m, batch):
+        with torch.no_grad():  # as open_clip's trainer does: the temperature stays at most 100
+            model.logit_scale.clamp_(0, max_scale)
         img, txt, scale = m(*batch)[:3]
-        return loss_fn(img, txt, scale)
+        return loss_fn(img, txt, scale), dict(logit_scale=scale.detach())
 
-    max_scale = math.log(100)
-
-    def step_clamped(m, batch):
-        with torch.no_grad():
-            m.logit_scale.clamp_(0, max_scale)  # as open_clip's trainer does
-        return step(m, batch)
-
-    curves, secs = _train(model, loader, epochs, lr, weight_decay, step_clamped, progress, "toy_clip")
+    card = _pretrain(model, ds, step, settings, path, progress)
     with torch.no_grad():
         model.logit_scale.clamp_(0, max_scale)
-    _save_atomic(model.state_dict(), path, dict(settings, world=str(world), **curves, seconds=round(secs, 1)))
+    _save_atomic(model.state_dict(), path, dict(settings, world=str(world), **card))
     return path
 
 # %% ../nbs/11_toy_pretrain.ipynb #f5face6e
@@ -246,8 +214,8 @@ def toy_imagenet(
         lr=lr,
         weight_decay=weight_decay,
         seed=seed,
-        version=2,
-    )  # 2: accuracy recorded
+        version=3,  # 2: accuracy recorded; 3: trained through the engine
+    )
     path = cache_root(cache_dir) / f"toy_imagenet-{model}-{settings_hash(settings)}.safetensors"
     if path.exists() and not force:
         return path
@@ -259,15 +227,11 @@ def toy_imagenet(
         net = timm.create_model(model, pretrained=False, num_classes=len(CLASSES))  # CNNs take any size
     dc = resolve_data_config({}, model=net)
     ds = _ToyPairs(world, train_transform(64, dc["mean"], dc["std"]))
-    g = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True, generator=g
-    )
 
     def step(m, batch):
         logits = m(batch[0])
-        return F.cross_entropy(logits, batch[1]), (logits.argmax(1) == batch[1]).sum().item()
+        return F.cross_entropy(logits, batch[1]), dict(accuracy=(logits.argmax(1) == batch[1]).float().mean())
 
-    curves, secs = _train(net, loader, epochs, lr, weight_decay, step, progress, f"toy_imagenet[{model}]")
-    _save_atomic(_without_head(net), path, dict(settings, world=str(world), **curves, seconds=round(secs, 1)))
+    card = _pretrain(net, ds, step, settings, path, progress)
+    _save_atomic(_without_head(net), path, dict(settings, world=str(world), **card))
     return path

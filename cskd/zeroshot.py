@@ -18,6 +18,7 @@ import yaml
 
 from .metrics import plcc, srcc
 from .toy import CLASSES as TOY_CLASSES
+from .runs import write_text_atomic
 
 # %% auto #0
 __all__ = ['GENERIC_CLASSES', 'CLASS_LISTS', 'DEFAULT_PROMPTS', 'DEFAULT_PROMPT_SET', 'PromptFileError', 'PromptSet',
@@ -284,11 +285,7 @@ def save_prompts(prompts, path) -> Path:
         spec["classes"] = list(ps.classes)
     if ps.ensemble:
         spec["ensemble"] = True
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
 
 # %% ../nbs/09_zeroshot.ipynb #d638f439
 class ZeroShotScorer:
