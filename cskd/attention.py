@@ -284,12 +284,12 @@ def per_image_metrics(
 
 
 def attention_distance(attn: torch.Tensor, patch_size: float, num_prefix_tokens: int = 1, grid=None) -> torch.Tensor:
-    "Mean attention distance in pixels per head, `(heads,)` float64 (DESIGN.md's definition)."
+    "Mean attention distance in pixels per head, `(heads,)` float64 (as docs/method.md defines it)."
     return per_image_metrics(attn, patch_size, num_prefix_tokens, grid)[0].mean(0)
 
 
 def attention_entropy(attn: torch.Tensor, num_prefix_tokens: int = 1, grid=None) -> torch.Tensor:
-    "Mean attention entropy in nats per head, `(heads,)` float64 (DESIGN.md's definition)."
+    "Mean attention entropy in nats per head, `(heads,)` float64 (as docs/method.md defines it)."
     return per_image_metrics(attn, 1, num_prefix_tokens, grid)[1].mean(0)
 
 # %% ../nbs/08_attention.ipynb #77d1aa05

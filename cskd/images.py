@@ -73,7 +73,7 @@ def _decode(data: bytes, path, draft_size, max_pixels):
 def load_image(
     path, draft_size: int | None = None, allow_truncated: bool = False, max_pixels: int | None = -1
 ) -> Image.Image:
-    "Decode `path` into an RGB `PIL.Image` or raise `BadImageError(path, reason)`. `max_pixels`: -1 = PIL's limit, None = none."
+    "Decode `path` into an RGB `PIL.Image` or raise `BadImageError(path, reason)`; `max_pixels` -1: PIL's, None: none."
     path = Path(path)
     if max_pixels == -1:
         max_pixels = Image.MAX_IMAGE_PIXELS  # read at call time so tests/users can lower it
@@ -271,7 +271,7 @@ def scan(paths, decode: bool = False, max_pixels: int | None = -1) -> dict:
 def preresize_images(
     src, dst, short_side: int = 256, quality: int = 90, exts=(".jpg", ".jpeg", ".png", ".webp", ".bmp")
 ) -> dict:
-    "Copy every image under `src` to `dst` with its short side at most `short_side` (JPEG); returns counts and bad files."
+    "Copy every image under `src` to `dst`, short side at most `short_side` (JPEG); returns counts and bad files."
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"source folder {src} does not exist")

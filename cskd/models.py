@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 import difflib, hashlib, json, os, tempfile
+from importlib.resources import files
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -20,9 +21,9 @@ from timm.data import resolve_data_config
 from .metrics import mean_score
 
 # %% auto #0
-__all__ = ['TOY_CLIP', 'TEST_CLIP', 'MODEL_CONFIGS', 'WeightsUnavailableError', 'UnknownModelError', 'register_model_config',
-           'TeacherOutput', 'CLIPTeacher', 'clip_teacher', 'Encoder', 'encoder', 'CLIPEncoder', 'clip_encoder',
-           'build_encoder', 'Projector', 'IAAHead', 'IAAModel', 'model_info']
+__all__ = ['TOY_CLIP', 'TEST_CLIP', 'MODEL_CONFIG_DIR', 'MODEL_CONFIGS', 'WeightsUnavailableError', 'UnknownModelError',
+           'read_model_configs', 'register_model_config', 'TeacherOutput', 'CLIPTeacher', 'clip_teacher', 'Encoder',
+           'encoder', 'CLIPEncoder', 'clip_encoder', 'build_encoder', 'Projector', 'IAAHead', 'IAAModel', 'model_info']
 
 # %% ../nbs/03_models.ipynb #d4a5419f
 class WeightsUnavailableError(RuntimeError):
@@ -56,25 +57,41 @@ def _weights_error(kind, name, pretrained, cause, how) -> WeightsUnavailableErro
 
 # %% ../nbs/03_models.ipynb #ff8f938b
 TOY_CLIP, TEST_CLIP = "cskd-toy-vit", "cskd-test-vit"
-
-MODEL_CONFIGS = {
-    TOY_CLIP: dict(
-        embed_dim=128,
-        vision_cfg=dict(image_size=64, patch_size=8, width=128, layers=4, head_width=32),
-        text_cfg=dict(context_length=32, vocab_size=49408, width=128, heads=4, layers=2),
-    ),
-    TEST_CLIP: dict(
-        embed_dim=32,
-        vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
-        text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
-    ),
-}
+MODEL_CONFIG_DIR = Path(str(files("cskd") / "model_configs"))  # shipped with the package
+_CFG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 
 
-def register_model_config(name: str, cfg: dict) -> Path:
-    "Register open_clip config `cfg` under `name` (idempotent); returns the JSON file written."
-    if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-        raise ValueError(f"config for '{name}' needs keys embed_dim, vision_cfg, text_cfg; got {sorted(cfg)}")
+def read_model_configs(folder) -> dict:
+    "The open_clip configs `{name: config}` of the `<name>.json` files in `folder`, checked."
+    cfgs = {}
+    for f in sorted(Path(folder).glob("*.json")):
+        try:
+            cfg = json.loads(f.read_text())
+        except ValueError as e:
+            raise ValueError(f"{f}: not a valid JSON open_clip config ({e})") from e
+        if not isinstance(cfg, dict) or not all(k in cfg for k in _CFG_KEYS):
+            raise ValueError(f"{f}: an open_clip config needs keys {', '.join(_CFG_KEYS)}")
+        cfgs[f.stem] = cfg
+    if not cfgs:
+        raise FileNotFoundError(f"no open_clip configs (*.json) in {folder}")
+    return cfgs
+
+
+def _registered(cfgs: dict) -> bool:
+    return all(open_clip.get_model_config(n) == c for n, c in cfgs.items())
+
+
+MODEL_CONFIGS = read_model_configs(MODEL_CONFIG_DIR)
+if not _registered(MODEL_CONFIGS):
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def register_model_config(name: str, cfg: dict) -> Optional[Path]:
+    "Register an extra open_clip config `cfg` under `name`; returns the JSON file written (None: already there)."
+    if not all(k in cfg for k in _CFG_KEYS):
+        raise ValueError(f"config for '{name}' needs keys {', '.join(_CFG_KEYS)}; got {sorted(cfg)}")
+    if _registered({name: cfg}):
+        return None
     text = json.dumps(cfg, sort_keys=True, indent=1)
     folder = (
         Path(tempfile.gettempdir())
@@ -87,13 +104,8 @@ def register_model_config(name: str, cfg: dict) -> Path:
         tmp = folder / f".{name}.{os.getpid()}.tmp"
         tmp.write_text(text)
         os.replace(tmp, path)
-    if open_clip.get_model_config(name) != json.loads(text):
-        open_clip.add_model_config(folder)
+    open_clip.add_model_config(folder)
     return path
-
-
-for _n, _c in MODEL_CONFIGS.items():
-    register_model_config(_n, _c)
 
 # %% ../nbs/03_models.ipynb #84f78333
 class TeacherOutput(NamedTuple):
@@ -265,7 +277,7 @@ def _check_timm_name(name: str):
 
 
 def encoder(model_name: str, pretrained=False, drop_path_rate: float = 0.0, img_size=None, **kw) -> Encoder:
-    "An `Encoder` around `timm.create_model(model_name, num_classes=0, ...)`; `pretrained`: False, True or a local file."
+    "An `Encoder` around `timm.create_model(model_name, num_classes=0, ...)`; `pretrained`: False, True or a file."
     _check_timm_name(model_name)
     kw = dict(kw, num_classes=0)
     if drop_path_rate:
@@ -348,7 +360,7 @@ def clip_encoder(model_name: str, pretrained=None, **overrides) -> CLIPEncoder:
 
 # %% ../nbs/03_models.ipynb #57a7a56e
 def build_encoder(spec: str, pretrained=None, image_size=None, drop_path_rate: float = 0.0) -> Encoder:
-    "An `Encoder` from `'clip:<open_clip name>'` or `'[timm:]<timm name>'`, with optional weights (a tag, True, or a file)."
+    "An `Encoder` from `'clip:<open_clip name>'` or `'[timm:]<timm name>'`, with optional weights (tag, True, file)."
     if spec.startswith("clip:"):
         if drop_path_rate:
             warnings.warn(

@@ -172,7 +172,7 @@ def embed(
     weights=None,
     progress: bool = True,
 ) -> tuple[list[str], np.ndarray]:
-    "Pooled embeddings `(ids, X)` (X: float32 (N, D), float16 precision) of `dataset`, cached in `cache_dir` when given."
+    "Pooled embeddings `(ids, X)` (X: float32 (N, D), float16 precision) of `dataset`, cached in `cache_dir` if given."
     if cache_dir is None:
         ids, X = _compute(model, dataset, batch_size, num_workers, device, progress)
         return ids, X.astype(np.float16).astype(np.float32)

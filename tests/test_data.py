@@ -1,4 +1,6 @@
-"""Integration tests of cskd.images / cskd.data on real files: every bad image kind, DataLoader workers, the toy world."""
+"""Integration tests of cskd.images / cskd.data on real files: datasets that skip or raise on every bad image kind,
+in one process and in DataLoader workers; AVA files and splits; the toy world. How `load_image` and `scan` treat each
+kind of file on its own is pinned in nbs/01_images.ipynb."""
 
 import warnings
 from pathlib import Path
@@ -9,7 +11,7 @@ import pandas as pd
 import pytest
 import skimage
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 
 from cskd.data import (
     BadImageError,
@@ -17,14 +19,12 @@ from cskd.data import (
     UnlabeledPool,
     collate_skip_none,
     eval_transform,
-    load_image,
     random_split,
     read_ava,
     read_split,
     train_transform,
     votes_to_dist,
     write_split,
-    scan,
     LabelFileError,
 )
 
@@ -77,53 +77,6 @@ def files(tmp_path_factory):
 def low_bomb_limit(monkeypatch):
     # bomb.png is 6.25 Mpx (~8 kB on disk); lowering PIL's limit makes it a bomb, as a 100k x 100k header would be
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4_000_000)
-
-
-def test_every_kind_loads_or_fails_clearly(files, low_bomb_limit):
-    d, good, bad = files
-    for name, size in good.items():
-        im = load_image(d / name)
-        assert im.mode == "RGB" and im.size == size, name
-    for name, size in good.items():  # draft decoding: smaller, still >= the asked size on both sides
-        im = load_image(d / name, draft_size=100)
-        assert im.mode == "RGB" and min(im.size) >= 100
-        if name.endswith(".jpg"):
-            assert im.size[0] < size[0]
-    for name, reason in bad.items():
-        with pytest.raises(BadImageError) as e:
-            load_image(d / name)
-        assert reason in e.value.reason and str(d / name) in str(e.value), (name, str(e.value))
-
-
-def test_mode_values(files):
-    d, _, _ = files
-    ref = np.asarray(_photo(), np.float32)
-    grey = np.asarray(_photo().convert("L"), np.float32)
-    assert np.abs(np.asarray(load_image(d / "cmyk.jpg"), np.float32) - ref).mean() < 8
-    g16 = np.asarray(load_image(d / "g16.png"), np.float32)
-    assert np.abs(g16[..., 0] - grey).max() <= 1  # 16-bit range scaled back to 8 bits, not clipped
-    rgba = np.asarray(load_image(d / "rgba.png"), np.float32)  # half transparent over white
-    assert np.abs(rgba - (ref * 128 + 255 * 127) / 255).max() <= 2
-    pal = Image.open(d / "pal.png")
-    idx0 = np.asarray(pal) == 0
-    assert idx0.any() and (np.asarray(load_image(d / "pal.png"))[idx0] == 255).all()
-
-
-def test_truncated_is_local(files):
-    d, _, _ = files
-    assert not ImageFile.LOAD_TRUNCATED_IMAGES
-    with pytest.warns(UserWarning, match="trunc.jpg"):
-        im = load_image(d / "trunc.jpg", allow_truncated=True)
-    assert im.size == (512, 512) and not ImageFile.LOAD_TRUNCATED_IMAGES
-    with pytest.raises(BadImageError, match="truncated"):
-        load_image(d / "trunc.jpg")  # the option did not leak
-
-
-def test_scan_header_check(files, low_bomb_limit):
-    d, good, bad = files
-    paths = [d / n for n in [*good, *bad]]
-    assert set(scan(paths)) == {str(d / n) for n in bad}
-    assert set(scan(paths, decode=True)) == {str(d / n) for n in bad}
 
 
 def _labels(names):
