@@ -252,7 +252,7 @@ def test_unsupported_models_are_named():
 
 
 def brute_force(attn: np.ndarray, patch_size: float, npre: int, g: int):
-    """DESIGN.md's definition with plain Python loops: (heads,) distance and entropy."""
+    """the definition in docs/method.md with plain Python loops: (heads,) distance and entropy."""
     B, H, T, _ = attn.shape
     pts = [(r, c) for r in range(g) for c in range(g)]
     N = len(pts)

@@ -17,8 +17,8 @@ from cskd.probe import (
     embed,
     probe_backbone,
     probe_datasets,
-    weights_hash,
 )
+from cskd.runs import weights_fingerprint
 from cskd.toy import make_toy_world
 
 
@@ -142,7 +142,7 @@ def test_weights_key_by_file_or_tag_and_corrupt_cache(tmp_path, world, teacher):
         assert c.n == 48
     finally:
         c.h.remove()
-    assert weights_hash(teacher.clip.visual) == weights_hash(teacher.clip.visual)
+    assert weights_fingerprint(teacher.clip.visual) == weights_fingerprint(teacher.clip.visual)
 
 
 def test_unreadable_images_are_skipped(tmp_path, world, teacher):
