@@ -19,6 +19,7 @@ from .data import read_split
 from .images import eval_transform, load_image
 from .models import build_encoder, clip_teacher
 from .teacher_cache import teacher_input
+from .trained import aligned_encoder, iaa_model_from_run
 
 # %% auto #0
 __all__ = ['SPEC_PREFIXES', 'parse_spec', 'check_spec', 'load_vit', 'split_images', 'model_input', 'metric_label',
@@ -60,24 +61,6 @@ def check_spec(spec: str, what: str = "spec") -> tuple[str, str, str | None]:
     return prefix, arg, weights
 
 # %% ../nbs/08b_collapse.ipynb #5c99b2c1
-def _align_encoder(run: Path) -> nn.Module:
-    from cskd.align import AlignConfig
-    from cskd.iaa import load_encoder_weights
-
-    saved = json.loads((run / "config.json").read_text())
-    if "student" not in saved or "image_size" not in saved:
-        raise ValueError(
-            f"{run / 'config.json'} has no 'student' / 'image_size': is {run} a phase-1 (align) run folder?"
-        )
-    known = AlignConfig.__dataclass_fields__
-    cfg = AlignConfig(
-        **{k: v for k, v in saved.items() if k in known and k not in ("device", "precision", "student_pretrained")}
-    )
-    enc = build_encoder(cfg.student, None, cfg.image_size, cfg.drop_path)
-    load_encoder_weights(enc, run, prefix="encoder.")
-    return enc
-
-
 def load_vit(spec: str, image_size: int | None = None, what: str = "spec") -> nn.Module:
     "The ViT of a model spec (see the table above) in eval mode, with `mean`, `std`, `image_size`, `normalize`."
     prefix, arg, weights = check_spec(spec, what)
@@ -87,11 +70,9 @@ def load_vit(spec: str, image_size: int | None = None, what: str = "spec") -> nn
         w = {"true": True, "false": None}.get(weights.lower(), weights) if weights else None
         model = build_encoder("timm:" + arg, w, image_size)
     elif prefix == "align":
-        model = _align_encoder(Path(arg))
+        model = aligned_encoder(arg)
     else:
-        from cskd.distill import teacher_from_run
-
-        model = teacher_from_run(arg)[0].encoder
+        model = iaa_model_from_run(arg, "the collapse study")[0].encoder
     try:
         unwrap_vit(model)
     except TypeError as e:

@@ -19,25 +19,18 @@ from torch import nn
 
 from .config import ConfigError, param, register_phase
 from .data import UnlabeledPool, eval_transform, read_split, train_transform
-from .engine import fit
-from cskd.iaa import (
-    FINETUNE_DEFAULTS,
-    FinetuneConfig,
-    build_iaa_model,
-    checkpoint_file,
-    iaa_splits,
-    load_encoder_weights,
-    predict,
-    prediction_metrics,
-)
+from .engine import find_weights, fit, load_weights
+from .iaa import FINETUNE_DEFAULTS, FinetuneConfig, iaa_splits, predict, prediction_metrics
+from .images import collate_skip_none
+from .trained import iaa_model_from_run
 from .losses import emd_loss, kl_loss
 from .metrics import mean_score
 from .runs import write_text_atomic
 from .models import IAAHead, IAAModel, build_encoder
 
 # %% auto #0
-__all__ = ['DISTILL_DEFAULTS', 'DistillConfig', 'teacher_from_run', 'pseudo_labels', 'confident', 'SemiSupervised', 'rampup',
-           'MutualPair', 'distill_step', 'distill']
+__all__ = ['DISTILL_DEFAULTS', 'DistillConfig', 'pseudo_labels', 'confident', 'SemiSupervised', 'rampup', 'MutualPair',
+           'distill_step', 'distill']
 
 # %% ../nbs/07_distill.ipynb #65502bca
 @dataclass
@@ -73,24 +66,6 @@ class DistillConfig(FinetuneConfig):
 DISTILL_DEFAULTS = dict(FINETUNE_DEFAULTS)
 
 # %% ../nbs/07_distill.ipynb #1a6971d4
-def teacher_from_run(run_dir) -> tuple[IAAModel, FinetuneConfig]:
-    "The IAA model of a fine-tuning or distillation run folder (of a mutual run: student `a`), with its best (else last) weights, in eval mode."
-    run = Path(run_dir)
-    cfg_file = run / "config.json"
-    if not cfg_file.exists():
-        raise FileNotFoundError(f"{cfg_file} does not exist: is {run} a fine-tuning run folder?")
-    saved = json.loads(cfg_file.read_text())
-    known = FinetuneConfig.__dataclass_fields__
-    cfg = FinetuneConfig(
-        **{k: v for k, v in saved.items() if k in known and k not in ("device", "precision", "init", "pretrained")}
-    )
-    model = build_iaa_model(cfg)
-    load_encoder_weights(
-        model, run, prefix="a." if saved.get("mutual") else ""
-    )  # a mutual run: its first student, the one it reports
-    return model.eval(), cfg
-
-
 def _pool_key(teacher_file: Path, ids, tta: bool, size: int) -> str:
     h = hashlib.sha256()
     st = teacher_file.stat()
@@ -217,83 +192,70 @@ def distill_step(model, batch, info, cfg: DistillConfig):
 def _student(cfg: DistillConfig, encoder: str, init) -> IAAModel:
     enc = build_encoder(encoder, cfg.pretrained, cfg.image_size, cfg.drop_path)
     if init:
-        load_encoder_weights(enc, init)
+        load_weights(enc, init, prefix="encoder.")
     return IAAModel(enc, IAAHead(enc.dim, kind="dist", dropout=cfg.dropout))
 
 
-def distill(cfg: DistillConfig) -> dict:
-    "Phase 2c: train the student on labels plus the teacher's pseudo-labels; returns flat metrics."
-    teacher, tcfg = teacher_from_run(cfg.teacher_run)
-    torch.manual_seed(cfg.seed)
-    student = _student(cfg, cfg.encoder, cfg.init)
-    model = (
-        MutualPair(student, _student(cfg, cfg.peer_encoder or cfg.encoder, cfg.peer_init or cfg.init))
-        if cfg.mutual
-        else student
-    )
-    enc = student.encoder
-    data = iaa_splits(cfg, enc.mean, enc.std)
+def _pool(cfg: DistillConfig, transform) -> UnlabeledPool:
+    "The unlabeled pool; evaluation images stay out (test unless include_test, val too: it selects checkpoints)."
     root = Path(cfg.data_root)
-    sources = cfg.pool_sources or [str(root / cfg.images)]
-    # evaluation images stay out of the pool: test always (unless include_test), val too, since it selects checkpoints
     exclude = read_split(root / cfg.test_split) + read_split(root / cfg.val_split)
-    tpool = UnlabeledPool(
-        sources,
+    pool = UnlabeledPool(
+        cfg.pool_sources or [str(root / cfg.images)],
         exclude_ids=exclude,
         include_test=cfg.include_test,
-        transform=eval_transform(tcfg.image_size, teacher.encoder.mean, teacher.encoder.std),
+        transform=transform,
         on_error=cfg.on_bad_image,
     )
     if cfg.pool_limit:
-        tpool.paths, tpool.ids = tpool.paths[: cfg.pool_limit], tpool.ids[: cfg.pool_limit]
-    tfile = checkpoint_file(cfg.teacher_run)
-    pseudo = pseudo_labels(
-        teacher,
-        tpool,
-        Path(cfg.run_dir) / "teacher_predictions.csv" if cfg.run_dir else None,
-        _pool_key(tfile, tpool.ids, cfg.tta, tcfg.image_size),
-        cfg.tta,
-        cfg.eval_batch_size,
-        cfg.progress,
-    )
-    kept = confident(pseudo, cfg.confidence)
-    spool = UnlabeledPool(
-        sources,
-        exclude_ids=exclude,
-        include_test=cfg.include_test,
-        transform=train_transform(cfg.image_size, enc.mean, enc.std, scale=(cfg.crop_scale, 1.0)),
-        on_error=cfg.on_bad_image,
-    )
-    train = SemiSupervised(data["train"], spool, kept)
-    evaluate = lambda m: {
-        f"val_{k}": v for k, v in prediction_metrics(predict(m, data["val"], cfg.eval_batch_size)).items()
-    }
-    from cskd.data import collate_skip_none
+        pool.paths, pool.ids = pool.paths[: cfg.pool_limit], pool.ids[: cfg.pool_limit]
+    return pool
 
-    train_cfg = dataclasses.replace(cfg, head_prefixes=("a.head", "b.head")) if cfg.mutual else cfg
-    res = fit(
-        model,
-        train,
-        lambda m, b, info: distill_step(m, b, info, cfg),
-        train_cfg,
-        eval_fn=lambda m: evaluate(m.a if cfg.mutual else m),
-        collate_fn=collate_skip_none,
-    )
-    if res.best_checkpoint is not None:
-        load_encoder_weights(model, res.best_checkpoint, prefix="")
-    out = dict(n_labeled=len(data["train"]), n_pseudo=len(kept), n_pool=len(tpool))
+
+def _teacher_labels(cfg: DistillConfig) -> tuple[pd.DataFrame, int]:
+    "The teacher's confident pseudo-labels on the pool (cached next to the student's run), and the pool's size."
+    teacher, tcfg = iaa_model_from_run(cfg.teacher_run, "distillation's teacher_run")
+    pool = _pool(cfg, eval_transform(tcfg.image_size, teacher.encoder.mean, teacher.encoder.std))
+    key = _pool_key(find_weights(cfg.teacher_run), pool.ids, cfg.tta, tcfg.image_size)
+    cache = Path(cfg.run_dir) / "teacher_predictions.csv" if cfg.run_dir else None
+    pseudo = pseudo_labels(teacher, pool, cache, key, cfg.tta, cfg.eval_batch_size, cfg.progress)
+    return confident(pseudo, cfg.confidence), len(pool)
+
+
+def _test_metrics(cfg: DistillConfig, model, student, data) -> dict:
+    out = {}
     for split in ("val", "test"):
         pred = predict(student, data[split], cfg.eval_batch_size)
         out.update({f"{split}_{k}": v for k, v in prediction_metrics(pred).items()})
         if cfg.run_dir:
             pred.to_csv(Path(cfg.run_dir) / f"predictions_{split}.csv", index=False)
     if cfg.mutual:
-        out.update(
-            {
-                f"peer_test_{k}": v
-                for k, v in prediction_metrics(predict(model.b, data["test"], cfg.eval_batch_size)).items()
-            }
-        )
+        peer = prediction_metrics(predict(model.b, data["test"], cfg.eval_batch_size))
+        out.update({f"peer_test_{k}": v for k, v in peer.items()})
+    return out
+
+
+def distill(cfg: DistillConfig) -> dict:
+    "Phase 2c: train the student on labels plus the teacher's pseudo-labels; returns flat metrics."
+    kept, n_pool = _teacher_labels(cfg)
+    torch.manual_seed(cfg.seed)
+    student = _student(cfg, cfg.encoder, cfg.init)
+    peer = _student(cfg, cfg.peer_encoder or cfg.encoder, cfg.peer_init or cfg.init) if cfg.mutual else None
+    model = MutualPair(student, peer) if cfg.mutual else student
+    enc = student.encoder
+    data = iaa_splits(cfg, enc.mean, enc.std)
+    spool = _pool(cfg, train_transform(cfg.image_size, enc.mean, enc.std, scale=(cfg.crop_scale, 1.0)))
+    train = SemiSupervised(data["train"], spool, kept)
+    val = lambda m: {f"val_{k}": v for k, v in prediction_metrics(predict(m, data["val"], cfg.eval_batch_size)).items()}
+    train_cfg = dataclasses.replace(cfg, head_prefixes=("a.head", "b.head")) if cfg.mutual else cfg
+    step = lambda m, b, info: distill_step(m, b, info, cfg)
+    eval_fn = lambda m: val(m.a if cfg.mutual else m)
+    res = fit(model, train, step, train_cfg, eval_fn=eval_fn, collate_fn=collate_skip_none)
+    if res.best_checkpoint is not None:
+        load_weights(model, res.best_checkpoint)
+    out = dict(
+        n_labeled=len(data["train"]), n_pseudo=len(kept), n_pool=n_pool, **_test_metrics(cfg, model, student, data)
+    )
     out.update(best_step=res.best_step, steps=res.global_step)
     if cfg.run_dir:
         write_text_atomic(Path(cfg.run_dir) / "results.json", json.dumps(out, indent=1) + "\n")

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from safetensors import safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 from fastcore.basics import patch
 
 from .config import ConfigError, check_fields, param
@@ -32,9 +32,9 @@ with warnings.catch_warnings():  # tqdm.auto warns once when ipywidgets is missi
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'TrainConfig', 'lr_factor', 'mix_seed', 'StepBatchSampler', 'build_param_groups', 'find_checkpoint',
-           'save_checkpoint', 'CheckpointWriteError', 'CheckpointError', 'load_checkpoint', 'load_weights',
-           'RunLockedError', 'is_main_process', 'NonFiniteLossError', 'TrainingInterrupted', 'StepInfo', 'TrainState',
-           'FitResult', 'resolve_device', 'resolve_precision', 'get_autocast', 'Hook', 'Fit', 'fit']
+           'save_checkpoint', 'CheckpointWriteError', 'CheckpointError', 'load_checkpoint', 'find_weights',
+           'load_weights', 'RunLockedError', 'is_main_process', 'NonFiniteLossError', 'TrainingInterrupted', 'StepInfo',
+           'TrainState', 'FitResult', 'resolve_device', 'resolve_precision', 'get_autocast', 'Hook', 'Fit', 'fit']
 
 # %% ../nbs/04_engine.ipynb #2163bce3
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -379,33 +379,55 @@ def load_checkpoint(path, model: Optional[nn.Module] = None, optimizer=None, map
     return state
 
 
-def load_weights(model: nn.Module, path, strict: bool = True) -> nn.Module:
-    "Load safetensors weights (a `.safetensors` file or a checkpoint folder) into `model`, naming any mismatch."
-    path = Path(path)
-    if path.is_dir() or not path.suffix:
-        found = find_checkpoint(path)
-        path = (found or path) / "model.safetensors"
-    if not path.exists():
-        raise FileNotFoundError(f"no weights file at {path}")
-    own = model.state_dict()
+def find_weights(path) -> Path:
+    "The weights file of a file, a checkpoint folder or a run folder (its `best` checkpoint, else `last`; `.old-` too)."
+    p = Path(path)
+    if p.is_file():
+        return p
+    for ck in (p, p / "checkpoints" / "best", p / "checkpoints" / "last"):
+        found = find_checkpoint(ck)
+        if found is not None and (found / "model.safetensors").is_file():
+            return found / "model.safetensors"
+    raise FileNotFoundError(f"no model.safetensors in {p} (looked in it, in checkpoints/best and in checkpoints/last)")
+
+
+def _file_shapes(f: Path) -> dict:
     try:
-        with safe_open(str(path), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        with safe_open(str(f), framework="pt") as sf:
+            return {k: tuple(sf.get_slice(k).get_shape()) for k in sf.keys()}
     except Exception as e:
-        raise CheckpointError(f"{path}: not a valid safetensors file ({str(e).strip()})") from None
+        raise CheckpointError(f"{f}: not a valid safetensors file ({str(e).strip()})") from None
+
+
+def _listed(keys, n: int = 10) -> str:
+    keys = sorted(keys)
+    return f"{keys[:n]}{' ...' if len(keys) > n else ''}"
+
+
+def load_weights(model: nn.Module, path, prefix: str = "", strict: bool = True) -> nn.Module:
+    """Load safetensors weights into `model`: a file, a checkpoint folder or a run folder (see `find_weights`).
+    With `prefix`, only the keys under it (`encoder.` of a phase-1 run), without it. Mismatches are named."""
+    f = find_weights(path)
+    shapes = {k[len(prefix) :]: s for k, s in _file_shapes(f).items() if k.startswith(prefix)}
+    if prefix and not shapes:
+        raise ValueError(f"{f} holds no weights under '{prefix}'")
+    own = model.state_dict()
     bad = [
-        f"{k}: file {shapes[k]} vs model {tuple(own[k].shape)}"
-        for k in shapes
-        if k in own and shapes[k] != tuple(own[k].shape)
+        f"{k}: file {s} vs model {tuple(own[k].shape)}"
+        for k, s in shapes.items()
+        if k in own and s != tuple(own[k].shape)
     ]
     if bad:
-        raise ValueError(f"{path}: weights do not fit {type(model).__name__}; shape mismatch: " + "; ".join(bad[:10]))
-    missing, unexpected = load_model(model, str(path), strict=False)
+        raise ValueError(f"{f}: weights do not fit {type(model).__name__}; shape mismatch: " + "; ".join(bad[:10]))
+    if prefix:
+        sd = {k[len(prefix) :]: v for k, v in load_file(str(f)).items() if k.startswith(prefix)}
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    else:  # safetensors' own loader restores tensors that save_model stored once for several names
+        missing, unexpected = load_model(model, str(f), strict=False)
     if strict and (missing or unexpected):
         raise ValueError(
-            f"{path}: weights do not fit {type(model).__name__}; missing keys: {sorted(missing)[:10]}"
-            f"{' ...' if len(missing) > 10 else ''}; unexpected keys: {sorted(unexpected)[:10]}"
-            f"{' ...' if len(unexpected) > 10 else ''}"
+            f"{f}: weights{f' under {prefix!r}' if prefix else ''} do not fit {type(model).__name__} "
+            f"{getattr(model, 'name', '')}; missing keys: {_listed(missing)}; unexpected keys: {_listed(unexpected)}"
         )
     return model
 

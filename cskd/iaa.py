@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from .config import ConfigError, param, register_phase
@@ -26,7 +25,7 @@ from cskd.data import (
     read_split,
     train_transform,
 )
-from .engine import CheckpointError, TrainConfig, fit
+from .engine import TrainConfig, fit, load_weights
 from .losses import emd_loss, score_loss
 from .metrics import iaa_metrics, mean_score
 from .models import IAAHead, IAAModel, build_encoder
@@ -34,8 +33,7 @@ from .runs import write_text_atomic
 
 # %% auto #0
 __all__ = ['LABEL_FORMATS', 'FINETUNE_DEFAULTS', 'FinetuneConfig', 'finetune_config', 'read_labels', 'iaa_splits',
-           'checkpoint_file', 'load_encoder_weights', 'build_iaa_model', 'iaa_loss', 'predict', 'prediction_metrics',
-           'finetune']
+           'build_iaa_model', 'iaa_loss', 'predict', 'prediction_metrics', 'finetune']
 
 # %% ../nbs/06_iaa.ipynb #27858f75
 LABEL_FORMATS = ("ava",) + tuple(k.lower() for k in CSV_MAPPINGS)
@@ -140,43 +138,10 @@ def iaa_splits(cfg: FinetuneConfig, mean, std) -> dict:
     return out
 
 # %% ../nbs/06_iaa.ipynb #33487576
-def checkpoint_file(path) -> Path:
-    "The weights file of a run folder, a checkpoint folder or a file (best checkpoint first)."
-    p = Path(path)
-    for c in (
-        p,
-        p / "model.safetensors",
-        p / "checkpoints" / "best" / "model.safetensors",
-        p / "checkpoints" / "last" / "model.safetensors",
-    ):
-        if c.is_file():
-            return c
-    raise FileNotFoundError(f"no model.safetensors in {p} (looked in it, in checkpoints/best and in checkpoints/last)")
-
-
-def load_encoder_weights(encoder: torch.nn.Module, path, prefix: str = "encoder.") -> Path:
-    "Load the `prefix` keys of a checkpoint into `encoder`; errors name missing and unexpected keys."
-    f = checkpoint_file(path)
-    try:
-        tensors = load_file(str(f))
-    except Exception as e:
-        raise CheckpointError(f"{f}: not a valid safetensors file ({str(e).strip()})") from None
-    sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    if not sd:
-        raise ValueError(f"{f} holds no weights under '{prefix}'")
-    missing, unexpected = encoder.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{f} does not fit {type(encoder).__name__} ({getattr(encoder, 'name', '')}): "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-        )
-    return f
-
-
 def build_iaa_model(cfg: FinetuneConfig) -> IAAModel:
     enc = build_encoder(cfg.encoder, cfg.pretrained, cfg.image_size, cfg.drop_path)
     if cfg.init:
-        load_encoder_weights(enc, cfg.init)
+        load_weights(enc, cfg.init, prefix="encoder.")
     return IAAModel(enc, IAAHead(enc.dim, kind=cfg.head, dropout=cfg.dropout))
 
 # %% ../nbs/06_iaa.ipynb #000e5ecf
@@ -246,7 +211,7 @@ def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
         model, data["train"], lambda m, b: iaa_loss(m, b, cfg.loss), cfg, eval_fn=eval_fn, collate_fn=collate_skip_none
     )
     if res.best_checkpoint is not None:
-        load_encoder_weights(model, res.best_checkpoint, prefix="")
+        load_weights(model, res.best_checkpoint)
     out = {}
     for split in ("val", "test"):
         pred = predict(model, data[split], cfg.eval_batch_size)

@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -20,55 +18,22 @@ from .data import IMG_EXTS, _ImageItems
 from .images import collate_skip_none, eval_transform, load_image
 from .metrics import mean_score
 from .runs import write_text_atomic
+from .trained import iaa_model_from_run
 
 # %% auto #0
-__all__ = ['find_run_config', 'load_scorer', 'collect_paths', 'ScoreImages', 'as_scorer', 'score_images', 'score_summary',
-           'plot_scores']
+__all__ = ['load_scorer', 'collect_paths', 'ScoreImages', 'as_scorer', 'score_images', 'score_summary', 'plot_scores']
 
 # %% ../nbs/12_predict.ipynb #211ccedb
-def find_run_config(checkpoint, levels: int = 3) -> Path:
-    "The `config.json` of the run a checkpoint file belongs to: next to it or up to `levels` folders above."
-    f = Path(checkpoint)
-    looked = []
-    for d in [f.parent, *list(f.parent.parents)[:levels]]:
-        looked.append(str(d))
-        if (d / "config.json").is_file():
-            return d / "config.json"
-    raise FileNotFoundError(
-        f"no config.json next to checkpoint {f} (looked in {', '.join(looked)}): the run's config says which "
-        "encoder and head the weights belong to; pass the run folder instead (--run RUN_DIR), or copy the "
-        "run's config.json next to the checkpoint"
-    )
-
-
-def _link(src: Path, dst: Path):
-    try:
-        os.symlink(src.resolve(), dst)
-    except OSError:
-        shutil.copy(src, dst)  # file systems without symlinks
-
-
 def load_scorer(run=None, checkpoint=None, device="cpu"):
     "`(model, config)` of a fine-tuning or distillation run: `run` (best, else last checkpoint) or a `checkpoint` file."
-    from cskd.distill import teacher_from_run
-
     if (run is None) == (checkpoint is None):
         raise ValueError("give exactly one of run (a run folder) or checkpoint (a model.safetensors file)")
-    if run is not None:
-        if not Path(run).is_dir():
-            raise FileNotFoundError(f"run folder {run} does not exist")
-        model, cfg = teacher_from_run(run)
-    else:
-        f = Path(checkpoint)
-        if not f.is_file():
-            raise FileNotFoundError(
-                f"checkpoint {f} does not exist" + (" (it is a folder: pass --run)" if f.is_dir() else "")
-            )
-        conf = find_run_config(f)
-        with tempfile.TemporaryDirectory(prefix="cskd-scorer-") as d:
-            _link(conf, Path(d) / "config.json")
-            _link(f, Path(d) / "model.safetensors")
-            model, cfg = teacher_from_run(d)
+    if run is not None and not Path(run).is_dir():
+        raise FileNotFoundError(f"run folder {run} does not exist")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        folder = " (it is a folder: pass --run)" if Path(checkpoint).is_dir() else ""
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist{folder}")
+    model, cfg = iaa_model_from_run(run if run is not None else checkpoint, "scoring")
     return model.to(device).eval(), cfg
 
 # %% ../nbs/12_predict.ipynb #92a9407b

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from cskd.collapse import collapse_study, load_vit, split_images
-from cskd.iaa import checkpoint_file
+from cskd.engine import find_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "nbs" / "experiments" / "collapse.ipynb"
@@ -65,14 +65,14 @@ def test_default_run_writes_metrics_and_figures(default_run):
 
 def test_load_vit_restores_the_runs_weights(default_run):
     s = default_run / "run" / "standins"
-    sd = load_file(str(checkpoint_file(s / "align")))
+    sd = load_file(str(find_weights(s / "align")))
     enc = load_vit(f"align:{s / 'align'}")
     assert enc.image_size == 64 and not enc.training
     for k, v in enc.state_dict().items():
         assert torch.equal(v, sd["encoder." + k]), k
     for run in ("vit_aligned_iaa", "clip_iaa"):
-        sd = load_file(str(checkpoint_file(s / run)))
-        assert "best" in str(checkpoint_file(s / run))
+        sd = load_file(str(find_weights(s / run)))
+        assert "best" in str(find_weights(s / run))
         enc = load_vit(f"finetune:{s / run}")
         for k, v in enc.state_dict().items():
             assert torch.equal(v, sd["encoder." + k]), (run, k)
