@@ -95,11 +95,14 @@ def main(argv=None):
             )
             backends["onnxruntime"][n] = lambda x, s=ex.session: s.run(None, {"image": x})
     print(
-        f"teacher {a.teacher} ({params['teacher']:.1f} M params) vs student {a.student} ({params['student']:.1f} M params), "
-        f"{size} px, CPU, {threads} threads, median of {a.reps} (batch 1) / {a.reps_32} (batch 32) alternating calls after warm-up"
+        f"teacher {a.teacher} ({params['teacher']:.1f} M params) vs student {a.student} ({params['student']:.1f} M "
+        "params), "
+        f"{size} px, CPU, {threads} threads, median of {a.reps} (batch 1) / {a.reps_32} (batch 32) alternating calls "
+        "after warm-up"
     )
     print(
-        f"{'backend':12s} {'batch':>5s} {'teacher ms':>11s} {'student ms':>11s} {'teacher/student':>16s} {'student img/s':>14s}  (min..max ms: teacher | student)"
+        f"{'backend':12s} {'batch':>5s} {'teacher ms':>11s} {'student ms':>11s} {'teacher/student':>16s} "
+        f"{'student img/s':>14s}  (min..max ms: teacher | student)"
     )
     ratio1 = None
     rng = np.random.default_rng(0)

@@ -101,7 +101,8 @@ def align_pool(cfg: AlignConfig) -> UnlabeledPool:
     for f in [] if cfg.include_test else (cfg.exclude_split or []):
         if not Path(f).is_file():
             raise ConfigError(
-                f"parameter 'exclude_split': {f} is not a file (set include_test=True or exclude_split=None to use no exclusion)"
+                f"parameter 'exclude_split': {f} is not a file (set include_test=True or exclude_split=None to use no "
+                "exclusion)"
             )
         excl += read_split(f)
     for s in cfg.pool_sources:
@@ -114,7 +115,8 @@ def align_pool(cfg: AlignConfig) -> UnlabeledPool:
         pool.paths, pool.ids = pool.paths[: cfg.pool_limit], pool.ids[: cfg.pool_limit]
     if len(pool) < cfg.batch_size:
         raise ConfigError(
-            f"parameter 'pool_sources': the pool has {len(pool)} images, fewer than batch_size={cfg.batch_size}\n{pool.pool_summary()}"
+            f"parameter 'pool_sources': the pool has {len(pool)} images, fewer than "
+            f"batch_size={cfg.batch_size}\n{pool.pool_summary()}"
         )
     return pool
 
@@ -147,13 +149,15 @@ def build_align_model(cfg: AlignConfig, teacher) -> AlignModel:
 
 
 def align_target(target: torch.Tensor, loss: str = "fd") -> torch.Tensor:
-    "What the student regresses: for `fd` the teacher output whitened per vector (LayerNorm, no parameters); else the raw output."
+    """What the student regresses: for `fd` the teacher output whitened per vector (LayerNorm, no parameters); else the
+    raw output."""
     target = target.float()
     return F.layer_norm(target, target.shape[-1:]) if loss == "fd" else target
 
 
 def align_loss(pred: torch.Tensor, target: torch.Tensor, loss: str = "fd", beta: float = 2.0) -> torch.Tensor:
-    "Alignment loss between projected student features and raw teacher outputs of the same shape; mean over vectors and channels."
+    """Alignment loss between projected student features and raw teacher outputs of the same shape; mean over vectors
+    and channels."""
     if pred.shape != target.shape:
         raise ValueError(f"student {tuple(pred.shape)} and teacher {tuple(target.shape)} shapes differ")
     pred, y = pred.float(), align_target(target, loss)

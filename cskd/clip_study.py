@@ -44,7 +44,8 @@ PAPER_RECIPE = dict(
 
 
 def paper_finetune_config(encoder: str, **kw) -> FinetuneConfig:
-    "The paper's fine-tuning recipe for `encoder` ('clip:<open_clip name>' or a timm name) as a `FinetuneConfig`; `kw` override it."
+    """The paper's fine-tuning recipe for `encoder` ('clip:<open_clip name>' or a timm name) as a `FinetuneConfig`;
+    `kw` override it."""
     return FinetuneConfig(**{**PAPER_RECIPE, "encoder": encoder, **kw})
 
 # %% ../nbs/09c_clip_study.ipynb #f4396638
@@ -138,7 +139,8 @@ def _curve(run_dir, metric: str) -> pd.DataFrame:
     key = metric if metric.startswith("eval/") else f"eval/{metric}"
     if key not in m.columns:
         raise KeyError(
-            f"{Path(run_dir) / 'metrics.jsonl'} has no '{key}'; it has {sorted(c for c in m.columns if c.startswith('eval/'))}"
+            f"{Path(run_dir) / 'metrics.jsonl'} has no '{key}'; it has "
+            f"{sorted(c for c in m.columns if c.startswith('eval/'))}"
         )
     return m.dropna(subset=[key])[["epoch", key]].rename(columns={key: "value"}).reset_index(drop=True)
 
@@ -153,7 +155,8 @@ def epochs_run(run_dir, metric: str = "val_emd2", mode: str = "min") -> dict:
 
 
 def plot_convergence(runs: dict, metrics=("val_srcc", "val_emd2"), path=None, title: str | None = None):
-    "One panel per metric, one line per model (`runs`: {label: run_dir}), metric against epoch; saved as PNG + PDF at `path`."
+    """One panel per metric, one line per model (`runs`: {label: run_dir}), metric against epoch; saved as PNG + PDF at
+    `path`."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -177,7 +180,8 @@ TABLE_COLUMNS = ("step", "model", "variant", "srcc", "plcc", "acc", "emd2", "epo
 
 
 def results_table(rows) -> pd.DataFrame:
-    "A DataFrame of result rows (dicts with `step`, `model`, `variant` and metrics); columns in `TABLE_COLUMNS` order, then any others."
+    """A DataFrame of result rows (dicts with `step`, `model`, `variant` and metrics); columns in `TABLE_COLUMNS`
+    order, then any others."""
     rows = list(rows)
     for i, r in enumerate(rows):
         miss = [k for k in ("step", "model", "variant") if k not in r]

@@ -57,7 +57,8 @@ class DistillConfig(FinetuneConfig):
         super().__post_init__()
         if self.head != "dist" or self.loss != "emd":
             raise ConfigError(
-                "parameters 'head' / 'loss': distillation needs head='dist' and loss='emd' on the labeled part (score distributions)"
+                "parameters 'head' / 'loss': distillation needs head='dist' and loss='emd' on the labeled part (score "
+                "distributions)"
             )
         if self.teacher_run is None:
             raise ConfigError("parameter 'teacher_run': the fine-tuned IAA teacher's run folder is required")

@@ -95,7 +95,8 @@ def finetune_config(**kw) -> FinetuneConfig:
 
 # %% ../nbs/06_iaa.ipynb #90e55622
 def read_labels(path, label_format: str = "ava", on_bad: str = "raise") -> pd.DataFrame:
-    "Labels with `image_id` and `mean` (and `votes_*` for distributions) from an AVA.txt (bad lines: `on_bad`) or a named CSV format."
+    """Labels with `image_id` and `mean` (and `votes_*` for distributions) from an AVA.txt (bad lines: `on_bad`) or a
+    named CSV format."""
     if label_format == "ava":
         return read_ava(path, on_bad)
     return read_csv_labels(path, {k.lower(): k for k in CSV_MAPPINGS}[label_format])
@@ -118,7 +119,8 @@ def iaa_splits(cfg: FinetuneConfig, mean, std) -> dict:
     for split in ("train", "val", "test"):
         ids = read_split(root / getattr(cfg, f"{split}_split"))
         missing = [i for i in ids if i not in labels.index]
-        where = f"{root / getattr(cfg, f'{split}_split')}: {len(missing)} ids have no label in {root / cfg.labels}, e.g. {missing[:3]}"
+        split_file = root / getattr(cfg, f"{split}_split")
+        where = f"{split_file}: {len(missing)} ids have no label in {root / cfg.labels}, e.g. {missing[:3]}"
         if (
             missing and cfg.on_bad_label == "skip"
         ):  # their label lines were bad and skipped: leave the images out, loudly
@@ -158,7 +160,8 @@ def iaa_loss(model, batch, loss: str = "emd"):
 def predict(
     model: IAAModel, dataset, batch_size: int = 128, num_workers: int = 0, device=None, progress: bool = False
 ) -> pd.DataFrame:
-    "Predictions for every readable item of `dataset`: `image_id`, `pred_mean` (+ `p1..p10`, and `true_mean` for labeled data)."
+    "Predictions for every readable item of `dataset`: `image_id`, `pred_mean` (+ `p1..p10`, and `true_mean` for"
+    "labeled data)."
     from tqdm.auto import tqdm
 
     device = device or next(model.parameters()).device
@@ -199,7 +202,8 @@ def prediction_metrics(pred: pd.DataFrame, threshold: float = 5.0) -> dict:
 
 # %% ../nbs/06_iaa.ipynb #ac05fc2a
 def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
-    "Fine-tune an IAA model as `cfg` says; returns flat metrics (`val_*`, `test_*`) and writes predictions to `cfg.run_dir`."
+    """Fine-tune an IAA model as `cfg` says; returns flat metrics (`val_*`, `test_*`) and writes predictions to
+    `cfg.run_dir`."""
     torch.manual_seed(cfg.seed)  # the head's (and a random-init encoder's) weights depend on the seed only
     model = model or build_iaa_model(cfg)
     enc = model.encoder

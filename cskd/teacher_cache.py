@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .engine import mix_seed, resolve_device, resolve_precision
+from .engine import get_autocast, mix_seed, resolve_device, resolve_precision
 from .runs import weights_fingerprint, write_text_atomic
 from .images import BadImageError, BadImageLog, load_image
 
@@ -281,7 +281,8 @@ def _npy_layout(path: Path):
 
 # %% ../nbs/05b_teacher_cache.ipynb #8f5c489d
 class TeacherCache:
-    "A complete, validated teacher-feature cache folder: `open()` gives the read-only (N, K, *shape) float16 memory map."
+    """A complete, validated teacher-feature cache folder: `open()` gives the read-only (N, K, *shape) float16 memory
+    map."""
 
     def __init__(self, path, manifest: dict, built_because: str | None = None):
         self.path, self.manifest, self.built_because = Path(path), manifest, built_because
@@ -358,6 +359,33 @@ class _AllViews(Dataset):
         )
 
 
+def _resume_point(pmf: Path, pff: Path, key: dict, shape: tuple) -> tuple[int, list]:
+    "Views already written by an interrupted build of the same key (and their bad images), else (0, [])."
+    if not (pmf.exists() and pff.exists()):
+        return 0, []
+    try:
+        part = json.loads(pmf.read_text())
+        if not _key_diff(part, key) and pff.stat().st_size == _npy_layout(pff)[2] + int(np.prod(shape)) * 2:
+            return int(part["done"]), list(part.get("bad", []))
+    except Exception:
+        pass  # an unreadable partial manifest: start over
+    return 0, []
+
+
+def _checked_targets(teacher, x, ok, granularity: str, first: int) -> np.ndarray:
+    "The teacher's float16 targets of a batch of views; unreadable views are NaN; bad outputs are errors."
+    y = teacher_targets(teacher, x, granularity).float()
+    ok = ok.to(y.device)
+    y[~ok] = float("nan")
+    if not torch.isfinite(y[ok]).all():
+        raise FloatingPointError(
+            f"teacher {teacher.model_name} gave non-finite outputs for views {first}..{first + len(x) - 1}"
+        )
+    if y.abs().max() > 65000:
+        raise OverflowError(f"teacher outputs exceed float16's range (max |y| = {float(y.abs().max()):.4g})")
+    return y.cpu().numpy().astype(np.float16)
+
+
 def build_teacher_cache(
     path,
     teacher,
@@ -375,7 +403,8 @@ def build_teacher_cache(
     chunk: int | None = None,
     _stop_after: int | None = None,
 ) -> TeacherCache:
-    "Run `teacher` over `views` seeded views of every image in `paths` and write the cache folder `path` (resuming a matching partial build)."
+    "Run `teacher` over `views` seeded views of every image in `paths` and write the cache folder `path` (resuming a"
+    "matching partial build)."
     from tqdm.auto import tqdm
 
     path, dev = Path(path), resolve_device(device or "auto")
@@ -383,27 +412,19 @@ def build_teacher_cache(
     key = cache_key(teacher, paths, view, views, view_seed, granularity, prec)
     path.mkdir(parents=True, exist_ok=True)
     mf, ff, pmf, pff = (
-        path / "manifest.json",
-        path / "features.npy",
-        path / "manifest.partial.json",
-        path / "features.npy.partial",
+        path / n for n in ("manifest.json", "features.npy", "manifest.partial.json", "features.npy.partial")
     )
     total, shape = len(paths) * views, (len(paths), views, *key["feature_shape"])
-    done, bad = 0, []
-    if pmf.exists() and pff.exists():
-        try:
-            part = json.loads(pmf.read_text())
-            if not _key_diff(part, key) and pff.stat().st_size == _npy_layout(pff)[2] + int(np.prod(shape)) * 2:
-                done, bad = int(part["done"]), list(part.get("bad", []))
-        except Exception:
-            done, bad = 0, []
+    done, bad = _resume_point(pmf, pff, key, shape)
     for f in (mf, ff):
         f.unlink(missing_ok=True)  # the old manifest goes first: it must never vouch for new data
     if done:
         print(f"teacher cache {path}: resuming an interrupted build at view {done}/{total}")
-        feats = np.load(pff, mmap_mode="r+")
-    else:
-        feats = np.lib.format.open_memmap(pff, mode="w+", dtype=np.float16, shape=shape)
+    feats = (
+        np.load(pff, mmap_mode="r+")
+        if done
+        else np.lib.format.open_memmap(pff, mode="w+", dtype=np.float16, shape=shape)
+    )
     flat = feats.reshape(total, *shape[2:])
     pool = PoolViews(paths, view, view_seed, on_error=on_error)
     chunk = chunk or max(batch_size * 16, 1024)
@@ -415,9 +436,7 @@ def build_teacher_cache(
         pin_memory=dev.type == "cuda",
     )
     teacher = teacher.to(dev).eval()
-    autocast = (
-        torch.autocast(dev.type, dtype=torch.bfloat16) if prec == "bf16" else torch.autocast(dev.type, enabled=False)
-    )
+    autocast = get_autocast(prec, dev)
     t0, since_flush, j = time.perf_counter(), 0, done
 
     def flush():
@@ -428,32 +447,21 @@ def build_teacher_cache(
         total=total, initial=done, disable=not progress, desc="teacher cache", unit="view", dynamic_ncols=True
     ) as bar:
         for x, ok in loader:
-            with autocast:
-                y = teacher_targets(teacher, x.to(dev, non_blocking=True), granularity).float()
-            y[~ok.to(y.device)] = float("nan")
-            if not torch.isfinite(y[ok.to(y.device)]).all():
-                raise FloatingPointError(
-                    f"teacher {teacher.model_name} gave non-finite outputs for views {j}..{j + len(x) - 1}"
-                )
-            if y.abs().max() > 65000:
-                raise OverflowError(f"teacher outputs exceed float16's range (max |y| = {float(y.abs().max()):.4g})")
-            flat[j : j + len(x)] = y.cpu().numpy().astype(np.float16)
+            with autocast():
+                flat[j : j + len(x)] = _checked_targets(teacher, x.to(dev, non_blocking=True), ok, granularity, j)
             bad += [int(b) // views for b in (torch.arange(j, j + len(x))[~ok]).tolist()]
-            j += len(x)
-            since_flush += len(x)
+            j, since_flush = j + len(x), since_flush + len(x)
             bar.update(len(x))
-            if since_flush >= chunk:
+            if since_flush >= chunk or (_stop_after is not None and j >= _stop_after):
                 flush()
                 since_flush = 0
             if _stop_after is not None and j >= _stop_after:
-                flush()
-                del flat, feats
                 raise KeyboardInterrupt("stopped on request (test)")
     flush()
     del flat, feats
     with open(pff, "rb+") as f:
         os.fsync(f.fileno())
-    os.replace(pff, ff)
+    os.replace(pff, ff)  # the complete features, then the manifest that vouches for them
     manifest = dict(
         key,
         complete=True,

@@ -341,7 +341,8 @@ def toy_reference(root) -> dict:
 
 # %% ../nbs/00_toy.ipynb #090fc8c1
 def plot_samples(root, n: int = 24, seed: int = 0, path=None):
-    "A grid of `n` random images of the world at `root`, sorted by observed mean score; saved to `path` (PNG and PDF) if given."
+    """A grid of `n` random images of the world at `root`, sorted by observed mean score; saved to `path` (PNG and PDF)
+    if given."""
     import matplotlib.pyplot as plt
 
     root = Path(root)

@@ -113,7 +113,8 @@ def _pretrain(model, ds, step, settings: dict, path: Path, progress: bool) -> di
 
 # %% ../nbs/11_toy_pretrain.ipynb #15499646
 def clip_loss_on(model: nn.Module, root, n: int = 64) -> float:
-    "open_clip's `ClipLoss` of an open_clip `model` on the first `n` images and captions of toy world `root` (no augmentation)."
+    """open_clip's `ClipLoss` of an open_clip `model` on the first `n` images and captions of toy world `root` (no
+    augmentation)."""
     pcfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -142,7 +143,8 @@ def toy_clip(
     force: bool = False,
     progress: bool = True,
 ) -> Path:
-    "Train `TOY_CLIP` contrastively on a pre-training toy world (seed 1000 + `seed`); returns the cached safetensors file."
+    "Train `TOY_CLIP` contrastively on a pre-training toy world (seed 1000 + `seed`); returns the cached safetensors"
+    "file."
     for k, v in dict(n_images=n_images, epochs=epochs, batch_size=batch_size).items():
         _check(k, v, 10 if k == "n_images" else 1)
     settings = dict(
@@ -198,7 +200,8 @@ def toy_imagenet(
     force: bool = False,
     progress: bool = True,
 ) -> Path:
-    "Train timm `model` at 64 px on the toy content classes of the pre-training world; returns the cached safetensors file (no head)."
+    "Train timm `model` at 64 px on the toy content classes of the pre-training world; returns the cached safetensors"
+    "file (no head)."
     for k, v in dict(n_images=n_images, epochs=epochs, batch_size=batch_size).items():
         _check(k, v, 10 if k == "n_images" else 1)
     if not timm.is_model(model):

@@ -243,7 +243,8 @@ def _read_prompt_file(path: Path):
 
 
 def load_prompts(src=None, classes=None, ensemble: bool | None = None) -> PromptSet:
-    "A `PromptSet` from a shipped set's name (default 'paper'), a YAML/JSON/TXT file, a dict, (bad, good) pairs or a `PromptSet`."
+    """A `PromptSet` from a shipped set's name (default 'paper'), a YAML/JSON/TXT file, a dict, (bad, good) pairs or a
+    `PromptSet`."""
     if isinstance(src, PromptSet):
         spec = dict(
             name=src.name,
@@ -289,7 +290,8 @@ def save_prompts(prompts, path) -> Path:
 
 # %% ../nbs/09_zeroshot.ipynb #d638f439
 class ZeroShotScorer:
-    "Zero-shot aesthetics with a `CLIPTeacher` (or an open_clip model with `encode_text`/`encode_image`) and a prompt set."
+    """Zero-shot aesthetics with a `CLIPTeacher` (or an open_clip model with `encode_text`/`encode_image`) and a prompt
+    set."""
 
     def __init__(
         self,

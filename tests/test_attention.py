@@ -248,7 +248,8 @@ def test_unsupported_models_are_named():
         capture_attention(tiny_clip(), torch.randn(3, 32, 32))
 
 
-# ---------------------------------------------------------------- metrics, against a brute-force reading of the definition
+# ---------------------------------------------------------------- metrics, against a brute-force reading of the
+# definition
 
 
 def brute_force(attn: np.ndarray, patch_size: float, npre: int, g: int):

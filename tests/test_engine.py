@@ -59,6 +59,7 @@ def test_ddp_two_ranks_match_one_process(tmp_path, accum):
 def test_ddp_resume_after_sigkill(tmp_path):
     common = ["--epochs", 2, "--samples", 640, "--batch-size", 32, "--ckpt-every", 3, "--dropout", 0.2, "--noise", 0.1]
     ref = torchrun(["--run-dir", tmp_path / "ref", *common])
+    assert ref["global_step"] == 40 and ref["resumed_from"] is None
     cmd = [
         sys.executable,
         "-m",

@@ -118,7 +118,8 @@ def test_bad_label_lines_stop_naming_file_and_line(bad_world, tmp_path):
     ):
         assert f"{labels}:{n}: {why}" in err, (n, why, err[-3000:])
     assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before training
-    # the skip policy: the bad lines are dropped with one warning naming them, their images left out, and the run completes
+    # the skip policy: the bad lines are dropped with one warning naming them, their images left out,
+    # and the run completes
     r = run(
         "cskd",
         [*FT, "--data-root", root, "--labels", labels, "--run-dir", tmp_path / "run2", "--on-bad-label", "skip"],

@@ -52,6 +52,7 @@ def test_cache_of_another_teacher_is_rebuilt_or_refused(pool, tmp_path, capsys):
         TeacherCache.load(path, cache_key(b, pool, view, 2, precision="fp32"))
     capsys.readouterr()
     c = ensure_teacher_cache(path, b, pool, view, views=2, progress=False)
+    assert c.manifest["complete"]
     out = capsys.readouterr().out
     assert f"teacher cache {path}: building, because it was made for another teacher_weights" in out
     assert TeacherCache.check(path, cache_key(b, pool, view, 2, precision="fp32")) is None  # now b's cache
