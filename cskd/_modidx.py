@@ -319,6 +319,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'cskd.metrics.binary_accuracy': ('metrics.html#binary_accuracy', 'cskd/metrics.py'),
                               'cskd.metrics.emd': ('metrics.html#emd', 'cskd/metrics.py'),
                               'cskd.metrics.iaa_metrics': ('metrics.html#iaa_metrics', 'cskd/metrics.py'),
+                              'cskd.metrics.krcc': ('metrics.html#krcc', 'cskd/metrics.py'),
                               'cskd.metrics.mean_score': ('metrics.html#mean_score', 'cskd/metrics.py'),
                               'cskd.metrics.plcc': ('metrics.html#plcc', 'cskd/metrics.py'),
                               'cskd.metrics.srcc': ('metrics.html#srcc', 'cskd/metrics.py'),
