@@ -352,7 +352,8 @@ def read_csv_labels(path, mapping) -> pd.DataFrame:
     lo, hi = m.score_range
     bad = np.flatnonzero(~np.isfinite(score) | (score < lo) | (score > hi))
     if bad.size:
-        rows = ", ".join(f"line {i + 2} ({raw[m.score_col].iloc[i]!r})" for i in bad[:5])
+        shown = lambda v: repr(v) if isinstance(v, str) else str(v)  # 7.5, not np.float64(7.5)
+        rows = ", ".join(f"line {i + 2} ({shown(raw[m.score_col].iloc[i])})" for i in bad[:5])
         raise LabelFileError(f"{path}: column {m.score_col!r}: {bad.size} value(s) not numbers in [{lo}, {hi}]: {rows}")
     files = _csv_files(path, raw, m)
     df = pd.DataFrame({"image_id": [Path(f).stem for f in files], "file": files, "score_raw": score})
@@ -865,7 +866,7 @@ def official_split(name: str, root, val_fraction: float = 0.05, seed: int = 0, d
     usable = [[i for i in named[p] if i not in checked[0] and i not in checked[1]] for p in ("train", "test")]
     if not usable[0] or not usable[1]:
         raise LabelFileError(f"{root}: {len(usable[0])} training and {len(usable[1])} test images on disk; need both")
-    train, val = random_split(usable[0], (1 - val_fraction, val_fraction), seed)
+    train, val = random_split(usable[0], (1.0 - val_fraction, float(val_fraction)), seed)  # fractions, not counts
     texts = {f"splits/{s}.txt": "".join(i + "\n" for i in ids) for s, ids in zip(SPLITS, (train, val, usable[1]))}
     if lists.labels_csv is not None:
         texts["splits/labels.csv"] = lists.labels_csv.to_csv(index=False)
