@@ -38,7 +38,7 @@ def sample_rows(n: int, skip: int = 0) -> list[str]:
 
 
 def ava_layout(root: Path, n: int = 32, n_test: int = 8) -> dict:
-    "AVA: the first `n` sample rows; the test list holds `n_test` of them; one test and one training image missing, one empty."
+    "AVA: the first `n` sample rows, `n_test` of them in the test list; a test and a training image missing, one empty."
     rows = sample_rows(n)
     ids = [r.split()[1] for r in rows]
     (root / "aesthetics_image_lists").mkdir(parents=True)
