@@ -624,13 +624,14 @@ def _official_ava(root: Path) -> OfficialLists:
         "official test list (aesthetics_image_lists/generic_test.jpgl)",
     )
     labels = read_ava(labels_file)
-    labels.insert(1, "path", ["images/" + i + ".jpg" for i in labels.image_id])
+    images = str((labels_file.parent / "images").relative_to(root))  # images/ beside AVA.txt
+    labels.insert(1, "path", [f"{images}/{i}.jpg" for i in labels.image_id])
     return OfficialLists(
         labels,
         _read_id_list(test_file),
         None,
         {"labels": labels_file, "test list": test_file},
-        dict(labels=str(labels_file.relative_to(root)), label_format="ava", images="images"),
+        dict(labels=str(labels_file.relative_to(root)), label_format="ava", images=images),
         dict(
             train=f"{labels_file.relative_to(root)}: every row not in the test list",
             test=str(test_file.relative_to(root)),
@@ -744,17 +745,26 @@ def _official_para(root: Path) -> OfficialLists:
     )
 
 
+def _image_folder(root: Path, folders, files, probe: int = 100) -> str:
+    "The first of `folders` (under `root`) that holds one of the first `probe` `files`; the first folder if none does."
+    for folder in folders:
+        if any((root / folder / f).is_file() for f in list(files)[:probe]):
+            return folder
+    return folders[0]
+
+
 def _official_tad66k(root: Path) -> OfficialLists:
     "TAD66K: `merge/train.csv` and `merge/test.csv` (columns `image,score`); images under `images/`."
     names = {p: [f"merge/{p}.csv", f"labels/merge/{p}.csv"] for p in ("train", "test")}
     files, labels, lists = _two_csvs(root, names, "TAD66K", "TAD66K")
-    labels.insert(1, "path", "images/" + labels.file)
+    images = _image_folder(root, ["images", "."], labels.file)
+    labels.insert(1, "path", [str(Path(images) / f) for f in labels.file])
     return OfficialLists(
         labels,
         lists["test"],
         lists["train"],
         {"train labels": files["train"], "test labels": files["test"]},
-        dict(labels="splits/labels.csv", label_format="tad66k", images="images"),
+        dict(labels="splits/labels.csv", label_format="tad66k", images=images),
         {p: str(f.relative_to(root)) for p, f in files.items()},
         pd.DataFrame({"image": labels.file, "score": labels.score_raw}),
     )

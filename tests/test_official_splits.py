@@ -241,3 +241,13 @@ def test_cli_prints_the_report_and_exits_2_on_bad_input(tmp_path):
     with contextlib.redirect_stderr(err):
         assert main(["splits", "aadb", str(tmp_path)]) == 2
     assert "cskd splits: error:" in err.getvalue() and "AADBinfo.mat" in err.getvalue()
+
+
+def test_tad66k_images_at_the_root(tmp_path):
+    "TAD66K's images beside merge/ instead of in images/: found, and the config says so."
+    facts = LAYOUTS["tad66k"](tmp_path)
+    for p in (tmp_path / "images").iterdir():
+        p.rename(tmp_path / p.name)
+    rep = official_split("tad66k", tmp_path)
+    assert rep["config"]["images"] == "." and rep["labels_without_image"] == sorted(facts["missing"])
+    assert rep["lists"]["train"]["kept"] == len(facts["train"])
