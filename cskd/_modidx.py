@@ -154,6 +154,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'cskd.data._csv_mapping': ('data.html#_csv_mapping', 'cskd/data.py'),
                            'cskd.data._field_counts': ('data.html#_field_counts', 'cskd/data.py'),
                            'cskd.data._first_file': ('data.html#_first_file', 'cskd/data.py'),
+                           'cskd.data._image_folder': ('data.html#_image_folder', 'cskd/data.py'),
                            'cskd.data._line_getter': ('data.html#_line_getter', 'cskd/data.py'),
                            'cskd.data._mat_strings': ('data.html#_mat_strings', 'cskd/data.py'),
                            'cskd.data._official_aadb': ('data.html#_official_aadb', 'cskd/data.py'),
