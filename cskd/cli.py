@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("src")
     r.add_argument("dst")
     r.add_argument("--short-side", type=int, default=256)
+    _add_data_commands(sub)
 
     def scorer_args(q):
         g = q.add_mutually_exclusive_group(required=True)
@@ -132,6 +133,10 @@ def main(argv=None) -> int:
                 f"{r['written']} written, {r['up_to_date']} up to date, {len(r['bad'])} bad"
                 + "".join(f"\n  bad: {p}: {why}" for p, why in r["bad"].items())
             )
+        elif args.command == "splits":
+            return _splits(args)
+        elif args.command == "evaluate":
+            return _evaluate(args)
         elif args.command == "score":
             return _score(args)
         elif args.command == "export":
@@ -205,3 +210,71 @@ def _export(args):
         f"wrote {f} ({f.stat().st_size / 1e6:.1f} MB, {args.format}); max |difference| to PyTorch: "
         + ", ".join(f"{k} {v:.1e}" for k, v in d.items())
     )
+
+# %% ../nbs/90_cli.ipynb #5edd728c
+def _add_data_commands(sub):
+    "The `splits` and `evaluate` subcommands."
+    from cskd.data import OFFICIAL
+
+    q = sub.add_parser(
+        "splits",
+        help="write a dataset's official train/val/test splits from its own files (and a report)",
+        description="Read the dataset's own list and label files under ROOT and write ROOT/splits/{train,val,test}.txt "
+        "(image ids) and ROOT/splits/report.json. Nothing is written when a file is bad.",
+    )
+    q.add_argument("dataset", choices=sorted(OFFICIAL), help="which dataset ROOT holds")
+    q.add_argument("root", help="the dataset folder, as downloaded")
+    q.add_argument("--val-fraction", type=float, default=0.05, help="share of the official training images for val")
+    q.add_argument("--seed", type=int, default=0, help="seed of the validation draw (default 0)")
+    q.add_argument("--decode", action="store_true", help="decode every image fully (slow) instead of its header")
+    v = sub.add_parser(
+        "evaluate",
+        help="evaluate a trained run on a split of any dataset (cross-dataset transfer)",
+        description="Score a fine-tuning or distillation run on a dataset's split; predictions are rescaled linearly "
+        "from the run's score range onto the target's (see cskd.iaa.evaluate_run).",
+    )
+    v.add_argument("--run", required=True, help="a fine-tuning or distillation run folder")
+    v.add_argument("--data-root", required=True, help="the dataset folder (with splits/ from `cskd splits`)")
+    v.add_argument("--split", default="test", help="train, val, test, or a file of image ids (default: test)")
+    v.add_argument(
+        "--dataset", default=None, help="ava, aadb, para or tad66k, when the folder has no splits/report.json"
+    )
+    v.add_argument("--out", default=None, help="output folder (default: RUN/evaluations/<dataset>-<split>)")
+    v.add_argument("--batch-size", type=int, default=128)
+    v.add_argument("--num-workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
+    v.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
+
+
+def _splits(args) -> int:
+    from cskd.data import format_split_report, official_split
+
+    report = official_split(args.dataset, args.root, args.val_fraction, args.seed, args.decode)
+    print(format_split_report(report))
+    print(f"report: {Path(args.root) / 'splits' / 'report.json'}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from cskd.iaa import evaluate_run
+
+    _check_positive(batch_size=args.batch_size, num_workers=args.num_workers)
+    r = evaluate_run(
+        args.run,
+        args.data_root,
+        args.split,
+        args.dataset,
+        args.batch_size,
+        args.num_workers,
+        _device(args.device),
+        args.out,
+    )
+    cols = [k for k in ("srcc", "plcc", "krcc", "acc", "emd2") if k in r]
+    print(f"{r['run']} (trained on {r['trained_on']}) on {r['dataset']} {r['split']}: {r['n']} images")
+    print(
+        "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n| " + " | ".join(f"{r[k]:.4f}" for k in cols) + " |"
+    )
+    lo, hi = r["rescaled"]["target"]
+    print(f"(scores rescaled onto {lo:g}..{hi:g}; accuracy threshold {r['threshold']:g})")
+    if r["n_unreadable"]:
+        print(f"{r['n_unreadable']} unreadable image(s) left out", file=sys.stderr)
+    return 0

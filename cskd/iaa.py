@@ -20,9 +20,12 @@ from cskd.data import (
     IAADataset,
     collate_skip_none,
     eval_transform,
+    file_sha1,
     read_ava,
     read_csv_labels,
     read_split,
+    rescale,
+    score_scale,
     train_transform,
 )
 from .engine import TrainConfig, fit, load_weights
@@ -33,7 +36,8 @@ from .runs import write_text_atomic
 
 # %% auto #0
 __all__ = ['LABEL_FORMATS', 'FINETUNE_DEFAULTS', 'FinetuneConfig', 'finetune_config', 'read_labels', 'iaa_splits',
-           'build_iaa_model', 'iaa_loss', 'predict', 'prediction_metrics', 'finetune']
+           'build_iaa_model', 'iaa_loss', 'predict', 'split_record', 'prediction_metrics', 'finetune', 'eval_target',
+           'evaluate_run']
 
 # %% ../nbs/06_iaa.ipynb #27858f75
 LABEL_FORMATS = ("ava",) + tuple(k.lower() for k in CSV_MAPPINGS)
@@ -134,6 +138,7 @@ def iaa_splits(cfg: FinetuneConfig, mean, std) -> dict:
             root / cfg.images,
             labels.loc[ids].reset_index(drop=True),
             tfm["train" if split == "train" else "val"],
+            path_col="file" if "file" in labels.columns else None,
             target=target,
             on_error=cfg.on_bad_image,
         )
@@ -144,7 +149,8 @@ def build_iaa_model(cfg: FinetuneConfig) -> IAAModel:
     enc = build_encoder(cfg.encoder, cfg.pretrained, cfg.image_size, cfg.drop_path)
     if cfg.init:
         load_weights(enc, cfg.init, prefix="encoder.")
-    return IAAModel(enc, IAAHead(enc.dim, kind=cfg.head, dropout=cfg.dropout))
+    bins = score_scale(cfg.label_format).bins
+    return IAAModel(enc, IAAHead(enc.dim, bins=len(bins) if bins else 10, kind=cfg.head, dropout=cfg.dropout))
 
 # %% ../nbs/06_iaa.ipynb #000e5ecf
 def iaa_loss(model, batch, loss: str = "emd"):
@@ -158,7 +164,13 @@ def iaa_loss(model, batch, loss: str = "emd"):
 
 @torch.no_grad()
 def predict(
-    model: IAAModel, dataset, batch_size: int = 128, num_workers: int = 0, device=None, progress: bool = False
+    model: IAAModel,
+    dataset,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    device=None,
+    progress: bool = False,
+    scores=None,
 ) -> pd.DataFrame:
     "Predictions for every readable item of `dataset`: `image_id`, `pred_mean` (+ `p1..p10`, and `true_mean` for"
     "labeled data)."
@@ -178,19 +190,31 @@ def predict(
             rec = dict(image_id=list(ids))
             if model.head.kind == "dist":
                 p = out.softmax(-1)
-                rec["pred_mean"] = mean_score(p).cpu().numpy()
+                rec["pred_mean"] = mean_score(p, scores).cpu().numpy()
                 rec.update({f"p{k + 1}": p[:, k].cpu().numpy() for k in range(p.shape[-1])})
             else:
                 rec["pred_mean"] = out.cpu().numpy()
             if len(batch) == 3:
                 y = batch[1].float()
-                rec["true_mean"] = (mean_score(y) if y.ndim == 2 else y).numpy()
+                rec["true_mean"] = (mean_score(y, scores) if y.ndim == 2 else y).numpy()
                 if y.ndim == 2:
                     rec.update({f"t{k + 1}": y[:, k].numpy() for k in range(y.shape[-1])})
             rows.append(pd.DataFrame(rec))
     finally:
         model.train(was)
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["image_id", "pred_mean"])
+
+
+def _bin_scores(scale):
+    "The bin values to give `predict`: None for 1..K (the default), else the dataset's."
+    return None if scale.bins is None or scale.default_bins else list(scale.bins)
+
+
+def split_record(cfg) -> dict:
+    "The label and split files of `cfg`, each with its sha1: which data a run used."
+    root = Path(cfg.data_root)
+    files = dict(labels=cfg.labels, **{f"{s}_split": getattr(cfg, f"{s}_split") for s in ("train", "val", "test")})
+    return {k: dict(file=str(root / f), sha1=file_sha1(root / f)) for k, f in files.items()}
 
 
 def prediction_metrics(pred: pd.DataFrame, threshold: float = 5.0) -> dict:
@@ -208,9 +232,13 @@ def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
     model = model or build_iaa_model(cfg)
     enc = model.encoder
     data = iaa_splits(cfg, enc.mean, enc.std)
-    eval_fn = lambda m: {
-        f"val_{k}": v for k, v in prediction_metrics(predict(m, data["val"], cfg.eval_batch_size)).items()
-    }
+    scale = score_scale(cfg.label_format)
+    if cfg.run_dir:
+        write_text_atomic(Path(cfg.run_dir) / "splits.json", json.dumps(split_record(cfg), indent=1) + "\n")
+    scored = lambda m, split: prediction_metrics(
+        predict(m, data[split], cfg.eval_batch_size, scores=_bin_scores(scale)), scale.threshold
+    )
+    eval_fn = lambda m: {f"val_{k}": v for k, v in scored(m, "val").items()}
     res = fit(
         model, data["train"], lambda m, b: iaa_loss(m, b, cfg.loss), cfg, eval_fn=eval_fn, collate_fn=collate_skip_none
     )
@@ -218,8 +246,8 @@ def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
         load_weights(model, res.best_checkpoint)
     out = {}
     for split in ("val", "test"):
-        pred = predict(model, data[split], cfg.eval_batch_size)
-        out.update({f"{split}_{k}": v for k, v in prediction_metrics(pred).items()})
+        pred = predict(model, data[split], cfg.eval_batch_size, scores=_bin_scores(scale))
+        out.update({f"{split}_{k}": v for k, v in prediction_metrics(pred, scale.threshold).items()})
         if cfg.run_dir:
             pred.to_csv(Path(cfg.run_dir) / f"predictions_{split}.csv", index=False)
     out.update(best_step=res.best_step, steps=res.global_step, train_loss=res.metrics.get("train/loss", float("nan")))
@@ -234,3 +262,90 @@ def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
 register_phase(
     "finetune", FinetuneConfig, finetune, "IAA fine-tuning: an encoder + score head on labeled data", FINETUNE_DEFAULTS
 )
+
+# %% ../nbs/06_iaa.ipynb #c894b87c
+_LAYOUTS = {"ava": ("AVA.txt", "images"), "aadb": ("splits/labels.csv", "."), "para": ("splits/labels.csv", "imgs")}
+_LAYOUTS["tad66k"] = ("splits/labels.csv", "images")
+
+
+def eval_target(data_root, split: str = "test", dataset: str | None = None) -> tuple[dict, Path]:
+    """`({labels, label_format, images}, split file)` of a dataset folder: from the `splits/report.json` that
+    `cskd splits` wrote, else `dataset`'s layout (AVA's when the folder holds an AVA.txt). `split` is a split name
+    (`train`, `val`, `test`: `splits/<name>.txt`) or a file of ids."""
+    root = Path(data_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist")
+    report = root / "splits" / "report.json"
+    if report.is_file():
+        conf = json.loads(report.read_text())["config"]
+        if dataset and dataset.lower() != conf["label_format"]:
+            raise ValueError(f"--dataset {dataset!r}, but {report} is the split of {conf['label_format']!r}")
+    else:
+        name = (dataset or ("ava" if (root / "AVA.txt").is_file() else "")).lower()
+        if name not in _LAYOUTS:
+            raise ValueError(
+                f"{root}: no splits/report.json (run: python -m cskd splits NAME {root}); name the dataset"
+            )
+        conf = dict(label_format=name, labels=_LAYOUTS[name][0], images=_LAYOUTS[name][1])
+    split_file = root / "splits" / f"{split}.txt" if split in ("train", "val", "test") else Path(split)
+    if not split_file.is_file():
+        raise FileNotFoundError(f"split file {split_file} does not exist")
+    return conf, split_file
+
+
+def evaluate_run(
+    run,
+    data_root,
+    split: str = "test",
+    dataset=None,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    device="cpu",
+    out=None,
+) -> dict:
+    """Evaluate the model of a fine-tuning or distillation run folder on a split of any dataset; predictions are
+    rescaled from the run's score range to the target's (`cskd.data.rescale`) and scored with the target's
+    threshold; EMD only when both have the same bins. Writes `predictions.csv` and `metrics.json` to `out`
+    (default `<run>/evaluations/<dataset>-<split>`); returns the metrics with what was compared."""
+    from cskd.trained import iaa_model_from_run  # cskd.trained builds on this chapter
+
+    model, cfg = iaa_model_from_run(run, "evaluation")
+    src, (conf, split_file) = score_scale(cfg.label_format), eval_target(data_root, split, dataset)
+    dst, root = score_scale(conf["label_format"]), Path(data_root)
+    labels = read_labels(root / conf["labels"], conf["label_format"]).set_index("image_id", drop=False)
+    ids = read_split(split_file)
+    missing = [i for i in ids if i not in labels.index]
+    if missing:
+        raise ValueError(
+            f"{split_file}: {len(missing)} ids have no label in {root / conf['labels']}, e.g. {missing[:3]}"
+        )
+    same_bins = model.head.kind == "dist" and src.bins is not None and src.bins == dst.bins
+    data = IAADataset(
+        root / conf["images"],
+        labels.loc[ids].reset_index(drop=True),
+        eval_transform(cfg.image_size, model.encoder.mean, model.encoder.std),
+        path_col="file" if "file" in labels.columns else None,
+        target="dist" if same_bins else "mean",
+        on_error="skip",
+    )
+    pred = predict(model.to(device), data, batch_size, num_workers, device, scores=_bin_scores(src))
+    pred.insert(2, "pred_raw", pred.pred_mean)
+    pred["pred_mean"] = rescale(pred.pred_raw.to_numpy(), src, dst)
+    result = dict(
+        run=str(run),
+        trained_on=cfg.label_format,
+        dataset=conf["label_format"],
+        split=str(split),
+        split_file=str(split_file),
+        split_sha1=file_sha1(split_file),
+        n=len(pred),
+        n_unreadable=len(data.bad_images),
+        rescaled=dict(source=list(src.score_range), target=list(dst.score_range)),
+        threshold=dst.threshold,
+        **prediction_metrics(pred, threshold=dst.threshold),
+    )
+    out = Path(out) if out else Path(run) / "evaluations" / f"{conf['label_format']}-{split_file.stem}"
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "predictions.csv", pred.to_csv(index=False))
+    write_text_atomic(out / "metrics.json", json.dumps(result, indent=1) + "\n")
+    return result

@@ -21,8 +21,8 @@ from .config import ConfigError, param
 from .runs import write_text_atomic
 
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'PUBLISHED_AVA', 'PipelineConfig', 'experiment_notebook', 'run_step', 'cpu_latency', 'summarize',
-           'display_table']
+__all__ = ['EXPERIMENTS', 'PYIQA_BENCHMARK', 'PUBLISHED_AVA', 'PUBLISHED_AVA_NOT_COMPARABLE', 'PipelineConfig',
+           'experiment_notebook', 'run_step', 'cpu_latency', 'summarize', 'display_table']
 
 # %% ../nbs/10_pipeline.ipynb #6a8fb33a
 @dataclasses.dataclass
@@ -152,7 +152,10 @@ def cpu_latency(
 
 # %% ../nbs/10_pipeline.ipynb #315a7240
 def summarize(
-    rows: pd.DataFrame, metrics=("srcc", "plcc", "acc", "emd2"), keep=("params_m", "latency_ms"), by: str = "model"
+    rows: pd.DataFrame,
+    metrics=("srcc", "plcc", "krcc", "acc", "emd2"),
+    keep=("params_m", "latency_ms"),
+    by: str = "model",
 ) -> pd.DataFrame:
     "One row per model: `<metric>` (mean), `<metric>_sd`, `n_seeds`, and the `keep` columns' means."
     out = []
@@ -169,7 +172,7 @@ def summarize(
     return pd.DataFrame(out)
 
 
-def display_table(summary: pd.DataFrame, metrics=("srcc", "plcc", "acc", "emd2")) -> pd.DataFrame:
+def display_table(summary: pd.DataFrame, metrics=("srcc", "plcc", "krcc", "acc", "emd2")) -> pd.DataFrame:
     "`mean ± sd` text columns for reading (the CSV keeps the numbers)."
     t = summary.copy()
     for m in metrics:
@@ -182,16 +185,57 @@ def display_table(summary: pd.DataFrame, metrics=("srcc", "plcc", "acc", "emd2")
     return t
 
 # %% ../nbs/10_pipeline.ipynb #6762a5f2
+PYIQA_BENCHMARK = "pyiqa (chaofengc/IQA-PyTorch), tests/IAA_benchmark_results.csv"
+_OFFICIAL_AVA = "AVA official: generic_test.jpgl ids with an image"
 PUBLISHED_AVA = pd.DataFrame(
     [
-        ("NIMA", 0.612, 0.636),
-        ("MUSIQ", 0.726, 0.738),
-        ("MLSP", 0.756, 0.757),
-        ("TANet", 0.758, 0.765),
-        ("EAT", 0.759, 0.770),
-        ("VILA", 0.774, 0.774),
-        ("UniQA", 0.776, 0.776),
-        ("Q-Align (an MLLM)", 0.82, 0.82),
+        ("Q-Align (an MLLM)", 0.8223, 0.8192, 0.6307),
+        ("TOPIQ-IAA (Swin)", 0.7910, 0.7902, 0.5969),
+        ("TOPIQ-IAA (ResNet-50)", 0.7359, 0.7370, 0.5423),
+        ("NIMA (Inception-ResNet-v2, retrained by pyiqa)", 0.7126, 0.7172, 0.5213),
+        ("LAION aesthetic predictor (CLIP ViT-L/14 + MLP)", 0.6653, 0.6660, 0.4788),
+        ("NIMA (VGG-16, retrained by pyiqa)", 0.6570, 0.6624, 0.4719),
+        ("CLIP-IQA (zero-shot)", 0.3383, 0.3576, 0.2301),
     ],
-    columns=["model", "srcc", "plcc"],
+    columns=["model", "srcc", "plcc", "krcc"],
+).assign(split=_OFFICIAL_AVA, test_images=19930, source=PYIQA_BENCHMARK)
+
+PUBLISHED_AVA_NOT_COMPARABLE = pd.DataFrame(
+    [
+        ("TANet", 0.758, 0.765, "own split, not comparable", 12776, "He et al., IJCAI 2022"),
+        (
+            "NIMA",
+            0.612,
+            0.636,
+            "as the paper states; not checked against the official split",
+            None,
+            "Talebi & Milanfar, 2018",
+        ),
+        (
+            "MUSIQ",
+            0.726,
+            0.738,
+            "as the paper states; not checked against the official split",
+            None,
+            "Ke et al., ICCV 2021",
+        ),
+        (
+            "MLSP",
+            0.756,
+            0.757,
+            "as the paper states; not checked against the official split",
+            None,
+            "Hosu et al., CVPR 2019",
+        ),
+        (
+            "VILA",
+            0.774,
+            0.774,
+            "as the paper states; not checked against the official split",
+            None,
+            "Ke et al., CVPR 2023",
+        ),
+        ("UniQA", 0.776, 0.776, "as the paper states; not checked against the official split", None, "UniQA paper"),
+    ],
+    columns=["model", "srcc", "plcc", "split", "test_images", "source"],
 )
