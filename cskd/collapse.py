@@ -119,8 +119,8 @@ def collapse_study(
     image_size: int | None = None,
     progress: bool = False,
 ) -> dict[str, pd.DataFrame]:
-    "Per-layer, per-head attention distance and entropy of every model on `images` ([0, 1] floats):"
-    "`{label: DataFrame}`."
+    """Per-layer, per-head attention distance and entropy of every model on `images` ([0, 1] floats):
+    `{label: DataFrame}`."""
     if not isinstance(models, Mapping) or not models:
         raise ValueError("`models` must be a non-empty {label: spec or model} dict")
     slugs = {}

@@ -93,19 +93,9 @@ def _check_on_bad(on_bad):
         raise ValueError(f"on_bad={on_bad!r}: use 'raise' or 'skip'")
 
 # %% ../nbs/01_data.ipynb #35b12f47
-def read_ava(path, on_bad: str = "raise") -> pd.DataFrame:
-    "Read an AVA.txt-format file: `image_id`, `votes_1..votes_10`, `mean`, `tag1`, `tag2`, `challenge`."
-    _check_on_bad(on_bad)
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise LabelFileError(f"{path}: cannot read AVA file ({e})") from None
-    counts = _field_counts(data)
+def _ava_fields(path: Path, counts: np.ndarray) -> pd.DataFrame:
+    "The file's whitespace-separated fields as strings, one row per line (blank lines included)."
     ncol = max(AVA_FIELDS, int(counts.max()) if counts.size else 0)
-    blank = counts == 0
-    if blank.all():
-        raise LabelFileError(f"{path}: no data lines (empty AVA file)")
     try:
         raw = pd.read_csv(
             path,
@@ -122,34 +112,52 @@ def read_ava(path, on_bad: str = "raise") -> pd.DataFrame:
         raise LabelFileError(f"{path}: cannot parse as AVA.txt ({e})") from None
     if len(raw) < len(counts):
         raw = raw.reindex(range(len(counts)))  # trailing whitespace-only lines
-    raw = raw.iloc[: len(counts)]
-    lineno = np.arange(1, len(counts) + 1)
-    bad = {}  # lineno -> reason; first reason wins
+    return raw.iloc[: len(counts)]
+
+
+def _ava_problems(raw: pd.DataFrame, counts: np.ndarray) -> tuple[dict, dict]:
+    "The bad lines (line number -> the first reason found) and the numeric fields of every line."
+    blank, lineno, bad = counts == 0, np.arange(1, len(counts) + 1), {}
 
     def flag(mask, reason):
         for n in lineno[mask & ~blank]:
             bad.setdefault(int(n), reason)
 
     flag(counts != AVA_FIELDS, "wrong number of fields")
-    c = counts == AVA_FIELDS
-    num = {}
+    complete, num = counts == AVA_FIELDS, {}
     for j in [0] + list(range(2, AVA_FIELDS)):
-        v = pd.to_numeric(raw[j], errors="coerce").to_numpy(np.float64)
-        num[j] = v
-        flag(c & (~np.isfinite(v) | (v != np.round(v))), f"field {j + 1} is not an integer")
-    votes = np.stack([num[j] for j in range(2, 12)], 1)
-    ok = c & ~np.isin(lineno, list(bad))
-    flag(ok & (np.nan_to_num(votes, nan=0) < 0).any(1), "negative vote count")
-    flag(ok & (np.nan_to_num(votes, nan=0).sum(1) == 0), "zero votes")
-    ids = raw[1].astype(str).to_numpy()
+        num[j] = v = pd.to_numeric(raw[j], errors="coerce").to_numpy(np.float64)
+        flag(complete & (~np.isfinite(v) | (v != np.round(v))), f"field {j + 1} is not an integer")
+    votes = np.nan_to_num(np.stack([num[j] for j in range(2, 12)], 1), nan=0)
+    ok = complete & ~np.isin(lineno, list(bad))
+    flag(ok & (votes < 0).any(1), "negative vote count")
+    flag(ok & (votes.sum(1) == 0), "zero votes")
     keep = ~blank & ~np.isin(lineno, list(bad))
-    dup = pd.Series(ids).duplicated(keep="first").to_numpy() & keep
-    flag(dup, "duplicated image_id (first occurrence kept)")
+    flag(
+        pd.Series(raw[1].astype(str).to_numpy()).duplicated(keep="first").to_numpy() & keep,
+        "duplicated image_id (first occurrence kept)",
+    )
+    return bad, num
+
+
+def read_ava(path, on_bad: str = "raise") -> pd.DataFrame:
+    "Read an AVA.txt-format file: `image_id`, `votes_1..votes_10`, `mean`, `tag1`, `tag2`, `challenge`."
+    _check_on_bad(on_bad)
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise LabelFileError(f"{path}: cannot read AVA file ({e})") from None
+    counts = _field_counts(data)
+    if (counts == 0).all():
+        raise LabelFileError(f"{path}: no data lines (empty AVA file)")
+    raw = _ava_fields(path, counts)
+    bad, num = _ava_problems(raw, counts)
     _report(path, bad, _line_getter(data), on_bad)
-    keep = ~blank & ~np.isin(lineno, list(bad))
-    v = votes[keep].astype(np.int64)
+    keep = (counts != 0) & ~np.isin(np.arange(1, len(counts) + 1), list(bad))
+    v = np.stack([num[j] for j in range(2, 12)], 1)[keep].astype(np.int64)
     df = pd.DataFrame(v, columns=VOTE_COLS)
-    df.insert(0, "image_id", ids[keep])
+    df.insert(0, "image_id", raw[1].astype(str).to_numpy()[keep])
     df["mean"] = (v @ np.arange(1, 11)) / v.sum(1)
     for name, j in (("tag1", 12), ("tag2", 13), ("challenge", 14)):
         df[name] = num[j][keep].astype(np.int64)

@@ -172,8 +172,8 @@ def predict(
     progress: bool = False,
     scores=None,
 ) -> pd.DataFrame:
-    "Predictions for every readable item of `dataset`: `image_id`, `pred_mean` (+ `p1..p10`, and `true_mean` for"
-    "labeled data)."
+    """Predictions for every readable item of `dataset`: `image_id`, `pred_mean` (+ `p1..p10`, and `true_mean` for
+    labeled data)."""
     from tqdm.auto import tqdm
 
     device = device or next(model.parameters()).device

@@ -386,6 +386,54 @@ def _checked_targets(teacher, x, ok, granularity: str, first: int) -> np.ndarray
     return y.cpu().numpy().astype(np.float16)
 
 
+class _PartialCache:
+    "The files of a cache build in progress: memory-mapped features and a manifest saying how far it got."
+
+    def __init__(self, path: Path, key: dict, shape: tuple):
+        self.key, self.total = key, shape[0] * shape[1]
+        self.mf, self.ff, self.pmf, self.pff = (
+            path / n for n in ("manifest.json", "features.npy", "manifest.partial.json", "features.npy.partial")
+        )
+        self.done, self.bad = _resume_point(self.pmf, self.pff, key, shape)
+        for f in (self.mf, self.ff):
+            f.unlink(missing_ok=True)  # the old manifest goes first: it must never vouch for new data
+        if self.done:
+            self.feats = np.load(self.pff, mmap_mode="r+")
+        else:
+            self.feats = np.lib.format.open_memmap(self.pff, mode="w+", dtype=np.float16, shape=shape)
+        self.flat = self.feats.reshape(self.total, *shape[2:])
+        self.since_flush = 0
+
+    def write(self, y: np.ndarray, ok: torch.Tensor, views: int):
+        j = self.done
+        self.flat[j : j + len(y)] = y
+        self.bad += [int(b) // views for b in (torch.arange(j, j + len(y))[~ok]).tolist()]
+        self.done, self.since_flush = j + len(y), self.since_flush + len(y)
+
+    def flush(self):
+        self.feats.flush()
+        _write_json(self.pmf, dict(self.key, complete=False, done=self.done, bad=sorted(set(self.bad))))
+        self.since_flush = 0
+
+    def finish(self, seconds: float) -> dict:
+        "The complete features, then the manifest that vouches for them."
+        self.flush()
+        del self.flat, self.feats
+        with open(self.pff, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self.pff, self.ff)
+        manifest = dict(
+            self.key,
+            complete=True,
+            bad=sorted(set(self.bad)),
+            seconds=round(seconds, 2),
+            built=time.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+        _write_json(self.mf, manifest)
+        self.pmf.unlink(missing_ok=True)
+        return manifest
+
+
 def build_teacher_cache(
     path,
     teacher,
@@ -403,75 +451,41 @@ def build_teacher_cache(
     chunk: int | None = None,
     _stop_after: int | None = None,
 ) -> TeacherCache:
-    "Run `teacher` over `views` seeded views of every image in `paths` and write the cache folder `path` (resuming a"
-    "matching partial build)."
+    """Run `teacher` over `views` seeded views of every image in `paths` and write the cache folder `path`
+    (resuming a matching partial build)."""
     from tqdm.auto import tqdm
 
-    path, dev = Path(path), resolve_device(device or "auto")
+    path, dev, t0 = Path(path), resolve_device(device or "auto"), time.perf_counter()
     prec = resolve_precision(precision, dev)
     key = cache_key(teacher, paths, view, views, view_seed, granularity, prec)
     path.mkdir(parents=True, exist_ok=True)
-    mf, ff, pmf, pff = (
-        path / n for n in ("manifest.json", "features.npy", "manifest.partial.json", "features.npy.partial")
-    )
-    total, shape = len(paths) * views, (len(paths), views, *key["feature_shape"])
-    done, bad = _resume_point(pmf, pff, key, shape)
-    for f in (mf, ff):
-        f.unlink(missing_ok=True)  # the old manifest goes first: it must never vouch for new data
-    if done:
-        print(f"teacher cache {path}: resuming an interrupted build at view {done}/{total}")
-    feats = (
-        np.load(pff, mmap_mode="r+")
-        if done
-        else np.lib.format.open_memmap(pff, mode="w+", dtype=np.float16, shape=shape)
-    )
-    flat = feats.reshape(total, *shape[2:])
+    part = _PartialCache(path, key, (len(paths), views, *key["feature_shape"]))
+    if part.done:
+        print(f"teacher cache {path}: resuming an interrupted build at view {part.done}/{part.total}")
     pool = PoolViews(paths, view, view_seed, on_error=on_error)
     chunk = chunk or max(batch_size * 16, 1024)
     loader = DataLoader(
-        _AllViews(pool, views, done),
+        _AllViews(pool, views, part.done),
         batch_size=batch_size,
         num_workers=num_workers,
         shuffle=False,
         pin_memory=dev.type == "cuda",
     )
-    teacher = teacher.to(dev).eval()
-    autocast = get_autocast(prec, dev)
-    t0, since_flush, j = time.perf_counter(), 0, done
-
-    def flush():
-        feats.flush()
-        _write_json(pmf, dict(key, complete=False, done=j, bad=sorted(set(bad))))
-
-    with tqdm(
-        total=total, initial=done, disable=not progress, desc="teacher cache", unit="view", dynamic_ncols=True
-    ) as bar:
+    teacher, autocast = teacher.to(dev).eval(), get_autocast(prec, dev)
+    bar = tqdm(total=part.total, initial=part.done, disable=not progress, desc="teacher cache", unit="view")
+    with bar:
         for x, ok in loader:
             with autocast():
-                flat[j : j + len(x)] = _checked_targets(teacher, x.to(dev, non_blocking=True), ok, granularity, j)
-            bad += [int(b) // views for b in (torch.arange(j, j + len(x))[~ok]).tolist()]
-            j, since_flush = j + len(x), since_flush + len(x)
+                part.write(
+                    _checked_targets(teacher, x.to(dev, non_blocking=True), ok, granularity, part.done), ok, views
+                )
             bar.update(len(x))
-            if since_flush >= chunk or (_stop_after is not None and j >= _stop_after):
-                flush()
-                since_flush = 0
-            if _stop_after is not None and j >= _stop_after:
+            stop = _stop_after is not None and part.done >= _stop_after
+            if part.since_flush >= chunk or stop:
+                part.flush()
+            if stop:
                 raise KeyboardInterrupt("stopped on request (test)")
-    flush()
-    del flat, feats
-    with open(pff, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(pff, ff)  # the complete features, then the manifest that vouches for them
-    manifest = dict(
-        key,
-        complete=True,
-        bad=sorted(set(bad)),
-        seconds=round(time.perf_counter() - t0, 2),
-        built=time.strftime("%Y-%m-%d %H:%M:%S"),
-    )
-    _write_json(mf, manifest)
-    pmf.unlink(missing_ok=True)
-    return TeacherCache(path, manifest)
+    return TeacherCache(path, part.finish(time.perf_counter() - t0))
 
 
 def ensure_teacher_cache(

@@ -143,8 +143,8 @@ def toy_clip(
     force: bool = False,
     progress: bool = True,
 ) -> Path:
-    "Train `TOY_CLIP` contrastively on a pre-training toy world (seed 1000 + `seed`); returns the cached safetensors"
-    "file."
+    """Train `TOY_CLIP` contrastively on a pre-training toy world (seed 1000 + `seed`); returns the cached safetensors
+    file."""
     for k, v in dict(n_images=n_images, epochs=epochs, batch_size=batch_size).items():
         _check(k, v, 10 if k == "n_images" else 1)
     settings = dict(
@@ -200,8 +200,8 @@ def toy_imagenet(
     force: bool = False,
     progress: bool = True,
 ) -> Path:
-    "Train timm `model` at 64 px on the toy content classes of the pre-training world; returns the cached safetensors"
-    "file (no head)."
+    """Train timm `model` at 64 px on the toy content classes of the pre-training world; returns the cached safetensors
+    file (no head)."""
     for k, v in dict(n_images=n_images, epochs=epochs, batch_size=batch_size).items():
         _check(k, v, 10 if k == "n_images" else 1)
     if not timm.is_model(model):
