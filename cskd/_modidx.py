@@ -299,6 +299,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'cskd.engine._listed': ('engine.html#_listed', 'cskd/engine.py'),
                              'cskd.engine._load_state': ('engine.html#_load_state', 'cskd/engine.py'),
                              'cskd.engine._make_optimizer': ('engine.html#_make_optimizer', 'cskd/engine.py'),
+                             'cskd.engine._model_name': ('engine.html#_model_name', 'cskd/engine.py'),
                              'cskd.engine._pid_alive': ('engine.html#_pid_alive', 'cskd/engine.py'),
                              'cskd.engine._recover_checkpoints': ('engine.html#_recover_checkpoints', 'cskd/engine.py'),
                              'cskd.engine._release_lock': ('engine.html#_release_lock', 'cskd/engine.py'),

@@ -399,6 +399,11 @@ def _file_shapes(f: Path) -> dict:
         raise CheckpointError(f"{f}: not a valid safetensors file ({str(e).strip()})") from None
 
 
+def _model_name(model: nn.Module) -> str:
+    name = getattr(model, "name", None)
+    return f"{type(model).__name__} ({name})" if isinstance(name, str) and name else type(model).__name__
+
+
 def _listed(keys, n: int = 10) -> str:
     keys = sorted(keys)
     return f"{keys[:n]}{' ...' if len(keys) > n else ''}"
@@ -426,8 +431,8 @@ def load_weights(model: nn.Module, path, prefix: str = "", strict: bool = True) 
         missing, unexpected = load_model(model, str(f), strict=False)
     if strict and (missing or unexpected):
         raise ValueError(
-            f"{f}: weights{f' under {prefix!r}' if prefix else ''} do not fit {type(model).__name__} "
-            f"{getattr(model, 'name', '')}; missing keys: {_listed(missing)}; unexpected keys: {_listed(unexpected)}"
+            f"{f}: weights{f' under {prefix!r}' if prefix else ''} do not fit {_model_name(model)}; "
+            f"missing keys: {_listed(missing)}; unexpected keys: {_listed(unexpected)}"
         )
     return model
 

@@ -64,7 +64,8 @@ def test_encoder_weights_of_another_architecture(tmp_path):
     with pytest.raises(ValueError) as e:
         build_iaa_model(finetune_config(encoder="vit_tiny_patch16_224", image_size=32, init=str(tmp_path / "cnn")))
     msg = str(e.value)
-    assert msg.startswith(f"{f} does not fit Encoder") and "missing ['" in msg and "unexpected ['" in msg, msg
+    assert msg.startswith(f"{f}: weights under 'encoder.' do not fit Encoder (vit_tiny_patch16_224)"), msg
+    assert "missing keys: ['" in msg and "unexpected keys: ['" in msg, msg
 
 
 def test_malicious_pickle_runs_nothing(trained, tmp_path):
