@@ -436,6 +436,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'cskd.models._merge_cfg': ('models.html#_merge_cfg', 'cskd/models.py'),
                              'cskd.models._normalizer': ('models.html#_normalizer', 'cskd/models.py'),
                              'cskd.models._pair': ('models.html#_pair', 'cskd/models.py'),
+                             'cskd.models._quick_gelu_warning': ('models.html#_quick_gelu_warning', 'cskd/models.py'),
                              'cskd.models._registered': ('models.html#_registered', 'cskd/models.py'),
                              'cskd.models._square': ('models.html#_square', 'cskd/models.py'),
                              'cskd.models._weights_error': ('models.html#_weights_error', 'cskd/models.py'),

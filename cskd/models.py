@@ -124,11 +124,33 @@ def _check_clip_name(name: str):
 
 def _merge_cfg(name, overrides):
     "Deep-merge `vision_cfg`/`text_cfg` overrides into the named config (open_clip would replace them whole)."
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return overrides  # the folder's or the hub's own config is the base; open_clip merges into it
     base = open_clip.get_model_config(name.replace("/", "-")) or {}
     for k in ("vision_cfg", "text_cfg"):
         if k in overrides and k in base:
             overrides[k] = {**base[k], **overrides[k]}
     return overrides
+
+
+def _quick_gelu_warning(name: str, file, overrides: dict) -> str | None:
+    """Why a bare weights file may load into the wrong activation: open_clip sets QuickGELU from a *tag*'s
+    config, so a file of weights trained with QuickGELU (OpenAI's) silently gets GELU unless told."""
+    told = name.endswith("-quickgelu") or "quick_gelu" in overrides or overrides.get("force_quick_gelu")
+    base = name.replace("/", "-")
+    tags = [
+        t
+        for t in open_clip.list_pretrained_tags_by_model(base)
+        if open_clip.get_pretrained_cfg(base, t).get("quick_gelu")
+    ]
+    if told or not tags:
+        return None
+    return (
+        f"loading the weights file {file} into '{name}' with GELU, but the known weights of this model "
+        f"({', '.join(tags)}) were trained with QuickGELU: if the file holds those weights, use the model name "
+        f"'{base}-quickgelu' or quick_gelu=True (a parameter wherever a CLIP is named); if it was trained with GELU, "
+        f"pass quick_gelu=False to silence this warning"
+    )
 
 
 def _create_clip(name, pretrained, overrides):
@@ -140,7 +162,8 @@ def _create_clip(name, pretrained, overrides):
         pretrained = str(pretrained)
         tags = open_clip.list_pretrained_tags_by_model(name.replace("/", "-"))
         if os.path.isfile(pretrained):
-            pass
+            if (why := _quick_gelu_warning(name, pretrained, overrides)) is not None:
+                warnings.warn(why, stacklevel=3)
         elif pretrained in tags:
             tag_cfg = open_clip.get_pretrained_cfg(name.replace("/", "-"), pretrained)
             if tag_cfg.get("quick_gelu") and not overrides.get("quick_gelu"):
