@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .config import PHASES, add_arguments, load_config
@@ -17,7 +20,7 @@ from .toy import make_toy_world, plot_samples
 import cskd.align, cskd.distill, cskd.iaa  # noqa: F401  (they register their phases)
 
 # %% auto #0
-__all__ = ['demo', 'main']
+__all__ = ['SCORE_HELP', 'EXPORT_HELP', 'RUN_DIR_HELP', 'demo', 'main']
 
 # %% ../nbs/90_cli.ipynb #9a871c76
 def demo(
@@ -55,6 +58,33 @@ def demo(
     return info
 
 # %% ../nbs/90_cli.ipynb #89f381b9
+SCORE_HELP = """Score images with a trained fine-tuning or distillation run (--run, or one of its checkpoints).
+
+Inputs: image files, folders (searched recursively) and text files listing one image path per line.
+A file or folder named here that does not exist stops the command before any work; a path of a list that
+does not exist, like an unreadable image, gets a row with an empty score and the reason in `error`.
+No image at all (an empty folder or list) is an error. --out is checked before the model is loaded; the CSV
+is written atomically and no temporary file is left behind on any failure. A model trained on cskd's toy
+world warns once when it scores images from elsewhere (its scores mean nothing there). An alignment run
+(phase 1) has no score head and is refused.
+
+Exit status: 0 all scored; 3 the CSV is complete but some images were unreadable or missing (listed at the
+end); 2 an error before scoring (nothing written)."""
+
+EXPORT_HELP = """Export a trained fine-tuning or distillation run as one file that scores images without cskd's
+model code: ONNX (--format onnx, .onnx, for ONNX Runtime) or a torch.export program (--format pt2, .pt2).
+The file's metadata holds the decoding (JPEG draft size), resize, crop, mean/std, bins and score range;
+cskd.export.load_exported(FILE) scores image files with the same numbers as `cskd score`. --out is checked
+before any work; the file is written under a temporary name, checked against PyTorch, then renamed: on any
+failure nothing is left behind. An alignment run (phase 1) is refused. Exit status: 0 written, 2 an error."""
+
+RUN_DIR_HELP = (
+    "Without --run-dir (or run_dir in the YAML file) the run is written to runs/{phase}-YYYYmmdd-HHMMSS under "
+    "the current folder, and the command says where; rerun with --run-dir that folder to resume it. Under "
+    "torchrun, --run-dir is required."
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cskd", description="CLIP-based aesthetics learning (CSKD and the 'CLIP knows image aesthetics' study)."
@@ -88,14 +118,16 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "score",
         help="score images, folders (recursive) and file lists with a trained model",
-        description="Score images with a trained model. Exit status: 0 all scored, 3 some images unreadable "
-        "(listed; empty score and an error in the CSV), 2 an error before scoring.",
+        description=SCORE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument(
         "paths", nargs="+", metavar="PATH", help="image files, folders, or text files with one image path per line"
     )
     scorer_args(s)
-    s.add_argument("--out", default="scores.csv", help="the CSV to write (default: scores.csv)")
+    s.add_argument(
+        "--out", default="scores.csv", help="the CSV to write, checked before any work (default: scores.csv)"
+    )
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--num-workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
     s.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
@@ -106,13 +138,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--no-progress", action="store_true")
     e = sub.add_parser(
-        "export", help="export a trained model (encoder + head + preprocessing) to ONNX or a torch.export program"
+        "export",
+        help="export a trained model (encoder + head + preprocessing) to ONNX or a torch.export program",
+        description=EXPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     scorer_args(e)
     e.add_argument("--format", required=True, help="onnx or pt2 (a torch.export program)")
-    e.add_argument("--out", required=True, help="the file to write")
+    e.add_argument("--out", required=True, help="the file to write (.onnx or .pt2), checked before any work")
     for ph in PHASES.values():
-        q = sub.add_parser(ph.name, help=ph.help, description=ph.help)
+        q = sub.add_parser(ph.name, help=ph.help, description=f"{ph.help}. {RUN_DIR_HELP.format(phase=ph.name)}")
         q.add_argument("-c", "--config", default=None, help="a YAML file of parameters (flags override it)")
         add_arguments(q, ph.config, ph.defaults)
     return p
@@ -140,7 +175,7 @@ def main(argv=None) -> int:
             ph = PHASES[args.command]
             overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
             cfg = load_config(ph.config, args.config, overrides, source="the command line", defaults=ph.defaults)
-            result = ph.run(cfg)
+            result = ph.run(_default_run_dir(ph.name, cfg))
             print(json.dumps(result, indent=1, default=str))
     except (
         ValueError,
@@ -170,20 +205,63 @@ def _check_positive(**kw):
             raise ValueError(f"--{k.replace('_', '-')} = {v}: must be {'>= 0' if k == 'num_workers' else '>= 1'}")
 
 
+def _check_out(path, suffix: str | None = None) -> Path:
+    "`--out` before any work: not a folder, its folder writable (or creatable), the right suffix."
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a folder; give a file name (e.g. {out / ('scores' + (suffix or '.csv'))})")
+    if suffix and out.suffix.lower() != suffix:
+        raise ValueError(f"--out {out}: the file name must end in {suffix} for this format")
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: folder {parent} is not writable")
+    return out
+
+
+def _scorer_config(run, checkpoint, command: str) -> dict:
+    "The config of the run a scorer comes from; an alignment run (phase 1: no score head) is refused by name."
+    from cskd.predict import find_run_config
+
+    f = Path(run) / "config.json" if run is not None else None
+    if checkpoint is not None and Path(checkpoint).is_file():
+        f = find_run_config(checkpoint)
+    if f is None or not f.is_file():
+        return {}  # load_scorer says what is missing
+    try:
+        saved = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{f}: not a run's config.json ({e})") from None
+    if "teacher" in saved and "student" in saved and "head" not in saved:
+        raise ValueError(
+            f"{f.parent}: this is an alignment run; {command} needs a fine-tuning or distillation run "
+            "(phase 1 trains an encoder without a score head)"
+        )
+    return saved
+
+
 def _score(args) -> int:
-    from cskd.predict import load_scorer, score_images, score_summary
+    from cskd.predict import load_scorer, score_images, score_summary, training_world
 
     _check_positive(batch_size=args.batch_size, num_workers=args.num_workers)
-    model, _ = load_scorer(args.run, args.checkpoint, _device(args.device))
-    df = score_images(
-        model,
-        args.paths,
-        out=args.out,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        progress=not args.no_progress,
-        allow_truncated=args.allow_truncated,
-    )
+    _check_out(args.out)
+    _scorer_config(args.run, args.checkpoint, "score")
+    model, cfg = load_scorer(args.run, args.checkpoint, _device(args.device))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        df = score_images(
+            model,
+            args.paths,
+            out=args.out,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            progress=not args.no_progress,
+            allow_truncated=args.allow_truncated,
+            toy_world=training_world(cfg),
+        )
+    for msg in dict.fromkeys(str(w.message) for w in caught):
+        print(f"cskd score: warning: {msg}", file=sys.stderr)
     print(f"wrote {len(df)} row(s) to {args.out}")
     bad = int((df.error != "").sum())
     print(score_summary(df), file=sys.stderr if bad else sys.stdout)
@@ -191,17 +269,31 @@ def _score(args) -> int:
 
 
 def _export(args):
-    from cskd.export import _check_format, check_parity, export_scorer, load_exported, PARITY_ATOL
+    from cskd.export import FORMATS, _check_format, export_checked
+    from cskd.predict import load_scorer, training_world
 
-    _check_format(args.format)
-    from cskd.predict import load_scorer
-
-    model, _ = load_scorer(args.run, args.checkpoint, "cpu")
-    f = export_scorer(model, args.out, args.format)
-    d = check_parity(model, load_exported(f))
-    if max(d.values()) > PARITY_ATOL:
-        raise RuntimeError(f"{f}: exported outputs differ from PyTorch by {d} (> {PARITY_ATOL})")
+    fmt = _check_format(args.format)
+    _check_out(args.out, FORMATS[fmt])
+    _scorer_config(args.run, args.checkpoint, "export")
+    model, cfg = load_scorer(args.run, args.checkpoint, "cpu")
+    f, d = export_checked(model, args.out, fmt, trained_on=training_world(cfg))
     print(
-        f"wrote {f} ({f.stat().st_size / 1e6:.1f} MB, {args.format}); max |difference| to PyTorch: "
+        f"wrote {f} ({f.stat().st_size / 1e6:.1f} MB, {fmt}); max |difference| to PyTorch: "
         + ", ".join(f"{k} {v:.1e}" for k, v in d.items())
     )
+
+
+def _default_run_dir(phase: str, cfg):
+    "A training command without a run folder writes to `runs/<phase>-<timestamp>` and says so: no lost work."
+    if cfg.run_dir:
+        return cfg
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(f"under torchrun, cskd {phase} needs --run-dir (every rank must write to the same folder)")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run, n = Path("runs") / f"{phase}-{stamp}", 2
+    while run.exists():
+        run, n = Path("runs") / f"{phase}-{stamp}-{n}", n + 1
+    print(
+        f"cskd {phase}: no --run-dir given: writing this run to {run} (to resume it: --run-dir {run})", file=sys.stderr
+    )
+    return dataclasses.replace(cfg, run_dir=str(run))
