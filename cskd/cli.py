@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import sys
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -147,7 +148,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--format", required=True, help="onnx or pt2 (a torch.export program)")
     e.add_argument("--out", required=True, help="the file to write (.onnx or .pt2), checked before any work")
     for ph in PHASES.values():
-        q = sub.add_parser(ph.name, help=ph.help, description=f"{ph.help}. {RUN_DIR_HELP.format(phase=ph.name)}")
+        q = sub.add_parser(
+            ph.name,
+            help=ph.help,
+            description=textwrap.fill(f"{ph.help}. {RUN_DIR_HELP.format(phase=ph.name)}", 100, break_on_hyphens=False),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         q.add_argument("-c", "--config", default=None, help="a YAML file of parameters (flags override it)")
         add_arguments(q, ph.config, ph.defaults)
     return p
