@@ -14,7 +14,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP)
+# The project's Jupyter kernel: every notebook declares `cskd` (JupyterLab, papermill from the shell).
+KERNEL := $(VENV)/share/jupyter/kernels/cskd/kernel.json
+$(KERNEL): $(STAMP)
+	$(PY) -m ipykernel install --sys-prefix --name cskd --display-name "Python (cskd)" >/dev/null
+
+install: $(STAMP) $(KERNEL)
 
 demo: install
 	$(PY) -m cskd demo
@@ -39,9 +44,10 @@ pytest: install
 
 test: sync-check nbtest pytest
 
+# JupyterLab with the `cskd` kernel; as root (containers, clusters) with --allow-root. LAB_ARGS adds options, e.g. make lab LAB_ARGS="--no-browser --port 8890".
+LAB_ARGS ?=
 lab: install
-	$(PY) -m ipykernel install --sys-prefix --name cskd --display-name "Python (cskd)"
-	$(BIN)/jupyter lab --notebook-dir=.
+	$(BIN)/jupyter lab --notebook-dir=. $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_ARGS)
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

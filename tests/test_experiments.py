@@ -2,6 +2,7 @@
 command line: real subprocesses, real toy JPEGs, real timm models."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import papermill as pm
 import pytest
 
 from cskd.toy import make_toy_world
+from cskd.pipeline import PAPERMILL_KERNEL
 
 ROOT = Path(__file__).parents[1]
 NBS = ROOT / "nbs" / "experiments"
@@ -25,7 +27,7 @@ def execute(name, out_dir, **parameters):
         str(NBS / f"{name}.ipynb"),
         str(out_dir / f"{name}.ipynb"),
         cwd=str(ROOT),
-        kernel_name="python3",
+        **PAPERMILL_KERNEL,
         progress_bar=False,
         parameters=parameters,
     )
@@ -171,3 +173,42 @@ def test_a_step_never_takes_another_notebooks_result(toy, tmp_path):
         run_step("finetune", run, params)
     assert "'lrr' (did you mean 'lr'?)" in str(e.value) and not (run / "metrics.json").exists()
     assert json.loads((run / "step.json").read_text())["notebook"] == "finetune"
+
+
+def _bogus_kernels(root: Path) -> Path:
+    "A Jupyter path whose `python3` and `cskd` kernelspecs point at an interpreter that does not exist."
+    for name in ("python3", "cskd"):
+        d = root / "kernels" / name
+        d.mkdir(parents=True)
+        argv = ["/nonexistent/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        (d / "kernel.json").write_text(json.dumps(dict(argv=argv, display_name=f"broken {name}", language="python")))
+    return root
+
+
+RUN_STEP = """
+import json, sys
+from cskd.pipeline import run_step
+m = run_step("finetune", sys.argv[1], json.loads(sys.argv[2]))
+print("test_srcc" in m)
+"""
+
+
+def test_cskd_runs_notebooks_under_its_own_kernel_whatever_python3_is(toy, tmp_path):
+    "A broken `python3` (and `cskd`) kernelspec first on JUPYTER_PATH: a plain papermill run fails, cskd's does not."
+    env = dict(os.environ, JUPYTER_PATH=str(_bogus_kernels(tmp_path / "jupyter")))
+    plain = "import papermill as pm, sys; pm.execute_notebook(sys.argv[1], sys.argv[2], kernel_name='python3')"
+    nb = str(NBS / "finetune.ipynb")
+    r = subprocess.run([sys.executable, "-c", plain, nb, str(tmp_path / "p.ipynb")], env=env, capture_output=True)
+    assert r.returncode != 0 and b"nonexistent" in r.stderr  # the bogus spec is really the one found
+    params = dict(data_root=str(toy), epochs=1, n_train=64, encoder="resnet10t", image_size=32)
+    r = subprocess.run(
+        [sys.executable, "-c", RUN_STEP, str(tmp_path / "run"), json.dumps(params)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0 and r.stdout.strip().endswith("True"), r.stderr[-3000:]
+    out = json.loads((tmp_path / "run" / "finetune.ipynb").read_text())
+    assert out["metadata"]["kernelspec"]["name"] == "cskd"
