@@ -212,3 +212,20 @@ def test_cskd_runs_notebooks_under_its_own_kernel_whatever_python3_is(toy, tmp_p
     assert r.returncode == 0 and r.stdout.strip().endswith("True"), r.stderr[-3000:]
     out = json.loads((tmp_path / "run" / "finetune.ipynb").read_text())
     assert out["metadata"]["kernelspec"]["name"] == "cskd"
+
+
+def test_collapse_figures_of_a_random_init_model_are_the_same_on_every_run(toy, tmp_path):
+    "The pipeline's 'encoder before alignment' is a spec without weights: two runs give the same bytes (make demo)."
+    models = {"CLIP": "clip:cskd-toy-vit", "encoder before alignment": "timm:vit_tiny_patch16_224"}
+    params = dict(data_root=str(toy), images=4, gallery_images=1, image_size=32, batch_size=4, models=models)
+    runs = [tmp_path / f"run{k}" for k in (1, 2)]
+    for run in runs:
+        execute("collapse", tmp_path, run_dir=str(run), **params)
+    metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    for m in metrics:
+        m.pop("seconds")
+    assert metrics[0] == metrics[1]
+    pngs = sorted(p.name for p in (runs[0] / "figures").glob("*.png"))
+    assert "collapse_gallery_encoder_before_alignment.png" in pngs and len(pngs) == 4, pngs
+    for name in pngs:
+        assert (runs[0] / "figures" / name).read_bytes() == (runs[1] / "figures" / name).read_bytes(), name
