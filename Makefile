@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: install demo test sync-check nbtest pytest lab bench clean-runs
+.PHONY: install demo test sync-check lint nbtest pytest lab bench clean-runs
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP)
+# The project's Jupyter kernel: every notebook declares `cskd` (JupyterLab, papermill from the shell).
+KERNEL := $(VENV)/share/jupyter/kernels/cskd/kernel.json
+$(KERNEL): $(STAMP)
+	$(PY) -m ipykernel install --sys-prefix --name cskd --display-name "Python (cskd)" >/dev/null
+
+install: $(STAMP) $(KERNEL)
 
 demo: install
 	$(PY) -m cskd demo
@@ -28,6 +33,11 @@ sync-check: install
 	  echo "nbdev-clean / nbdev-export changed nbs/ or cskd/: run them and commit both."; \
 	  git status --short -- nbs cskd; exit 1; fi
 
+# The notebooks (the source), tests and benches: formatted by ruff, no unused imports or names, no line over 120.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check nbs tests bench
+
 # Two test processes share the two cores: one BLAS / torch thread each avoids oversubscription.
 THREADS := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 
@@ -37,11 +47,12 @@ nbtest: install
 pytest: install
 	$(THREADS) $(BIN)/pytest -q -n 2 --durations 15
 
-test: sync-check nbtest pytest
+test: sync-check lint nbtest pytest
 
+# JupyterLab with the `cskd` kernel; as root (containers, clusters) with --allow-root. LAB_ARGS adds options, e.g. make lab LAB_ARGS="--no-browser --port 8890".
+LAB_ARGS ?=
 lab: install
-	$(PY) -m ipykernel install --sys-prefix --name cskd --display-name "Python (cskd)"
-	$(BIN)/jupyter lab --notebook-dir=.
+	$(BIN)/jupyter lab --notebook-dir=. $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_ARGS)
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -390,7 +390,7 @@ def attention_stats(
 
     seen = 0
     bar = tqdm(total=_total(loader_or_images, max_images), unit="img", disable=not progress, desc="attention")
-    with AttentionCapture(vit, store=False, callback=reduce) as cap, _eval_no_grad(vit):
+    with AttentionCapture(vit, store=False, callback=reduce), _eval_no_grad(vit):
         for x in _batches(loader_or_images, batch_size):
             if max_images is not None:
                 x = x[: max_images - seen]

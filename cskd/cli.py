@@ -6,18 +6,23 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
+import textwrap
 import time
+import warnings
 from pathlib import Path
 
 from .config import PHASES, add_arguments, load_config
 from .images import preresize_images
 from .toy import make_toy_world, plot_samples
 import cskd.align, cskd.distill, cskd.iaa  # noqa: F401  (they register their phases)
+from .engine import TrainingInterrupted
 
 # %% auto #0
-__all__ = ['demo', 'main']
+__all__ = ['SCORE_HELP', 'EXPORT_HELP', 'RUN_DIR_HELP', 'demo', 'main']
 
 # %% ../nbs/90_cli.ipynb #9a871c76
 def demo(
@@ -55,49 +60,75 @@ def demo(
     return info
 
 # %% ../nbs/90_cli.ipynb #89f381b9
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cskd", description="CLIP-based aesthetics learning (CSKD and the 'CLIP knows image aesthetics' study)."
-    )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+SCORE_HELP = """Score images with a trained fine-tuning or distillation run (--run, or one of its checkpoints).
+
+Inputs: image files, folders (searched recursively) and text files listing one image path per line.
+A file or folder named here that does not exist stops the command before any work; a path of a list that
+does not exist, like an unreadable image, gets a row with an empty score and the reason in `error`.
+No image at all (an empty folder or list) is an error. --out is checked before the model is loaded; the CSV
+is written atomically and no temporary file is left behind on any failure. A model trained on cskd's toy
+world warns once when it scores images from elsewhere (its scores mean nothing there). An alignment run
+(phase 1) has no score head and is refused.
+
+Exit status: 0 all scored; 3 the CSV is complete but some images were unreadable or missing (listed at the
+end); 2 an error before scoring (nothing written)."""
+
+EXPORT_HELP = """Export a trained fine-tuning or distillation run as one file that scores images without cskd's
+model code: ONNX (--format onnx, .onnx, for ONNX Runtime) or a torch.export program (--format pt2, .pt2).
+The file's metadata holds the decoding (JPEG draft size), resize, crop, mean/std, bins and score range;
+cskd.export.load_exported(FILE) scores image files with the same numbers as `cskd score`. --out is checked
+before any work; the file is written under a temporary name, checked against PyTorch, then renamed: on any
+failure nothing is left behind. An alignment run (phase 1) is refused. Exit status: 0 written, 2 an error."""
+
+RUN_DIR_HELP = (
+    "Without --run-dir (or run_dir in the YAML file) the run is written to runs/{phase}-YYYYmmdd-HHMMSS under "
+    "the current folder, and the command says where; rerun with --run-dir that folder to resume it. Under "
+    "torchrun, --run-dir is required."
+)
+
+
+def _add_toy_commands(sub):
+    "The `demo`, `toy` and `preresize` subcommands."
     d = sub.add_parser("demo", help="the main job on the embedded toy world")
     d.add_argument("--root", default="data/toy", help="where the toy world is written (default: data/toy)")
-    d.add_argument("--n-images", type=int, default=10_000)
-    d.add_argument("--figures", default="figures")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--n-images", type=int, default=10_000, help="images in the toy world (default: 10000)")
+    d.add_argument("--figures", default="figures", help="where the figures go (default: figures)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the toy world (default: 0)")
     d.add_argument("--run-dir", default="runs/demo", help="where the pipeline's runs go (default: runs/demo)")
     d.add_argument("--no-pipeline", action="store_true", help="only the toy world and its figure")
     t = sub.add_parser("toy", help="write a toy world")
-    t.add_argument("root")
-    t.add_argument("--n-images", type=int, default=10_000)
-    t.add_argument("--image-size", type=int, default=64)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("root", help="the folder to write (images/, AVA.txt, splits/, captions, metadata)")
+    t.add_argument("--n-images", type=int, default=10_000, help="number of images (default: 10000)")
+    t.add_argument("--image-size", type=int, default=64, help="side of the square images in pixels (default: 64)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the world; below 1000 (pre-training uses 1000+)")
+    t.add_argument("--overwrite", action="store_true", help="replace a world made with other settings")
     r = sub.add_parser("preresize", help="copy an image folder with short sides reduced (faster decoding; ids kept)")
-    r.add_argument("src")
-    r.add_argument("dst")
-    r.add_argument("--short-side", type=int, default=256)
-    _add_data_commands(sub)
+    r.add_argument("src", help="the image folder to copy")
+    r.add_argument("dst", help="the folder to write (files already up to date are skipped)")
+    r.add_argument("--short-side", type=int, default=256, help="the short side of the copies in pixels (default: 256)")
 
-    def scorer_args(q):
-        g = q.add_mutually_exclusive_group(required=True)
-        g.add_argument("--run", help="a fine-tuning or distillation run folder (best checkpoint, else last)")
-        g.add_argument(
-            "--checkpoint", help="a model.safetensors file (the run's config.json must lie next to it or above)"
-        )
 
+def _add_scorer_args(q):
+    g = q.add_mutually_exclusive_group(required=True)
+    g.add_argument("--run", help="a fine-tuning or distillation run folder (best checkpoint, else last)")
+    g.add_argument("--checkpoint", help="a model.safetensors file (the run's config.json must lie next to it or above)")
+
+
+def _add_scoring_commands(sub):
+    "The `score` and `export` subcommands."
+    raw = argparse.RawDescriptionHelpFormatter
     s = sub.add_parser(
         "score",
         help="score images, folders (recursive) and file lists with a trained model",
-        description="Score images with a trained model. Exit status: 0 all scored, 3 some images unreadable "
-        "(listed; empty score and an error in the CSV), 2 an error before scoring.",
+        description=SCORE_HELP,
+        formatter_class=raw,
     )
+    s.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders, or text files with one path a line")
+    _add_scorer_args(s)
     s.add_argument(
-        "paths", nargs="+", metavar="PATH", help="image files, folders, or text files with one image path per line"
+        "--out", default="scores.csv", help="the CSV to write, checked before any work (default: scores.csv)"
     )
-    scorer_args(s)
-    s.add_argument("--out", default="scores.csv", help="the CSV to write (default: scores.csv)")
-    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     s.add_argument("--num-workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
     s.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
     s.add_argument(
@@ -105,17 +136,37 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score truncated JPEGs (missing rows filled grey) instead of reporting them",
     )
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     e = sub.add_parser(
-        "export", help="export a trained model (encoder + head + preprocessing) to ONNX or a torch.export program"
+        "export",
+        description=EXPORT_HELP,
+        formatter_class=raw,
+        help="export a trained model (encoder + head + preprocessing) to ONNX or a torch.export program",
     )
-    scorer_args(e)
+    _add_scorer_args(e)
     e.add_argument("--format", required=True, help="onnx or pt2 (a torch.export program)")
-    e.add_argument("--out", required=True, help="the file to write")
+    e.add_argument("--out", required=True, help="the file to write (.onnx or .pt2), checked before any work")
+
+
+def _add_phase_commands(sub):
+    "One subcommand per registered phase, with one flag per config field (help from the field's declaration)."
     for ph in PHASES.values():
-        q = sub.add_parser(ph.name, help=ph.help, description=ph.help)
+        description = textwrap.fill(f"{ph.help}. {RUN_DIR_HELP.format(phase=ph.name)}", 100, break_on_hyphens=False)
+        q = sub.add_parser(
+            ph.name, help=ph.help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         q.add_argument("-c", "--config", default=None, help="a YAML file of parameters (flags override it)")
         add_arguments(q, ph.config, ph.defaults)
+
+
+def _parser() -> argparse.ArgumentParser:
+    description = "CLIP-based aesthetics learning (CSKD and the 'CLIP knows image aesthetics' study)."
+    p = argparse.ArgumentParser(prog="cskd", description=description)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_toy_commands(sub)
+    _add_data_commands(sub)
+    _add_scoring_commands(sub)
+    _add_phase_commands(sub)
     return p
 
 
@@ -145,8 +196,10 @@ def main(argv=None) -> int:
             ph = PHASES[args.command]
             overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
             cfg = load_config(ph.config, args.config, overrides, source="the command line", defaults=ph.defaults)
-            result = ph.run(cfg)
+            result = ph.run(_default_run_dir(ph.name, cfg))
             print(json.dumps(result, indent=1, default=str))
+    except TrainingInterrupted as e:  # SIGINT / SIGTERM: `last` is saved and the engine has said how to resume
+        return e.exit_code
     except (
         ValueError,
         KeyError,
@@ -175,20 +228,41 @@ def _check_positive(**kw):
             raise ValueError(f"--{k.replace('_', '-')} = {v}: must be {'>= 0' if k == 'num_workers' else '>= 1'}")
 
 
+def _check_out(path, suffix: str | None = None) -> Path:
+    "`--out` before any work: not a folder, its folder writable (or creatable), the right suffix."
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a folder; give a file name (e.g. {out / ('scores' + (suffix or '.csv'))})")
+    if suffix and out.suffix.lower() != suffix:
+        raise ValueError(f"--out {out}: the file name must end in {suffix} for this format")
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: folder {parent} is not writable")
+    return out
+
+
 def _score(args) -> int:
-    from cskd.predict import load_scorer, score_images, score_summary
+    from cskd.predict import load_scorer, score_images, score_summary, training_world
 
     _check_positive(batch_size=args.batch_size, num_workers=args.num_workers)
-    model, _ = load_scorer(args.run, args.checkpoint, _device(args.device))
-    df = score_images(
-        model,
-        args.paths,
-        out=args.out,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        progress=not args.no_progress,
-        allow_truncated=args.allow_truncated,
-    )
+    _check_out(args.out)
+    model, cfg = load_scorer(args.run, args.checkpoint, _device(args.device), what="score")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        df = score_images(
+            model,
+            args.paths,
+            out=args.out,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            progress=not args.no_progress,
+            allow_truncated=args.allow_truncated,
+            toy_world=training_world(cfg),
+        )
+    for msg in dict.fromkeys(str(w.message) for w in caught):
+        print(f"cskd score: warning: {msg}", file=sys.stderr)
     print(f"wrote {len(df)} row(s) to {args.out}")
     bad = int((df.error != "").sum())
     print(score_summary(df), file=sys.stderr if bad else sys.stdout)
@@ -196,20 +270,33 @@ def _score(args) -> int:
 
 
 def _export(args):
-    from cskd.export import _check_format, check_parity, export_scorer, load_exported, PARITY_ATOL
+    from cskd.export import FORMATS, _check_format, export_checked
+    from cskd.predict import load_scorer, training_world
 
-    _check_format(args.format)
-    from cskd.predict import load_scorer
-
-    model, _ = load_scorer(args.run, args.checkpoint, "cpu")
-    f = export_scorer(model, args.out, args.format)
-    d = check_parity(model, load_exported(f))
-    if max(d.values()) > PARITY_ATOL:
-        raise RuntimeError(f"{f}: exported outputs differ from PyTorch by {d} (> {PARITY_ATOL})")
+    fmt = _check_format(args.format)
+    _check_out(args.out, FORMATS[fmt])
+    model, cfg = load_scorer(args.run, args.checkpoint, "cpu", what="export")
+    f, d = export_checked(model, args.out, fmt, trained_on=training_world(cfg))
     print(
-        f"wrote {f} ({f.stat().st_size / 1e6:.1f} MB, {args.format}); max |difference| to PyTorch: "
+        f"wrote {f} ({f.stat().st_size / 1e6:.1f} MB, {fmt}); max |difference| to PyTorch: "
         + ", ".join(f"{k} {v:.1e}" for k, v in d.items())
     )
+
+
+def _default_run_dir(phase: str, cfg):
+    "A training command without a run folder writes to `runs/<phase>-<timestamp>` and says so: no lost work."
+    if cfg.run_dir:
+        return cfg
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(f"under torchrun, cskd {phase} needs --run-dir (every rank must write to the same folder)")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run, n = Path("runs") / f"{phase}-{stamp}", 2
+    while run.exists():
+        run, n = Path("runs") / f"{phase}-{stamp}-{n}", n + 1
+    print(
+        f"cskd {phase}: no --run-dir given: writing this run to {run} (to resume it: --run-dir {run})", file=sys.stderr
+    )
+    return dataclasses.replace(cfg, run_dir=str(run))
 
 # %% ../nbs/90_cli.ipynb #5edd728c
 def _add_data_commands(sub):
@@ -240,7 +327,7 @@ def _add_data_commands(sub):
         "--dataset", default=None, help="ava, aadb, para or tad66k, when the folder has no splits/report.json"
     )
     v.add_argument("--out", default=None, help="output folder (default: RUN/evaluations/<dataset>-<split>)")
-    v.add_argument("--batch-size", type=int, default=128)
+    v.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default: 128)")
     v.add_argument("--num-workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
     v.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
 

@@ -75,7 +75,8 @@ def _report(path, bad: dict, lines_of, on_bad, what="line"):
     more = f"\n  ... and {len(items) - 10} more" if len(items) > 10 else ""
     if on_bad == "raise":
         raise LabelFileError(
-            f"{path}: {len(items)} bad {what}(s):\n{msg}{more}\n(pass on_bad='skip' to drop them; in a phase's config: on_bad_label: skip)"
+            f"{path}: {len(items)} bad {what}(s):\n{msg}{more}\n"
+            "(pass on_bad='skip' to drop them; in a phase's config: on_bad_label: skip)"
         )
     warnings.warn(f"{path}: skipped {len(items)} bad {what}(s):\n{msg}{more}", stacklevel=3)
 

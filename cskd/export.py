@@ -5,6 +5,7 @@
 # %% ../nbs/13_export.ipynb #8c4665ab
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
@@ -19,8 +21,8 @@ OPSET = 18
 PARITY_ATOL = 1e-4
 
 # %% auto #0
-__all__ = ['FORMATS', 'OPSET', 'PARITY_ATOL', 'export_metadata', 'export_scorer', 'ExportedScorer', 'load_exported',
-           'check_parity']
+__all__ = ['FORMATS', 'OPSET', 'PARITY_ATOL', 'DECODE', 'RESIZE', 'export_metadata', 'export_scorer', 'export_checked',
+           'decode_image', 'preprocess_image', 'toy_world_warning', 'ExportedScorer', 'load_exported', 'check_parity']
 
 # %% ../nbs/13_export.ipynb #29240de4
 class _ScoreModule(nn.Module):
@@ -39,19 +41,37 @@ class _ScoreModule(nn.Module):
         return s, p
 
 
-def export_metadata(model, fmt: str) -> dict:
-    "The preprocessing constants and output description stored with an exported `IAAModel`."
+DECODE = (
+    "PIL: Image.open; for a JPEG file im.draft('RGB', (draft_size, draft_size)) before decoding (the decoder "
+    "scales by 1/2, 1/4 or 1/8 while both sides stay >= draft_size); then RGB (alpha composited on white, "
+    "16-bit grey divided by 257)"
+)
+RESIZE = (
+    "short side to image_size with PIL's bilinear resize (long side int(image_size * long / short); "
+    "skipped when the size is already right), centre crop image_size (top = round((h - image_size) / 2), "
+    "left = round((w - image_size) / 2)), then (x / 255 - mean) / std in float32, channels first"
+)
+
+
+def export_metadata(model, fmt: str, draft_factor: float | None = 1.0, trained_on: str | None = None) -> dict:
+    """Everything an exported `IAAModel` needs to score an image file: decoding (`draft_factor` as in
+    `cskd.images.eval_transform`), resize, crop, mean/std, outputs; `trained_on`: its toy world, if any."""
     enc = model.encoder
-    size = enc.image_size if isinstance(enc.image_size, int) else enc.image_size[0]
+    size = int(enc.image_size if isinstance(enc.image_size, int) else enc.image_size[0])
+    bins = int(model.head.bins) if model.head.kind == "dist" else 1
     return dict(
         format=fmt,
-        image_size=int(size),
+        image_size=size,
+        draft_size=int(round(size * draft_factor)) if draft_factor else None,
+        decode=DECODE,
+        resize=RESIZE,
         mean=[float(v) for v in enc.mean],
         std=[float(v) for v in enc.std],
-        resize="short side to image_size (bilinear), centre crop image_size, then (x/255 - mean) / std",
         head=model.head.kind,
-        bins=int(model.head.bins) if model.head.kind == "dist" else 1,
+        bins=bins,
+        score_range=[1.0, float(bins)] if model.head.kind == "dist" else None,
         encoder=str(getattr(enc, "name", type(enc).__name__)),
+        trained_on_toy_world=trained_on,
         input="image",
         outputs=["score", "dist"] if model.head.kind == "dist" else ["score"],
     )
@@ -66,6 +86,13 @@ def _check_format(fmt: str) -> str:
         else ""
     )
     raise ValueError(f"unknown export format {fmt!r}{why}; choose one of {', '.join(FORMATS)}")
+
+
+def _format_of(path: Path, fmt: str | None = None) -> str:
+    "The format asked for, else the one of `path`'s suffix."
+    return _check_format(
+        fmt or {v: k for k, v in FORMATS.items()}.get(path.suffix.lower(), path.suffix.lstrip(".") or "?")
+    )
 
 
 def _export_onnx(module, x, path: Path, meta: dict):
@@ -101,26 +128,106 @@ def _export_pt2(module, x, path: Path, meta: dict):
     torch.export.save(ep, str(path), extra_files={"cskd.json": json.dumps(meta)})
 
 
-def export_scorer(model, path, fmt: str | None = None) -> Path:
-    "Write `model` (an `IAAModel`) with its preprocessing metadata to `path` as ONNX or a `torch.export` program (`fmt` from the suffix if None)."
+def _write(model, path, fmt, trained_on, check: bool):
     path = Path(path)
-    fmt = _check_format(
-        fmt or {v: k for k, v in FORMATS.items()}.get(path.suffix.lower(), path.suffix.lstrip(".") or "?")
-    )
+    fmt = _format_of(path, fmt)
     model = model.float().cpu().eval()
-    meta = export_metadata(model, fmt)
+    meta = export_metadata(model, fmt, trained_on=trained_on)
     s = meta["image_size"]
     x = torch.zeros(2, 3, s, s)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{FORMATS[fmt]}")  # the suffix says the format
+    parity = None
     try:
         with torch.no_grad():
             (_export_onnx if fmt == "onnx" else _export_pt2)(_ScoreModule(model), x, tmp, meta)
+        if check:
+            parity = check_parity(model, load_exported(tmp))
+            if max(parity.values()) > PARITY_ATOL:
+                raise RuntimeError(f"{path}: exported outputs differ from PyTorch by {parity} (> {PARITY_ATOL})")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
+    return path, parity
+
+
+def export_scorer(model, path, fmt: str | None = None, trained_on: str | None = None) -> Path:
+    """Write `model` (an `IAAModel`) with its preprocessing metadata to `path` as ONNX or a `torch.export`
+    program (`fmt` from the suffix if None); `trained_on`: the toy world it was trained on, if any."""
+    return _write(model, path, fmt, trained_on, check=False)[0]
+
+
+def export_checked(model, path, fmt: str | None = None, trained_on: str | None = None) -> tuple[Path, dict]:
+    """`export_scorer`, but the file gets its name only once its outputs match PyTorch's (`check_parity`
+    below `PARITY_ATOL`); returns `(path, differences)`. On any failure nothing is left behind."""
+    return _write(model, path, fmt, trained_on, check=True)
+
+# %% ../nbs/13_export.ipynb #fe43e314
+def _rgb(im: Image.Image) -> Image.Image:
+    "Any PIL mode to RGB exactly as `cskd.images` does it (a test below holds the two together)."
+    if im.mode == "RGB":
+        return im
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im).convert("RGB")
+    if im.mode.startswith("I"):
+        a = np.asarray(im).astype(np.float32)
+        return Image.fromarray(np.clip(a / 257.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "F":
+        return Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")
+
+
+def decode_image(src, draft_size: int | None) -> Image.Image:
+    "An image file (JPEGs decoded in draft mode at >= `draft_size`) or a PIL image, as RGB."
+    if isinstance(src, Image.Image):
+        return _rgb(src)
+    try:
+        im = Image.open(io.BytesIO(Path(src).read_bytes()))
+        if draft_size and im.format == "JPEG":
+            im.draft("RGB", (int(draft_size), int(draft_size)))
+        im.load()
+    except Exception as e:
+        raise ValueError(f"{src}: cannot decode the image ({type(e).__name__}: {e})") from None
+    return _rgb(im)
+
+
+def preprocess_image(im: Image.Image, meta: dict) -> np.ndarray:
+    "`(3, S, S)` float32 model input of an RGB image, as the metadata's `resize` says (torchvision's rounding)."
+    s, (w, h) = meta["image_size"], im.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(s * long / short)
+    size = (s, new_long) if w <= h else (new_long, s)
+    if size != (w, h):
+        im = im.resize(size, Image.BILINEAR)
+    top, left = int(round((size[1] - s) / 2.0)), int(round((size[0] - s) / 2.0))
+    a = np.asarray(im.crop((left, top, left + s, top + s)), dtype=np.uint8).astype(np.float32) / np.float32(255)
+    a = (a - np.asarray(meta["mean"], np.float32)) / np.asarray(meta["std"], np.float32)
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def _is_image_input(x) -> bool:
+    one = (str, os.PathLike, Image.Image)
+    return isinstance(x, one) or (isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], one))
+
+
+def _is_under(path, root) -> bool:
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(root))
+    except ValueError:
+        return False
+    return True
+
+
+def toy_world_warning(world, others) -> str:
+    "The one warning of a scorer trained on the toy world that scores `others`, files from elsewhere."
+    return (
+        f"this scorer was trained on cskd's toy world ({world}): its scores say nothing about other images, "
+        f"and {len(others)} image(s) here are not from it (e.g. {others[0]})"
+    )
 
 # %% ../nbs/13_export.ipynb #802a4e71
 class ExportedScorer:
@@ -130,45 +237,68 @@ class ExportedScorer:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"exported model {self.path} does not exist")
-        fmt = _check_format(
-            {v: k for k, v in FORMATS.items()}.get(self.path.suffix.lower(), self.path.suffix.lstrip("."))
-        )
-        if fmt == "onnx":
-            try:
-                import onnxruntime as ort
-            except ImportError:
-                raise RuntimeError("scoring an ONNX file needs onnxruntime; pip install 'cskd[export]'") from None
-            so = ort.SessionOptions()
-            if threads:
-                so.intra_op_num_threads = threads
-            self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
-            props = self.session.get_modelmeta().custom_metadata_map
-            if "cskd" not in props:
-                raise ValueError(f"{self.path}: no 'cskd' metadata (not written by cskd.export)")
-            self.meta = json.loads(props["cskd"])
-        else:
-            extra = {"cskd.json": ""}
-            try:
-                self.program = torch.export.load(str(self.path), extra_files=extra)
-            except Exception as e:
-                raise ValueError(f"{self.path}: not a torch.export program ({type(e).__name__}: {e})") from None
-            if not extra["cskd.json"]:
-                raise ValueError(f"{self.path}: no cskd.json metadata (not written by cskd.export)")
-            self.meta = json.loads(extra["cskd.json"])
-            self.module = self.program.module()
-        self.format, self.head = fmt, self.meta["head"]
+        self.format = _format_of(self.path)
+        self.meta = self._open_onnx(threads) if self.format == "onnx" else self._open_pt2()
+        self.meta.setdefault("draft_size", self.meta["image_size"])  # files of older versions: cskd's default
+        self.head = self.meta["head"]
         self.preprocessing = {k: self.meta[k] for k in ("image_size", "mean", "std")}
+        self._warned = False
 
-    def __call__(self, x) -> dict:
-        "Raw outputs `{score, dist}` (numpy) for a normalised batch `x` (B, 3, S, S)."
-        x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    def _open_onnx(self, threads) -> dict:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeError("scoring an ONNX file needs onnxruntime; pip install 'cskd[export]'") from None
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        props = self.session.get_modelmeta().custom_metadata_map
+        if "cskd" not in props:
+            raise ValueError(f"{self.path}: no 'cskd' metadata (not written by cskd.export)")
+        return json.loads(props["cskd"])
+
+    def _open_pt2(self) -> dict:
+        extra = {"cskd.json": ""}
+        try:
+            self.program = torch.export.load(str(self.path), extra_files=extra)
+        except Exception as e:
+            raise ValueError(f"{self.path}: not a torch.export program ({type(e).__name__}: {e})") from None
+        if not extra["cskd.json"]:
+            raise ValueError(f"{self.path}: no cskd.json metadata (not written by cskd.export)")
+        self.module = self.program.module()
+        return json.loads(extra["cskd.json"])
+
+    def preprocess(self, images) -> np.ndarray:
+        "The model input `(B, 3, S, S)` of image files and/or PIL images, decoded as the metadata says."
+        images = [images] if isinstance(images, (str, os.PathLike, Image.Image)) else list(images)
+        self._warn_toy([p for p in images if not isinstance(p, Image.Image)])
+        return np.stack([preprocess_image(decode_image(p, self.meta["draft_size"]), self.meta) for p in images])
+
+    def _warn_toy(self, paths):
+        world = self.meta.get("trained_on_toy_world")
+        if self._warned or not world or not paths:
+            return
+        others = [p for p in paths if not _is_under(p, world)]
+        if others:
+            self._warned = True
+            warnings.warn(toy_world_warning(world, others), stacklevel=3)
+
+    def _run(self, x: np.ndarray) -> list:
         if self.format == "onnx":
-            outs = self.session.run(None, {"image": x})
-        else:
-            with torch.no_grad():
-                outs = self.module(torch.from_numpy(x))
-            outs = [o.numpy() for o in (outs if isinstance(outs, (tuple, list)) else (outs,))]
-        return dict(zip(self.meta["outputs"], outs))
+            return self.session.run(None, {"image": x})
+        with torch.no_grad():
+            outs = self.module(torch.from_numpy(x))
+        return [o.numpy() for o in (outs if isinstance(outs, (tuple, list)) else (outs,))]
+
+    def __call__(self, x, batch_size: int = 64) -> dict:
+        """Outputs `{score, dist}` (numpy) for image files or PIL images (one or a list: decoded and
+        preprocessed as `cskd score` does), or for a normalised batch `x` (B, 3, S, S)."""
+        if not _is_image_input(x):
+            return dict(zip(self.meta["outputs"], self._run(np.ascontiguousarray(np.asarray(x, dtype=np.float32)))))
+        items = [x] if isinstance(x, (str, os.PathLike, Image.Image)) else list(x)
+        parts = [self._run(self.preprocess(items[i : i + batch_size])) for i in range(0, len(items), batch_size)]
+        return {k: np.concatenate([p[j] for p in parts]) for j, k in enumerate(self.meta["outputs"])}
 
     def score_batch(self, x):
         o = self(x.numpy() if isinstance(x, torch.Tensor) else x)
@@ -179,7 +309,7 @@ class ExportedScorer:
 
 
 def load_exported(path, threads: int | None = None) -> ExportedScorer:
-    "A scorer from a file written by `export_scorer` (preprocessing read from its metadata)."
+    "A scorer from a file written by `export_scorer`: call it on image paths, PIL images or normalised tensors."
     return ExportedScorer(path, threads)
 
 # %% ../nbs/13_export.ipynb #9b2362ac

@@ -21,8 +21,9 @@ from .config import ConfigError, param
 from .runs import write_text_atomic
 
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'PYIQA_BENCHMARK', 'PUBLISHED_AVA', 'PUBLISHED_AVA_NOT_COMPARABLE', 'PipelineConfig',
-           'experiment_notebook', 'run_step', 'cpu_latency', 'summarize', 'display_table']
+__all__ = ['KERNEL_NAME', 'KERNEL_DISPLAY_NAME', 'PAPERMILL_KERNEL', 'EXPERIMENTS', 'PYIQA_BENCHMARK', 'PUBLISHED_AVA',
+           'PUBLISHED_AVA_NOT_COMPARABLE', 'PipelineConfig', 'ProjectKernelManager', 'experiment_notebook', 'run_step',
+           'cpu_latency', 'summarize', 'display_table']
 
 # %% ../nbs/10_pipeline.ipynb #6a8fb33a
 @dataclasses.dataclass
@@ -82,6 +83,27 @@ class PipelineConfig:
             ):
                 raise ConfigError(f"parameter '{k}': weights file {v} does not exist")
 
+# %% ../nbs/10_pipeline.ipynb #fd9b20f3
+from jupyter_client import AsyncKernelManager
+from jupyter_client.kernelspec import KernelSpec
+
+KERNEL_NAME = "cskd"
+KERNEL_DISPLAY_NAME = "Python (cskd)"
+
+
+class ProjectKernelManager(AsyncKernelManager):
+    "Starts the kernel under this interpreter (`sys.executable`), whatever kernelspecs are on Jupyter's path."
+
+    @property
+    def kernel_spec(self) -> KernelSpec:
+        if self._kernel_spec is None:
+            argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+            self._kernel_spec = KernelSpec(argv=argv, display_name=KERNEL_DISPLAY_NAME, language="python")
+        return self._kernel_spec
+
+
+PAPERMILL_KERNEL = dict(kernel_name=KERNEL_NAME, kernel_manager_class="cskd.pipeline.ProjectKernelManager")
+
 # %% ../nbs/10_pipeline.ipynb #19eefe9d
 EXPERIMENTS = (
     Path(__file__).resolve().parents[1] / "nbs" / "experiments"
@@ -126,7 +148,7 @@ def run_step(name: str, run_dir, parameters: dict, force: bool = False, log=prin
         str(run / f"{name}.ipynb"),
         parameters=parameters,
         cwd=str(Path.cwd()),
-        kernel_name="python3",
+        **PAPERMILL_KERNEL,
         progress_bar=False,
         stdout_file=sys.stdout if stream else None,
     )

@@ -15,16 +15,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import IMG_EXTS, _ImageItems
+from .export import _is_under, toy_world_warning
 from .images import collate_skip_none, eval_transform, load_image
 from .metrics import mean_score
-from .runs import write_text_atomic
 from .trained import iaa_model_from_run
 
 # %% auto #0
-__all__ = ['load_scorer', 'collect_paths', 'ScoreImages', 'as_scorer', 'score_images', 'score_summary', 'plot_scores']
+__all__ = ['load_scorer', 'collect_paths', 'ScoreImages', 'as_scorer', 'training_world', 'score_images', 'score_summary',
+           'plot_scores']
 
 # %% ../nbs/12_predict.ipynb #211ccedb
-def load_scorer(run=None, checkpoint=None, device="cpu"):
+def load_scorer(run=None, checkpoint=None, device="cpu", what: str = "scoring"):
     "`(model, config)` of a fine-tuning or distillation run: `run` (best, else last checkpoint) or a `checkpoint` file."
     if (run is None) == (checkpoint is None):
         raise ValueError("give exactly one of run (a run folder) or checkpoint (a model.safetensors file)")
@@ -33,50 +34,58 @@ def load_scorer(run=None, checkpoint=None, device="cpu"):
     if checkpoint is not None and not Path(checkpoint).is_file():
         folder = " (it is a folder: pass --run)" if Path(checkpoint).is_dir() else ""
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist{folder}")
-    model, cfg = iaa_model_from_run(run if run is not None else checkpoint, "scoring")
+    model, cfg = iaa_model_from_run(run if run is not None else checkpoint, what)
     return model.to(device).eval(), cfg
 
 # %% ../nbs/12_predict.ipynb #92a9407b
-def collect_paths(inputs, exts=IMG_EXTS) -> tuple[list[Path], int]:
-    "Image paths from files, folders (recursive) and file lists, in order, each once; returns `(paths, n_duplicates)`."
+def _list_entries(src: Path, exts) -> tuple[list[Path], dict]:
+    "The paths a file list names, and `{path: reason}` for those that are missing (they still get a row)."
+    try:
+        lines = src.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{src}: neither an image (extension not in {', '.join(exts)}) nor a text file list") from None
+    out, missing = [], {}
+    for n, line in enumerate(lines, 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        q = Path(s) if Path(s).is_absolute() else src.parent / s
+        out.append(q)
+        if not q.is_file():
+            why = "is a folder (a list names image files)" if q.is_dir() else "no such file"
+            missing[str(q)] = f"{why} (listed at {src}:{n})"
+    return out, missing
+
+
+def collect_paths(inputs, exts=IMG_EXTS) -> tuple[list[Path], int, dict]:
+    """Image paths from files, folders (recursive) and file lists, in order, each once; returns
+    `(paths, n_duplicates, missing)`. A path of a list that does not exist stays in `paths` and is in
+    `missing` (`{path: reason}`): it becomes a row with an error. A file or folder given directly that does
+    not exist is a mistake in the request (`FileNotFoundError`, naming each); no image at all, a `ValueError`."""
     exts = tuple(e.lower() for e in exts)
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    out, missing = [], []
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    out, missing, absent = [], {}, []
     for src in map(Path, inputs):
         if src.is_dir():
             out += sorted(q for q in src.rglob("*") if q.suffix.lower() in exts and q.is_file())
         elif src.suffix.lower() in exts:
-            if src.exists():
-                out.append(src)
-            else:
-                missing.append(f"{src}: no such file")
+            (out if src.exists() else absent).append(src)
         elif src.is_file():
-            try:
-                lines = src.read_text().splitlines()
-            except UnicodeDecodeError:
-                raise ValueError(
-                    f"{src}: neither an image (extension not in {', '.join(exts)}) nor a text file list"
-                ) from None
-            for n, line in enumerate(lines, 1):
-                s = line.strip()
-                if not s or s.startswith("#"):
-                    continue
-                q = Path(s) if Path(s).is_absolute() else src.parent / s
-                if q.is_file():
-                    out.append(q)
-                else:
-                    missing.append(
-                        f"{src}:{n}: {s}: "
-                        + ("is a folder (a list names image files)" if q.is_dir() else "no such file")
-                    )
+            found, miss = _list_entries(src, exts)
+            out += found
+            missing.update(miss)
         else:
-            missing.append(f"{src}: no such file or folder")
-    if missing:
+            absent.append(src)
+    if absent:
         raise FileNotFoundError(
-            f"{len(missing)} input(s) not found; nothing was scored:\n  "
-            + "\n  ".join(missing[:20])
-            + (f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else "")
+            f"{len(absent)} input(s) not found; nothing was scored:\n  "
+            + "\n  ".join(f"{p}: no such file or folder" for p in absent[:20])
+            + (f"\n  ... and {len(absent) - 20} more" if len(absent) > 20 else "")
+        )
+    if not out:
+        raise ValueError(
+            f"no images to score in {', '.join(map(str, inputs)) or 'an empty list of inputs'} "
+            f"(image extensions: {', '.join(exts)})"
         )
     seen, paths = set(), []
     for p in out:
@@ -84,7 +93,7 @@ def collect_paths(inputs, exts=IMG_EXTS) -> tuple[list[Path], int]:
         if k not in seen:
             seen.add(k)
             paths.append(p)
-    return paths, len(out) - len(paths)
+    return paths, len(out) - len(paths), missing
 
 # %% ../nbs/12_predict.ipynb #1163d1ee
 class ScoreImages(_ImageItems):
@@ -123,25 +132,11 @@ def as_scorer(model, device=None):
     return model if hasattr(model, "score_batch") else _TorchScorer(model, device)
 
 
-def score_images(
-    model,
-    inputs,
-    out=None,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    device=None,
-    progress: bool = True,
-    allow_truncated: bool = False,
-) -> pd.DataFrame:
-    "Score every image of `inputs` (files, folders, file lists); one row per image, bad ones with `error`. Writes `out` (CSV) if given."
+def _score_all(scorer, ds, batch_size, num_workers, progress):
+    "Mean scores `(n,)` and distributions `(n, bins)` or None; NaN rows for the images that were not read."
     from tqdm.auto import tqdm
 
-    scorer = as_scorer(model, device)
-    paths, dups = collect_paths(inputs)
-    pp = scorer.preprocessing
-    ds = ScoreImages(paths, eval_transform(pp["image_size"], pp["mean"], pp["std"]), allow_truncated)
-    means = np.full(len(paths), np.nan)
-    dists = None
+    means, dists = np.full(len(ds), np.nan), None
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_none)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="skipping bad image")  # the summary names them all, once
@@ -153,9 +148,55 @@ def score_images(
             means[idx.numpy()] = m
             if p is not None:
                 if dists is None:
-                    dists = np.full((len(paths), p.shape[1]), np.nan)
+                    dists = np.full((len(ds), p.shape[1]), np.nan)
                 dists[idx.numpy()] = p
-    bad = ds.bad_images
+    return means, dists
+
+
+def _write_csv(df: pd.DataFrame, out) -> Path:
+    "The CSV written through a temporary file and a rename; the temporary file is removed on any failure."
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def training_world(cfg) -> str | None:
+    "The toy world a run's config trained on (its `data_root` holds cskd's `world.json`), else None."
+    root = getattr(cfg, "data_root", None)
+    return str(Path(root).resolve()) if root and (Path(root) / "world.json").is_file() else None
+
+
+def score_images(
+    model,
+    inputs,
+    out=None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device=None,
+    progress: bool = True,
+    allow_truncated: bool = False,
+    toy_world: str | None = None,
+) -> pd.DataFrame:
+    """Score every image of `inputs` (files, folders, file lists); one row per image, bad or missing ones
+    with `error`. Writes `out` (CSV) if given. `toy_world`: the toy world the model was trained on
+    (`training_world(cfg)`; an exported file knows its own): one warning if images come from elsewhere."""
+    scorer = as_scorer(model, device)
+    paths, dups, missing = collect_paths(inputs)
+    toy_world = toy_world or getattr(scorer, "meta", {}).get("trained_on_toy_world")
+    others = [str(p) for p in paths if toy_world and not _is_under(p, toy_world)]
+    if others:
+        warnings.warn(toy_world_warning(toy_world, others), stacklevel=2)
+    pp = scorer.preprocessing
+    ds = ScoreImages(paths, eval_transform(pp["image_size"], pp["mean"], pp["std"]), allow_truncated)
+    means, dists = _score_all(scorer, ds, batch_size, num_workers, progress)
+    bad = dict(ds.bad_images, **missing)
     df = pd.DataFrame(dict(path=[str(p) for p in paths], pred_mean=means))
     if dists is not None or getattr(scorer, "head", "dist") == "dist":
         d = dists if dists is not None else np.full((len(paths), 10), np.nan)
@@ -165,7 +206,7 @@ def score_images(
     df.loc[df.pred_mean.isna() & (df.error == ""), "error"] = "not scored"  # never expected; never silent
     df.attrs["duplicates"] = dups
     if out is not None:
-        write_text_atomic(out, df.to_csv(index=False))
+        _write_csv(df, out)
     return df
 
 
@@ -176,7 +217,7 @@ def score_summary(df: pd.DataFrame) -> str:
     if df.attrs.get("duplicates"):
         s += f" ({df.attrs['duplicates']} duplicate path(s) scored once)"
     if len(bad):
-        s += f"; {len(bad)} unreadable (empty score in the CSV):\n" + "\n".join(
+        s += f"; {len(bad)} unreadable or missing (empty score in the CSV):\n" + "\n".join(
             f"  {p}: {e}" for p, e in zip(bad.path, bad.error)
         )
     return s

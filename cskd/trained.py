@@ -84,9 +84,10 @@ def iaa_model_from_run(path, what: str = "this command") -> tuple[IAAModel, Fine
     saved = run_config(path)
     kind = run_kind(saved)
     if kind == "align":
+        run = find_run_config(path).parent
         raise RunKindError(
-            f"{path} is {RUN_KINDS[kind]}: {what} needs a fine-tuning or distillation run (an encoder with an IAA "
-            "head); fine-tune it first (python -m cskd finetune --init RUN ...)"
+            f"{run}: this is an alignment run; {what} needs a fine-tuning or distillation run (phase 1 trains an "
+            f"encoder without a score head; fine-tune it first: python -m cskd finetune --init {run} ...)"
         )
     cfg = FinetuneConfig(**_known(FinetuneConfig, saved, drop=("init", "pretrained")))
     model = build_iaa_model(cfg)

@@ -12,6 +12,7 @@ from cskd.align import ALIGN_DEFAULTS, AlignConfig, align, align_config, align_p
 from cskd.config import ConfigError, load_config
 from cskd.iaa import build_iaa_model, finetune_config, finetune
 from cskd.models import TEST_CLIP, clip_teacher
+from cskd.pipeline import PAPERMILL_KERNEL
 from cskd.teacher_cache import PoolViews, SeededView, TeacherCache, teacher_targets
 from cskd.toy import make_toy_world
 
@@ -146,7 +147,7 @@ def test_experiment_notebook_runs_and_validates(tmp_path):
         str(nb),
         str(tmp_path / "out.ipynb"),
         cwd=str(ROOT),
-        kernel_name="python3",
+        **PAPERMILL_KERNEL,
         progress_bar=False,
         parameters=dict(
             run_dir=str(run), data_root=str(tmp_path / "toy"), toy_images=240, epochs=2, eval_images=32, batch_size=32
@@ -162,7 +163,7 @@ def test_experiment_notebook_runs_and_validates(tmp_path):
             str(nb),
             str(tmp_path / "bad.ipynb"),
             cwd=str(ROOT),
-            kernel_name="python3",
+            **PAPERMILL_KERNEL,
             progress_bar=False,
             parameters=dict(run_dir=str(tmp_path / "bad"), data_root=str(tmp_path / "toy"), loss="fdd"),
         )

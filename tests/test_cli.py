@@ -37,3 +37,20 @@ def test_toy_command_is_deterministic_across_processes(tmp_path):
 def test_toy_command_reports_bad_parameters(tmp_path):
     r = run("toy", str(tmp_path / "w"), "--n-images", "3")
     assert r.returncode == 2 and "n_images=3" in r.stderr
+
+
+def test_every_flag_of_every_command_has_help():
+    "`--help` explains every flag of every command (the phases' flags come from their fields' declarations)."
+    import argparse
+
+    from cskd.cli import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [
+        f"{name} {a.dest}"
+        for name, q in sub.choices.items()
+        for a in q._actions
+        if not isinstance(a, argparse._HelpAction) and not (a.help and a.help.strip())
+    ]
+    assert not bare, f"flags without help: {bare}"
+    assert {"align", "finetune", "distill", "score", "export", "splits", "evaluate"} <= set(sub.choices)

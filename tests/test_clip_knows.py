@@ -22,6 +22,7 @@ from cskd.config import ConfigError, from_namespace, load_config
 from cskd.data import read_split
 from cskd.iaa import FinetuneConfig, finetune
 from cskd.models import TEST_CLIP
+from cskd.pipeline import PAPERMILL_KERNEL
 from cskd.runs import save_table
 from cskd.toy import make_toy_world
 
@@ -170,7 +171,7 @@ def test_experiment_notebook_runs_and_validates(tmp_path):
         str(NB),
         str(tmp_path / "out.ipynb"),
         cwd=str(ROOT),
-        kernel_name="python3",
+        **PAPERMILL_KERNEL,
         progress_bar=False,
         parameters=dict(run_dir=str(run), data_root=str(tmp_path / "toy"), toy_images=800),
     )
@@ -206,7 +207,7 @@ def test_experiment_notebook_runs_and_validates(tmp_path):
                 str(NB),
                 str(tmp_path / "bad.ipynb"),
                 cwd=str(ROOT),
-                kernel_name="python3",
+                **PAPERMILL_KERNEL,
                 progress_bar=False,
                 parameters=dict(run_dir=str(bad), data_root=str(tmp_path / "toy"), **params),
             )

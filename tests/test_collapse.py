@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from cskd.collapse import collapse_study, load_vit, split_images
 from cskd.engine import find_weights
+from cskd.pipeline import PAPERMILL_KERNEL
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "nbs" / "experiments" / "collapse.ipynb"
@@ -25,7 +26,7 @@ def execute(tmp, name, **parameters):
         str(NB),
         str(tmp / f"{name}.ipynb"),
         cwd=str(ROOT),
-        kernel_name="python3",
+        **PAPERMILL_KERNEL,
         progress_bar=False,
         parameters=parameters,
     )

@@ -2,6 +2,7 @@
 command line: real subprocesses, real toy JPEGs, real timm models."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import papermill as pm
 import pytest
 
 from cskd.toy import make_toy_world
+from cskd.pipeline import PAPERMILL_KERNEL
 
 ROOT = Path(__file__).parents[1]
 NBS = ROOT / "nbs" / "experiments"
@@ -25,7 +27,7 @@ def execute(name, out_dir, **parameters):
         str(NBS / f"{name}.ipynb"),
         str(out_dir / f"{name}.ipynb"),
         cwd=str(ROOT),
-        kernel_name="python3",
+        **PAPERMILL_KERNEL,
         progress_bar=False,
         parameters=parameters,
     )
@@ -171,3 +173,59 @@ def test_a_step_never_takes_another_notebooks_result(toy, tmp_path):
         run_step("finetune", run, params)
     assert "'lrr' (did you mean 'lr'?)" in str(e.value) and not (run / "metrics.json").exists()
     assert json.loads((run / "step.json").read_text())["notebook"] == "finetune"
+
+
+def _bogus_kernels(root: Path) -> Path:
+    "A Jupyter path whose `python3` and `cskd` kernelspecs point at an interpreter that does not exist."
+    for name in ("python3", "cskd"):
+        d = root / "kernels" / name
+        d.mkdir(parents=True)
+        argv = ["/nonexistent/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        (d / "kernel.json").write_text(json.dumps(dict(argv=argv, display_name=f"broken {name}", language="python")))
+    return root
+
+
+RUN_STEP = """
+import json, sys
+from cskd.pipeline import run_step
+m = run_step("finetune", sys.argv[1], json.loads(sys.argv[2]))
+print("test_srcc" in m)
+"""
+
+
+def test_cskd_runs_notebooks_under_its_own_kernel_whatever_python3_is(toy, tmp_path):
+    "A broken `python3` (and `cskd`) kernelspec first on JUPYTER_PATH: a plain papermill run fails, cskd's does not."
+    env = dict(os.environ, JUPYTER_PATH=str(_bogus_kernels(tmp_path / "jupyter")))
+    plain = "import papermill as pm, sys; pm.execute_notebook(sys.argv[1], sys.argv[2], kernel_name='python3')"
+    nb = str(NBS / "finetune.ipynb")
+    r = subprocess.run([sys.executable, "-c", plain, nb, str(tmp_path / "p.ipynb")], env=env, capture_output=True)
+    assert r.returncode != 0 and b"nonexistent" in r.stderr  # the bogus spec is really the one found
+    params = dict(data_root=str(toy), epochs=1, n_train=64, encoder="resnet10t", image_size=32)
+    r = subprocess.run(
+        [sys.executable, "-c", RUN_STEP, str(tmp_path / "run"), json.dumps(params)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0 and r.stdout.strip().endswith("True"), r.stderr[-3000:]
+    out = json.loads((tmp_path / "run" / "finetune.ipynb").read_text())
+    assert out["metadata"]["kernelspec"]["name"] == "cskd"
+
+
+def test_collapse_figures_of_a_random_init_model_are_the_same_on_every_run(toy, tmp_path):
+    "The pipeline's 'encoder before alignment' is a spec without weights: two runs give the same bytes (make demo)."
+    models = {"CLIP": "clip:cskd-toy-vit", "encoder before alignment": "timm:vit_tiny_patch16_224"}
+    params = dict(data_root=str(toy), images=4, gallery_images=1, image_size=32, batch_size=4, models=models)
+    runs = [tmp_path / f"run{k}" for k in (1, 2)]
+    for run in runs:
+        execute("collapse", tmp_path, run_dir=str(run), **params)
+    metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    for m in metrics:
+        m.pop("seconds")
+    assert metrics[0] == metrics[1]
+    pngs = sorted(p.name for p in (runs[0] / "figures").glob("*.png"))
+    assert "collapse_gallery_encoder_before_alignment.png" in pngs and len(pngs) == 4, pngs
+    for name in pngs:
+        assert (runs[0] / "figures" / name).read_bytes() == (runs[1] / "figures" / name).read_bytes(), name
