@@ -10,9 +10,10 @@ optional `--compile` (the engine compiles the student) and `--channels-last`.
 
 - compute only: a hook replaces the engine's loader by `--steps` uint8 batches made once on the device,
   so the step runs with no data path at all;
-- end to end: a pool of `--pool` entries cycling over a few hundred AVA-sized JPEGs made from the real
+- end to end: `--e2e-steps` batches of pool entries cycling over a few hundred AVA-sized JPEGs made from the real
   photographs bundled with scikit-image (as `bench/data_path.py` makes them), read by `--workers` loader
-  workers; `--decode cpu` (PIL in the workers), `gpu` (`torchvision.io.decode_jpeg` on the device) or both.
+  workers at the phase's draft setting; `--decode cpu` (PIL in the workers), `gpu` (`torchvision.io.decode_jpeg`
+  on the device) or both.
 
 Times come from a hook that stamps the clock after every optimizer step (the engine reads the loss each
 step, which waits for the device); the first `--warmup` steps (compilation, worker start-up) are left
@@ -23,7 +24,8 @@ SXM dense bf16, on CUDA; on the CPU n/a unless given). Peak memory: `torch.cuda.
 per run (n/a on the CPU). The decode check compares the two decode paths' views of the same seeds.
 
 The last line is `ratio: <best end-to-end images/s / compute-only images/s>` (1: the data path keeps up;
-below 1: how far it holds the device back). Usage: python bench/gpu_phase1.py [--tiny] [--compile]
+below 1: how far it holds the device back). Without a CUDA device and without `--device`, it runs the `--tiny`
+settings (so `make bench` stays short on a CPU machine). Usage: python bench/gpu_phase1.py [--tiny] [--compile]
 [--channels-last] [--decode cpu,gpu] [--batch-size 256] [--steps 30] [--workers N] [--peak-flops F]
 """
 
@@ -121,6 +123,9 @@ def parse(argv=None):
         ap.add_argument("--" + k.replace("_", "-"), type=int)
     ap.add_argument("--peak-flops", type=float, help="peak FLOP/s for MFU (default 989e12 on CUDA, none on CPU)")
     args = ap.parse_args(argv)
+    if not args.tiny and args.device == "auto" and not torch.cuda.is_available():
+        print("no CUDA device: the --tiny settings (the paper's models need a GPU; --device cpu forces them)")
+        args.tiny = True
     for k, v in SETTINGS["tiny" if args.tiny else "full"].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
