@@ -18,7 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ConfigError, param, register_phase
-from .data import UnlabeledPool, collate_skip_none, read_split
+from .data import UnlabeledPool, read_split
+from .gpu_decode import DECODERS, on_device, pool_dataset
 from .runs import read_metrics, write_text_atomic
 from .engine import TrainConfig, fit, resolve_device
 from .models import TOY_CLIP, Projector, build_encoder, clip_teacher
@@ -67,6 +68,11 @@ class AlignConfig(TrainConfig):
     view_seed: int = param(0, "seed of the cached views (independent of the training seed)", min=0)
     eval_images: int = param(256, "pool images in the fixed alignment-loss check after each epoch; 0: none", min=0)
     on_bad_image: str = param("skip", "a corrupt image: skip it (and report) or raise", choices=("skip", "raise"))
+    decode: str = param(
+        "cpu",
+        "JPEG decoding: cpu (PIL in the loader workers) or gpu (decode_jpeg on the training device)",
+        choices=DECODERS,
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -194,9 +200,11 @@ def _check_batches(
 def align_step(cfg: AlignConfig, teacher, cached: bool) -> Callable:
     "The engine's step function of phase 1: the teacher's targets (online, or the cached ones) and the loss."
 
+    dev = resolve_device(cfg)
+
     def step(net, batch):
-        x = batch[0]
-        target = batch[1] if cached else teacher_targets(teacher, x, cfg.granularity)
+        x, target = on_device(batch, dev, cached)  # decode='gpu': the views are decoded here
+        target = target if cached else teacher_targets(teacher, x, cfg.granularity)
         return align_loss(net(x), target, cfg.loss, cfg.fd_beta)
 
     return step
@@ -275,7 +283,9 @@ def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
     cache = _teacher_cache(cfg, teacher, paths, view, dev)
     t_cache = time.perf_counter() - t1
     # the engine calls ds.set_epoch(epoch) before each epoch: every batch of epoch e uses epoch e's views
-    ds = PoolViews(paths, view, cfg.view_seed, cfg.seed, cache=cache, on_error=cfg.on_bad_image, bad_log=pool.bad_log)
+    ds, collate = pool_dataset(
+        cfg.decode, paths, view, cfg.view_seed, cfg.seed, cache=cache, on_error=cfg.on_bad_image, bad_log=pool.bad_log
+    )
     eval_fn, before = None, {}
     if cfg.eval_images:
         views, targets = _check_set(cfg, ds, cache, teacher, dev)
@@ -283,9 +293,7 @@ def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
         was = model.training
         before = eval_fn(model.to(dev).eval())
         model.train(was)
-    res = fit(
-        model, ds, align_step(cfg, teacher, cache is not None), cfg, eval_fn=eval_fn, collate_fn=collate_skip_none
-    )
+    res = fit(model, ds, align_step(cfg, teacher, cache is not None), cfg, eval_fn=eval_fn, collate_fn=collate)
     out = _align_results(cfg, res, before, len(ds))
     out.update(
         bad_images=len(pool.bad_log),

@@ -27,6 +27,11 @@ def _check_dists(pred, target):
     if pred.shape != target.shape:
         raise ValueError(f"shape mismatch: `pred` {tuple(pred.shape)} vs `target` {tuple(target.shape)}")
 
+
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    "`x` in at least float32: half types (bf16 / fp16 from autocast) go up, float32 and float64 stay."
+    return x.float() if x.is_floating_point() and x.element_size() < 4 else x
+
 # %% ../nbs/02b_losses.ipynb #c712d781
 def _safe_root(u: torch.Tensor, r: float) -> torch.Tensor:
     if r == 1:
@@ -40,6 +45,7 @@ def emd_loss(pred: torch.Tensor, target: torch.Tensor, r: float = 2, reduction: 
     _check_dists(pred, target)
     if r < 1:
         raise ValueError(f"`r` must be >= 1, got {r}")
+    pred = _fp32(pred)  # cumulative sums of bf16 probabilities lose ~0.4% per bin: sum in fp32 (or fp64)
     diff = (torch.cumsum(pred, -1) - torch.cumsum(target.to(pred.dtype), -1)).abs()
     per_sample = _safe_root((diff**r).mean(-1), r)
     return _reduce(per_sample, reduction)
@@ -52,6 +58,7 @@ def kl_loss(
     _check_dists(student_logits, teacher_probs)
     if temperature <= 0:
         raise ValueError(f"`temperature` must be positive, got {temperature}")
+    student_logits = _fp32(student_logits)  # log-softmax and the sum over bins in fp32 under autocast
     q = teacher_probs.to(student_logits.dtype)
     if temperature != 1.0:
         q = q.clamp_min(0) ** (1.0 / temperature)
@@ -65,6 +72,7 @@ def score_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse", redu
     "MSE (`kind='mse'`) or L1 (`kind='l1'`) between predicted and target scores of the same shape."
     if pred.shape != target.shape:
         raise ValueError(f"shape mismatch: `pred` {tuple(pred.shape)} vs `target` {tuple(target.shape)}")
+    pred = _fp32(pred)  # a bf16 pred would round the target too (steps of 1/32 between scores 4 and 8)
     target = target.to(pred.dtype)
     if kind == "mse":
         return F.mse_loss(pred, target, reduction=reduction)

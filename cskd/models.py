@@ -470,7 +470,7 @@ class IAAModel(nn.Module):
     def predict_dist(self, x: torch.Tensor) -> torch.Tensor:
         if self.head.kind != "dist":
             raise ValueError("predict_dist needs a head with kind='dist'")
-        return self(x).softmax(-1)
+        return self(x).float().softmax(-1)  # fp32 under autocast: bf16 logits, fp32 probabilities
 
     def predict_mean(self, x: torch.Tensor) -> torch.Tensor:
         "Predicted mean score (B,): the expected score 1..bins of the distribution, or the scalar output."
