@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torchvision import transforms as T
+from .runs import write_text_atomic
 from cskd.images import (  # noqa: F401 (re-exported: the data chapter is where users look for them)
     load_image,
     BadImageError,
@@ -255,10 +256,7 @@ def write_split(path, ids):
         raise ValueError(f"write_split({path}): ids must be non-empty without whitespace, got {bad[:5]}")
     if len(set(ids)) != len(ids):
         raise ValueError(f"write_split({path}): duplicated ids")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text("".join(i + "\n" for i in ids))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(i + "\n" for i in ids))
 
 
 def random_split(ids, sizes=(0.8, 0.1, 0.1), seed: int = 0) -> tuple[list[str], ...]:

@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .runs import atomic_path
+
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 OPSET = 18
 PARITY_ATOL = 1e-4
@@ -135,20 +137,14 @@ def _write(model, path, fmt, trained_on, check: bool):
     meta = export_metadata(model, fmt, trained_on=trained_on)
     s = meta["image_size"]
     x = torch.zeros(2, 3, s, s)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{FORMATS[fmt]}")  # the suffix says the format
     parity = None
-    try:
+    with atomic_path(path, suffix=FORMATS[fmt]) as tmp:  # the suffix says the format
         with torch.no_grad():
             (_export_onnx if fmt == "onnx" else _export_pt2)(_ScoreModule(model), x, tmp, meta)
         if check:
             parity = check_parity(model, load_exported(tmp))
             if max(parity.values()) > PARITY_ATOL:
                 raise RuntimeError(f"{path}: exported outputs differ from PyTorch by {parity} (> {PARITY_ATOL})")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path, parity
 
 

@@ -10,6 +10,7 @@ import io, os, re, tempfile, warnings, weakref
 from pathlib import Path
 import numpy as np
 import torch
+from .runs import atomic_path
 from PIL import Image
 from torchvision import transforms as T
 
@@ -291,9 +292,7 @@ def preresize_images(
         scale = short_side / min(im.size)
         if scale < 1:
             im = im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))), Image.BILINEAR)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        im.save(tmp, format="JPEG", quality=quality)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            im.save(tmp, format="JPEG", quality=quality)
         out["written"] += 1
     return out

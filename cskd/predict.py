@@ -18,6 +18,7 @@ from .data import IMG_EXTS, _ImageItems
 from .export import _is_under, toy_world_warning
 from .images import collate_skip_none, eval_transform, load_image
 from .metrics import mean_score
+from .runs import write_text_atomic
 from .trained import iaa_model_from_run
 
 # %% auto #0
@@ -155,16 +156,7 @@ def _score_all(scorer, ds, batch_size, num_workers, progress):
 
 def _write_csv(df: pd.DataFrame, out) -> Path:
     "The CSV written through a temporary file and a rename; the temporary file is removed on any failure."
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
+    return write_text_atomic(out, df.to_csv(index=False))
 
 
 def training_world(cfg) -> str | None:

@@ -23,12 +23,13 @@ __all__ = ['atomic_path', 'write_text_atomic', 'weights_fingerprint', 'read_metr
 
 # %% ../nbs/04c_runs.ipynb #46119467
 @contextmanager
-def atomic_path(path) -> Iterator[Path]:
+def atomic_path(path, suffix: str = "") -> Iterator[Path]:
     """A temporary path beside `path` to write to: renamed over `path` when the block ends, removed if it fails.
-    Readers see the old file or the new one, never half of one; a failed write leaves nothing behind."""
+    Readers see the old file or the new one, never half of one; a failed write leaves nothing behind.
+    `suffix` ends the temporary name, for writers that read the format from it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
