@@ -487,6 +487,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'cskd.pipeline': { 'cskd.pipeline.PipelineConfig': ('pipeline.html#pipelineconfig', 'cskd/pipeline.py'),
                                'cskd.pipeline.PipelineConfig.validate': ('pipeline.html#pipelineconfig.validate', 'cskd/pipeline.py'),
                                'cskd.pipeline.ProjectKernelManager': ('pipeline.html#projectkernelmanager', 'cskd/pipeline.py'),
+                               'cskd.pipeline.ProjectKernelManager.__init__': ( 'pipeline.html#projectkernelmanager.__init__',
+                                                                                'cskd/pipeline.py'),
                                'cskd.pipeline.ProjectKernelManager.kernel_spec': ( 'pipeline.html#projectkernelmanager.kernel_spec',
                                                                                    'cskd/pipeline.py'),
                                'cskd.pipeline.cpu_latency': ('pipeline.html#cpu_latency', 'cskd/pipeline.py'),

@@ -92,7 +92,11 @@ KERNEL_DISPLAY_NAME = "Python (cskd)"
 
 
 class ProjectKernelManager(AsyncKernelManager):
-    "Starts the kernel under this interpreter (`sys.executable`), whatever kernelspecs are on Jupyter's path."
+    """Starts the kernel under this interpreter (`sys.executable`), whatever kernelspecs are on Jupyter's path,
+    over IPC sockets (local files, readable by this user only) rather than unencrypted TCP ports."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**{"transport": "ipc", **kwargs})
 
     @property
     def kernel_spec(self) -> KernelSpec:
