@@ -92,7 +92,7 @@ class PipelineConfig:
                 and not Path(v).is_file()
             ):
                 raise ConfigError(f"parameter '{k}': weights file {v} does not exist")
-        for k in sorted({f for _, f in STEPS.values()}):
+        for k in [f.name for f in dataclasses.fields(self) if f.name.endswith("_config")]:  # the phase YAMLs
             if getattr(self, k) is not None and not Path(getattr(self, k)).is_file():
                 raise ConfigError(f"parameter '{k}': phase config {getattr(self, k)} does not exist")
 
