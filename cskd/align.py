@@ -71,7 +71,7 @@ class AlignConfig(TrainConfig):
     min_scale: float = param(0.08, "smallest crop area fraction of the random resized crop", min=0.01, max=1.0)
     hflip: bool = param(True, "random horizontal flips")
     draft_factor: float | None = param(
-        1.0, "decode JPEGs at >= draft_factor x image_size (faster; None: full size)", min=1.0
+        1.0, "decode JPEGs at no less than draft_factor x image_size (faster; None: full size)", min=1.0
     )
     cache: bool = param(False, "read teacher outputs from the teacher-feature cache instead of running the teacher")
     cache_views: int = param(4, "K: fixed views per image in the cache", min=1)

@@ -67,7 +67,7 @@ class FinetuneConfig(TrainConfig):
     image_size: int = param(64, "input size in pixels", min=16)
     crop_scale: float = param(0.8, "smallest area fraction of the random training crop", min=0.05, max=1.0)
     head: str = param("dist", "score head: distribution over 10 bins or a scalar", choices=("dist", "scalar"))
-    loss: str = param("emd", "IAA loss (emd needs head='dist')", choices=("emd", "mse", "l1"))
+    loss: str = param("emd", "IAA loss (emd needs the dist head)", choices=("emd", "mse", "l1"))
     drop_path: float = param(0.1, "stochastic depth of the encoder", min=0.0, max=1.0)
     dropout: float = param(0.0, "dropout before the head", min=0.0, max=1.0)
     eval_batch_size: int = param(128, "batch size of the evaluation passes (val, test)", min=1)

@@ -247,7 +247,7 @@ NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own line
             run_dir=("runs/distill", "the run folder"),
             toy_images=(10000, "when data_root does not exist: write a toy world of this many images there"),
             teacher_run=(None, "None: fine-tune a teacher first (`teacher_encoder`, `teacher_n_train` labeled images)"),
-            teacher_encoder=("resnet18", "the notebook's own teacher (teacher_run=None)"),
+            teacher_encoder=("resnet18", "the notebook's own teacher (when teacher_run is None)"),
             teacher_epochs=(3, "... its epochs"),
             teacher_n_train=(1000, "... and its labeled images"),
             n_train=(300, "labeled images for the student: a low-label regime (the phase's default takes all)"),
@@ -281,7 +281,10 @@ def _literal(v) -> str:
 
 
 def _assignment(name: str, value, comment: str, width: int = 120) -> str:
-    "`name = value  # comment`, the comment continued on `# ...` lines beyond `width` characters."
+    """`name = value  # comment`, the comment continued on `# ...` lines beyond `width` characters. Papermill
+    cannot parse a line whose comment holds `=` (it drops the parameter), so help texts avoid it."""
+    if "=" in comment:
+        raise ValueError(f"help of parameter '{name}' holds '=', which papermill cannot parse: {comment!r}")
     line, words = f"{name} = {_literal(value)}", comment.split()
     out, cur = [], line + "  #"
     for w in words:

@@ -7,11 +7,20 @@ from pathlib import Path
 
 import pytest
 import yaml
+from papermill.translators import PythonTranslator
 
 import cskd.cli  # noqa: F401  (registers every phase)
 from cskd.clip_study import ClipStudyConfig
 from cskd.config import PHASES, load_config, load_yaml, to_dict
-from cskd.pipeline import NOTEBOOK_PARAMETERS, STEPS, WIRING, PipelineConfig, resolve_steps, sync_parameters
+from cskd.pipeline import (
+    NOTEBOOK_PARAMETERS,
+    STEPS,
+    WIRING,
+    PipelineConfig,
+    parameters_cell,
+    resolve_steps,
+    sync_parameters,
+)
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -82,6 +91,10 @@ def test_pipeline_ava_steps_are_their_phase_yamls():
 def test_parameters_cells_are_generated_from_the_configs():
     assert set(NOTEBOOK_PARAMETERS) >= {"align", "finetune", "distill", "pipeline"}
     assert sync_parameters(check=True) == [], "run: python -m cskd sync-params"
+    for name in NOTEBOOK_PARAMETERS:  # papermill reads every parameter of the cell (--help-notebook, -p checks)
+        cell = parameters_cell(name)
+        assigned = [line.split(" = ")[0] for line in cell.splitlines() if not line.startswith("#")]
+        assert [p.name for p in PythonTranslator.inspect({"source": cell})] == assigned, name
 
 
 def test_pipeline_dry_run_prints_every_step():
