@@ -26,15 +26,27 @@ from .models import TOY_CLIP, Projector, build_encoder, clip_teacher
 from .teacher_cache import PoolViews, SeededView, ensure_teacher_cache, teacher_targets, to_unit
 
 # %% auto #0
-__all__ = ['LOSSES', 'GRANULARITIES', 'ALIGN_DEFAULTS', 'AlignConfig', 'align_config', 'align_pool', 'AlignModel',
+__all__ = ['LOSSES', 'GRANULARITIES', 'phase_param', 'AlignConfig', 'align_config', 'align_pool', 'AlignModel',
            'build_align_model', 'align_target', 'align_loss', 'default_cache_dir', 'align_step', 'align']
 
 # %% ../nbs/05_align.ipynb #44c8c536
 LOSSES, GRANULARITIES = ("fd", "cosine", "mse"), ("pooled", "tokens")
 
 
+def phase_param(name: str, default, base=TrainConfig):
+    "The field `name` of `base` (its help text, choices and bounds) with a phase's own `default`."
+    m = base.__dataclass_fields__[name].metadata
+    return param(default, m["help"], m["choices"], m["min"], m["max"], m["above"])
+
+
 @dataclass
 class AlignConfig(TrainConfig):
+    epochs: int = phase_param("epochs", 3)
+    batch_size: int = phase_param("batch_size", 64)
+    lr: float = phase_param("lr", 1e-3)
+    warmup_epochs: float = phase_param("warmup_epochs", 0.5)
+    grad_clip: float | None = phase_param("grad_clip", 3.0)
+    log_every: int = phase_param("log_every", 5)
     pool_sources: list = param(
         ["data/toy/images"], "unlabeled pool: image folders and/or files listing image paths (one per line)"
     )
@@ -60,13 +72,13 @@ class AlignConfig(TrainConfig):
     min_scale: float = param(0.08, "smallest crop area fraction of the random resized crop", min=0.01, max=1.0)
     hflip: bool = param(True, "random horizontal flips")
     draft_factor: float | None = param(
-        1.0, "decode JPEGs at >= draft_factor x image_size (faster; None: full size)", min=1.0
+        1.0, "decode JPEGs at no less than draft_factor x image_size (faster; None: full size)", min=1.0
     )
     cache: bool = param(False, "read teacher outputs from the teacher-feature cache instead of running the teacher")
     cache_views: int = param(4, "K: fixed views per image in the cache", min=1)
     cache_dir: str | None = param(None, "cache folder; None: cache/teacher-<teacher>-<granularity>-<image_size>")
     view_seed: int = param(0, "seed of the cached views (independent of the training seed)", min=0)
-    eval_images: int = param(256, "pool images in the fixed alignment-loss check after each epoch; 0: none", min=0)
+    eval_images: int = param(128, "pool images in the fixed alignment-loss check after each epoch; 0: none", min=0)
     on_bad_image: str = param("skip", "a corrupt image: skip it (and report) or raise", choices=("skip", "raise"))
     decode: str = param(
         "cpu",
@@ -91,14 +103,9 @@ class AlignConfig(TrainConfig):
             raise ConfigError("parameter 'pool_sources' is empty: give at least one image folder or file list")
 
 
-ALIGN_DEFAULTS = dict(
-    epochs=4, batch_size=64, lr=5e-4, weight_decay=0.05, warmup_epochs=0.5, grad_clip=3.0, log_every=5
-)
-
-
 def align_config(**kw) -> AlignConfig:
-    "An `AlignConfig` with the phase's defaults, then `kw`."
-    return AlignConfig(**{**ALIGN_DEFAULTS, **kw})
+    "An `AlignConfig`: the phase's defaults (its fields), then `kw`."
+    return AlignConfig(**kw)
 
 # %% ../nbs/05_align.ipynb #1a62b167
 def align_pool(cfg: AlignConfig) -> UnlabeledPool:
@@ -314,5 +321,4 @@ register_phase(
     AlignConfig,
     align,
     "phase 1: align a visual encoder to a frozen CLIP teacher on unlabeled images",
-    ALIGN_DEFAULTS,
 )

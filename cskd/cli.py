@@ -172,6 +172,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("pipeline", "sync-params"):
+        return _pipeline_commands(args)
     try:
         if args.command == "demo":
             demo(args.root, args.n_images, args.figures, args.seed, args.run_dir, pipeline=not args.no_pipeline)
@@ -300,7 +302,7 @@ def _default_run_dir(phase: str, cfg):
 
 # %% ../nbs/90_cli.ipynb #5edd728c
 def _add_data_commands(sub):
-    "The `splits` and `evaluate` subcommands."
+    "The `splits` and `evaluate` subcommands (and `pipeline`, `sync-params`)."
     from cskd.data import OFFICIAL
 
     q = sub.add_parser(
@@ -330,6 +332,7 @@ def _add_data_commands(sub):
     v.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default: 128)")
     v.add_argument("--num-workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
     v.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
+    _add_pipeline_commands(sub)
 
 
 def _splits(args) -> int:
@@ -364,4 +367,76 @@ def _evaluate(args) -> int:
     print(f"(scores rescaled onto {lo:g}..{hi:g}; accuracy threshold {r['threshold']:g})")
     if r["n_unreadable"]:
         print(f"{r['n_unreadable']} unreadable image(s) left out", file=sys.stderr)
+    return 0
+
+# %% ../nbs/90_cli.ipynb #649ca932
+def _add_pipeline_commands(sub):
+    "The `pipeline` and `sync-params` subcommands."
+    from cskd.pipeline import PipelineConfig
+
+    q = sub.add_parser(
+        "pipeline",
+        help="the whole CSKD pipeline with its baselines; --dry-run: print every step's resolved parameters",
+        description="Run nbs/experiments/pipeline.ipynb with a pipeline config (YAML, then flags). Each step takes "
+        "its settings from the phase YAML the config names for it; --dry-run prints them without training.",
+    )
+    q.add_argument("-c", "--config", default=None, help="a YAML file of pipeline parameters (flags override it)")
+    q.add_argument("--dry-run", action="store_true", help="print the resolved config of every step; train nothing")
+    add_arguments(q, PipelineConfig)
+    s = sub.add_parser("sync-params", help="regenerate the experiment notebooks' parameters cells from the configs")
+    s.add_argument("--check", action="store_true", help="only compare: exit status 1 when a cell differs")
+
+
+def _dry_run(cfg) -> str:
+    "The pipeline config and every step's resolved parameters (first seed; every seed is resolved), as YAML."
+    import yaml
+    from cskd.config import to_dict
+    from cskd.pipeline import STEPS, resolve_steps
+
+    steps = {seed: resolve_steps(cfg, seed) for seed in cfg.seeds}
+    first = cfg.seeds[0]
+    out = dict(pipeline=to_dict(cfg))
+    out[f"steps (seed {first})"] = {k: dict(notebook=STEPS[k][0], **v) for k, v in steps[first].items()}
+    note = f"# seeds {cfg.seeds[1:]}: the same but for seed and the run folders seed<k>\n" if cfg.seeds[1:] else ""
+    return yaml.safe_dump(out, sort_keys=False, width=120) + note
+
+
+def _run_pipeline(cfg):
+    import papermill as pm
+    from cskd.config import to_dict
+    from cskd.pipeline import experiment_notebook
+
+    run = Path(cfg.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(
+        str(experiment_notebook("pipeline")),
+        str(run / "pipeline.ipynb"),
+        parameters=json.loads(json.dumps(to_dict(cfg))),
+        cwd=str(Path.cwd()),
+        kernel_name="python3",
+        progress_bar=False,
+        log_output=True,
+    )
+    print((run / "results_table.md").read_text())
+
+
+def _pipeline_commands(args) -> int:
+    from cskd.config import ConfigError
+    from cskd.pipeline import PipelineConfig, resolve_steps, sync_parameters
+
+    if args.command == "sync-params":
+        differ = sync_parameters(check=args.check)
+        print(f"{'differ' if args.check else 'rewritten'}: {', '.join(differ) or 'none'}")
+        return 1 if args.check and differ else 0
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "dry_run")}
+    try:
+        cfg = load_config(PipelineConfig, args.config, overrides, source="the command line")
+        if args.dry_run:
+            print(_dry_run(cfg), end="")
+            return 0
+        resolve_steps(cfg)  # a bad phase YAML stops here, before the notebook starts
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"cskd pipeline: error: {e}", file=sys.stderr)
+        return 2
+    _run_pipeline(cfg)
     return 0

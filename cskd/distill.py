@@ -20,7 +20,7 @@ from torch import nn
 from .config import ConfigError, param, register_phase
 from .data import UnlabeledPool, eval_transform, read_split, train_transform
 from .engine import find_weights, fit, load_weights
-from .iaa import FINETUNE_DEFAULTS, FinetuneConfig, iaa_splits, predict, prediction_metrics
+from .iaa import FinetuneConfig, iaa_splits, predict, prediction_metrics
 from .images import collate_skip_none
 from .trained import iaa_model_from_run
 from .losses import emd_loss, kl_loss
@@ -29,8 +29,7 @@ from .runs import write_text_atomic
 from .models import IAAHead, IAAModel, build_encoder
 
 # %% auto #0
-__all__ = ['DISTILL_DEFAULTS', 'DistillConfig', 'pseudo_labels', 'confident', 'SemiSupervised', 'rampup', 'MutualPair',
-           'distill_step', 'distill']
+__all__ = ['DistillConfig', 'pseudo_labels', 'confident', 'SemiSupervised', 'rampup', 'MutualPair', 'distill_step', 'distill']
 
 # %% ../nbs/07_distill.ipynb #65502bca
 @dataclass
@@ -62,9 +61,6 @@ class DistillConfig(FinetuneConfig):
             )
         if self.teacher_run is None:
             raise ConfigError("parameter 'teacher_run': the fine-tuned IAA teacher's run folder is required")
-
-
-DISTILL_DEFAULTS = dict(FINETUNE_DEFAULTS)
 
 # %% ../nbs/07_distill.ipynb #1a6971d4
 def _pool_key(teacher_file: Path, ids, tta: bool, size: int) -> str:
@@ -268,5 +264,4 @@ register_phase(
     DistillConfig,
     distill,
     "phase 2: semi-supervised distillation of the IAA teacher into a student",
-    DISTILL_DEFAULTS,
 )

@@ -29,15 +29,15 @@ from cskd.data import (
     train_transform,
 )
 from .engine import TrainConfig, fit, load_weights
+from .align import phase_param
 from .losses import emd_loss, score_loss
 from .metrics import iaa_metrics, mean_score
 from .models import IAAHead, IAAModel, build_encoder
 from .runs import write_text_atomic
 
 # %% auto #0
-__all__ = ['LABEL_FORMATS', 'FINETUNE_DEFAULTS', 'FinetuneConfig', 'finetune_config', 'read_labels', 'iaa_splits',
-           'build_iaa_model', 'iaa_loss', 'predict', 'split_record', 'prediction_metrics', 'finetune', 'eval_target',
-           'evaluate_run']
+__all__ = ['LABEL_FORMATS', 'FinetuneConfig', 'finetune_config', 'read_labels', 'iaa_splits', 'build_iaa_model', 'iaa_loss',
+           'predict', 'split_record', 'prediction_metrics', 'finetune', 'eval_target', 'evaluate_run']
 
 # %% ../nbs/06_iaa.ipynb #27858f75
 LABEL_FORMATS = ("ava",) + tuple(k.lower() for k in CSV_MAPPINGS)
@@ -45,6 +45,14 @@ LABEL_FORMATS = ("ava",) + tuple(k.lower() for k in CSV_MAPPINGS)
 
 @dataclass
 class FinetuneConfig(TrainConfig):
+    epochs: int = phase_param("epochs", 3)
+    batch_size: int = phase_param("batch_size", 64)
+    lr: float = phase_param("lr", 2e-3)
+    head_lr: float | None = phase_param("head_lr", 2e-3)
+    warmup_epochs: float = phase_param("warmup_epochs", 0.5)
+    grad_clip: float | None = phase_param("grad_clip", 1.0)
+    best_metric: str | None = phase_param("best_metric", "val_srcc")
+    log_every: int = phase_param("log_every", 5)
     data_root: str = param("data/toy", "dataset folder: labels, images and split files are relative to it")
     labels: str = param("AVA.txt", "label file (relative to data_root)")
     label_format: str = param("ava", "label file format", choices=LABEL_FORMATS)
@@ -53,13 +61,13 @@ class FinetuneConfig(TrainConfig):
     val_split: str = param("splits/val.txt", "file of validation image ids")
     test_split: str = param("splits/test.txt", "file of test image ids")
     n_train: int | None = param(None, "use only the first n training images (a low-label regime); None: all", min=1)
-    encoder: str = param("vit_tiny_patch16_224", "timm model name, or clip:<open_clip name>")
+    encoder: str = param("resnet10t", "timm model name, or clip:<open_clip name>")
     pretrained: bool | str | None = param(None, "weights: true for timm's default, an open_clip tag, or a local file")
     init: str | None = param(None, "phase-1 run folder or checkpoint to take the encoder's weights from")
     image_size: int = param(64, "input size in pixels", min=16)
     crop_scale: float = param(0.8, "smallest area fraction of the random training crop", min=0.05, max=1.0)
     head: str = param("dist", "score head: distribution over 10 bins or a scalar", choices=("dist", "scalar"))
-    loss: str = param("emd", "IAA loss (emd needs head='dist')", choices=("emd", "mse", "l1"))
+    loss: str = param("emd", "IAA loss (emd needs the dist head)", choices=("emd", "mse", "l1"))
     drop_path: float = param(0.1, "stochastic depth of the encoder", min=0.0, max=1.0)
     dropout: float = param(0.0, "dropout before the head", min=0.0, max=1.0)
     eval_batch_size: int = param(128, "batch size of the evaluation passes (val, test)", min=1)
@@ -79,23 +87,9 @@ class FinetuneConfig(TrainConfig):
             )
 
 # %% ../nbs/06_iaa.ipynb #89159e5f
-FINETUNE_DEFAULTS = dict(
-    epochs=4,
-    batch_size=32,
-    lr=3e-4,
-    head_lr=3e-3,
-    weight_decay=0.05,
-    warmup_epochs=0.5,
-    grad_clip=1.0,
-    best_metric="val_srcc",
-    best_mode="max",
-    log_every=5,
-)
-
-
 def finetune_config(**kw) -> FinetuneConfig:
-    "A `FinetuneConfig` with the phase's defaults, then `kw`."
-    return FinetuneConfig(**{**FINETUNE_DEFAULTS, **kw})
+    "A `FinetuneConfig`: the phase's defaults (its fields), then `kw`."
+    return FinetuneConfig(**kw)
 
 # %% ../nbs/06_iaa.ipynb #90e55622
 def read_labels(path, label_format: str = "ava", on_bad: str = "raise") -> pd.DataFrame:
@@ -259,9 +253,7 @@ def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
     return out
 
 
-register_phase(
-    "finetune", FinetuneConfig, finetune, "IAA fine-tuning: an encoder + score head on labeled data", FINETUNE_DEFAULTS
-)
+register_phase("finetune", FinetuneConfig, finetune, "IAA fine-tuning: an encoder + score head on labeled data")
 
 # %% ../nbs/06_iaa.ipynb #c894b87c
 _LAYOUTS = {"ava": ("AVA.txt", "images"), "aadb": ("splits/labels.csv", "."), "para": ("splits/labels.csv", "imgs")}

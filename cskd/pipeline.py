@@ -17,13 +17,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import ConfigError, param
+from .config import PHASES, ConfigError, load_config, load_yaml, param, to_dict
 from .runs import write_text_atomic
 
 # %% auto #0
-__all__ = ['KERNEL_NAME', 'KERNEL_DISPLAY_NAME', 'PAPERMILL_KERNEL', 'EXPERIMENTS', 'PYIQA_BENCHMARK', 'PUBLISHED_AVA',
-           'PUBLISHED_AVA_NOT_COMPARABLE', 'PipelineConfig', 'ProjectKernelManager', 'experiment_notebook', 'run_step',
-           'cpu_latency', 'summarize', 'display_table']
+__all__ = ['KERNEL_NAME', 'KERNEL_DISPLAY_NAME', 'PAPERMILL_KERNEL', 'EXPERIMENTS', 'STEPS', 'WIRING', 'AGREE',
+           'NOTEBOOK_PARAMETERS', 'PYIQA_BENCHMARK', 'PUBLISHED_AVA', 'PUBLISHED_AVA_NOT_COMPARABLE', 'PipelineConfig',
+           'ProjectKernelManager', 'experiment_notebook', 'run_step', 'resolve_steps', 'parameters_cell',
+           'sync_parameters', 'cpu_latency', 'summarize', 'display_table']
 
 # %% ../nbs/10_pipeline.ipynb #6a8fb33a
 @dataclasses.dataclass
@@ -52,13 +53,23 @@ class PipelineConfig:
     pool_limit: int | None = param(
         2000, "unlabeled pool images (the test and val splits are excluded); None: all", min=1
     )
-    align_epochs: int = param(2, min=1)
-    finetune_epochs: int = param(3, min=1)
-    distill_epochs: int = param(3, min=1)
-    batch_size: int = param(64, min=1)
+    align_epochs: int = param(2, "phase-1 epochs of a step whose phase config leaves epochs unset", min=1)
+    finetune_epochs: int = param(3, "fine-tuning epochs of a step whose phase config leaves epochs unset", min=1)
+    distill_epochs: int = param(3, "distillation epochs of a step whose phase config leaves epochs unset", min=1)
+    batch_size: int = param(64, "batch size of a step whose phase config leaves it unset", min=1)
     latency_repeats: int = param(20, "forward passes timed per model (median)", min=1)
     collapse: bool = param(True, "run the feature-collapse study on every seed's ViTs")
     collapse_images: int = param(64, "test images the attention statistics average over", min=1)
+    align_large_config: str | None = param(None, "phase-1 YAML of the large encoder (align_large); None: defaults")
+    align_student_config: str | None = param(None, "phase-1 YAML of the student (align_student); None: defaults")
+    teacher_config: str | None = param(None, "fine-tuning YAML of the IAA teacher (teacher); None: defaults")
+    student_config: str | None = param(
+        None, "fine-tuning YAML of the student baselines (student_no_align, student_no_distill); None: defaults"
+    )
+    clip_direct_config: str | None = param(None, "fine-tuning YAML of CLIP fine-tuned directly; None: defaults")
+    distill_config: str | None = param(
+        None, "distillation YAML of cskd_student and student_clip_teacher; None: the phase's defaults"
+    )
 
     def validate(self):
         self.seeds = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in self.seeds]
@@ -82,6 +93,9 @@ class PipelineConfig:
                 and not Path(v).is_file()
             ):
                 raise ConfigError(f"parameter '{k}': weights file {v} does not exist")
+        for k in [f.name for f in dataclasses.fields(self) if f.name.endswith("_config")]:  # the phase YAMLs
+            if getattr(self, k) is not None and not Path(getattr(self, k)).is_file():
+                raise ConfigError(f"parameter '{k}': phase config {getattr(self, k)} does not exist")
 
 # %% ../nbs/10_pipeline.ipynb #fd9b20f3
 from jupyter_client import AsyncKernelManager
@@ -158,6 +172,185 @@ def run_step(name: str, run_dir, parameters: dict, force: bool = False, log=prin
     )
     log(f"       done in {time.perf_counter() - t0:.0f} s")
     return json.loads((run / "metrics.json").read_text())
+
+# %% ../nbs/10_pipeline.ipynb #9fff19c5
+STEPS = {  # step -> (experiment notebook = phase, the PipelineConfig field naming its phase YAML)
+    "align_large": ("align", "align_large_config"),
+    "align_student": ("align", "align_student_config"),
+    "teacher": ("finetune", "teacher_config"),
+    "cskd_student": ("distill", "distill_config"),
+    "student_no_align": ("finetune", "student_config"),
+    "student_no_distill": ("finetune", "student_config"),
+    "clip_direct": ("finetune", "clip_direct_config"),
+    "student_clip_teacher": ("distill", "distill_config"),
+}
+WIRING = ("run_dir", "seed", "init", "teacher_run", "exclude_split")  # what the pipeline sets over a phase YAML
+AGREE = ("teacher", "teacher_pretrained", "student", "student_pretrained", "encoder", "pretrained", "data_root")
+
+
+def _step_plan(cfg, seed: int) -> dict:
+    "Per step: (the pipeline's values for what its phase YAML leaves unset, the wiring)."
+    import open_clip
+
+    s = Path(cfg.run_dir) / f"seed{seed}"
+    pool = dict(pool_sources=cfg.pool_sources or [str(Path(cfg.data_root) / "images")], pool_limit=cfg.pool_limit)
+    common = dict(image_size=cfg.image_size, batch_size=cfg.batch_size, progress=False)
+    align = dict(common, **pool, teacher=cfg.clip, teacher_pretrained=cfg.clip_pretrained, epochs=cfg.align_epochs)
+    ft = dict(common, data_root=cfg.data_root, n_train=cfg.n_labeled, epochs=cfg.finetune_epochs)
+    dist = dict(ft, **pool, epochs=cfg.distill_epochs, encoder=cfg.student)
+    clip_size = open_clip.get_model_config(cfg.clip)["vision_cfg"]["image_size"]  # CLIP keeps its input size
+    clip = dict(ft, encoder=f"clip:{cfg.clip}", pretrained=cfg.clip_pretrained, image_size=clip_size)
+    student = str(s / "align_student")
+    return {
+        "align_large": (dict(align, student=cfg.large, student_pretrained=cfg.large_pretrained), {}),
+        "align_student": (dict(align, student=cfg.student, student_pretrained=cfg.student_pretrained), {}),
+        "teacher": (dict(ft, encoder=cfg.large), dict(init=str(s / "align_large"))),
+        "cskd_student": (dist, dict(init=student, teacher_run=str(s / "teacher"))),
+        "student_no_align": (dict(ft, encoder=cfg.student, pretrained=cfg.student_pretrained), dict(init=None)),
+        "student_no_distill": (dict(ft, encoder=cfg.student), dict(init=student)),
+        "clip_direct": (clip, dict(init=None)),
+        "student_clip_teacher": (dist, dict(init=student, teacher_run=str(s / "clip_direct"))),
+    }
+
+
+def _exclusions(cfg, path) -> list:
+    "data_root's test and val splits, then the other split files the phase YAML keeps out of the pool."
+    own = [str(Path(cfg.data_root) / "splits" / f"{x}.txt") for x in ("test", "val")]
+    given = load_yaml(path).get("exclude_split") if path else None
+    given = [given] if isinstance(given, str) else list(given or [])
+    return own + [str(x) for x in given if str(x) not in own]
+
+
+def resolve_steps(cfg, seed: int | None = None) -> dict:
+    """{step: its notebook's parameters} for `seed` (default: the first): every field of the step's phase
+    config, resolved as the phase's defaults, the pipeline's values for what the phase YAML leaves unset, the
+    YAML, then the wiring; validated, offline."""
+    import cskd.align, cskd.distill, cskd.iaa  # noqa: F401  (they register their phases)
+
+    seed = cfg.seeds[0] if seed is None else seed
+    out = {}
+    for step, (fill, wiring) in _step_plan(cfg, seed).items():
+        phase, field = STEPS[step]
+        path = getattr(cfg, field)
+        wiring = dict(wiring, run_dir=str(Path(cfg.run_dir) / f"seed{seed}" / step), seed=seed)
+        if phase == "align":
+            wiring["exclude_split"] = _exclusions(cfg, path)
+        c = load_config(PHASES[phase].config, path, wiring, source=f"pipeline step '{step}'", defaults=fill)
+        for k in AGREE:
+            if k in fill and getattr(c, k) != fill[k]:
+                raise ConfigError(
+                    f"{path} (step '{step}'): {k} = {getattr(c, k)!r}, but the pipeline config gives {fill[k]!r}; "
+                    "make them agree (the pipeline's table, latency and collapse study use its own)"
+                )
+        out[step] = json.loads(json.dumps(to_dict(c)))  # tuples as lists: what papermill and step.json hold
+    return out
+
+# %% ../nbs/10_pipeline.ipynb #4e91c35e
+NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own lines: {name: (value, comment)})
+    "align": (
+        "cskd.align:AlignConfig",
+        dict(
+            run_dir=("runs/align", "the run folder"),
+            data_root=("data/toy", "the toy world: created here when missing"),
+            toy_images=(2000, "when data_root does not exist: write a toy world of this many images there"),
+            pool_sources=(None, "None: the images of data_root"),
+            exclude_split=("auto", "auto: data_root's test and val splits (None: exclude nothing)"),
+            pool_limit=(1024, "a quick run: the first 1024 pool images (the phase's default, None, takes all)"),
+            progress=(False, "no progress bars in an executed notebook"),
+        ),
+    ),
+    "finetune": (
+        "cskd.iaa:FinetuneConfig",
+        dict(
+            run_dir=("runs/finetune", "the run folder"),
+            toy_images=(10000, "when data_root does not exist: write a toy world of this many images there"),
+            n_train=(2000, "a quick run: 2000 labeled images (the phase's default, None, takes all)"),
+        ),
+    ),
+    "distill": (
+        "cskd.distill:DistillConfig",
+        dict(
+            run_dir=("runs/distill", "the run folder"),
+            toy_images=(10000, "when data_root does not exist: write a toy world of this many images there"),
+            teacher_run=(None, "None: fine-tune a teacher first (`teacher_encoder`, `teacher_n_train` labeled images)"),
+            teacher_encoder=("resnet18", "the notebook's own teacher (when teacher_run is None)"),
+            teacher_epochs=(3, "... its epochs"),
+            teacher_n_train=(1000, "... and its labeled images"),
+            n_train=(300, "labeled images for the student: a low-label regime (the phase's default takes all)"),
+            pool_limit=(1000, "unlabeled pool images (the first of the pool; the phase's default takes all)"),
+            progress=(False, "no progress bars in an executed notebook"),
+        ),
+    ),
+    "clip_knows": (
+        "cskd.clip_study:ClipStudyConfig",
+        dict(
+            n_train=(512, "a quick run: the first 512 training images (None: every image of the split)"),
+            n_val=(128, "... 128 validation images"),
+            n_test=(256, "... 256 test images"),
+        ),
+    ),
+    "pipeline": ("cskd.pipeline:PipelineConfig", {}),
+    "claims": ("cskd.claims:ClaimsConfig", {}),
+}
+
+
+def _literal(v) -> str:
+    "`v` as ruff formats a Python literal (double-quoted strings)."
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        items = ", ".join(_literal(x) for x in v)
+        return f"[{items}]" if isinstance(v, list) else f"({items}{',' if len(v) == 1 else ''})"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_literal(k)}: {_literal(x)}" for k, x in v.items()) + "}"
+    return repr(v)
+
+
+def _assignment(name: str, value, comment: str, width: int = 120) -> str:
+    """`name = value  # comment`, the comment continued on `# ...` lines beyond `width` characters. Papermill
+    cannot parse a line whose comment holds `=` (it drops the parameter), so help texts avoid it."""
+    if "=" in comment:
+        raise ValueError(f"help of parameter '{name}' holds '=', which papermill cannot parse: {comment!r}")
+    line, words = f"{name} = {_literal(value)}", comment.split()
+    out, cur = [], line + "  #"
+    for w in words:
+        if len(cur) + 1 + len(w) > width and cur.strip() not in ("#", line + "  #"):
+            out.append(cur)
+            cur = "# ..."
+        cur += " " + w
+    return "\n".join(out + [cur])
+
+
+def parameters_cell(notebook: str) -> str:
+    "The `parameters` cell of experiment notebook `notebook`, generated from its config class."
+    import importlib
+
+    where, own = NOTEBOOK_PARAMETERS[notebook]
+    module, name = where.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    lines = [_assignment(k, v, c) for k, (v, c) in own.items()]
+    for f in dataclasses.fields(cls):
+        if f.name not in own:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(_assignment(f.name, default, f.metadata.get("help") or f.name))
+    return "\n".join(lines)
+
+
+def sync_parameters(check: bool = False, notebooks=None) -> list:
+    """Rewrite the `parameters` cell of each experiment notebook from its config (`check`: only compare);
+    returns the notebooks whose cell differed."""
+    differ = []
+    for name in notebooks or NOTEBOOK_PARAMETERS:
+        path = experiment_notebook(name)
+        nb = json.loads(path.read_text())
+        cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+        want = parameters_cell(name)
+        if "".join(cell["source"]) != want:
+            differ.append(name)
+            if not check:
+                cell["source"] = want.splitlines(keepends=True)
+                write_text_atomic(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return differ
 
 # %% ../nbs/10_pipeline.ipynb #4aeae307
 @torch.inference_mode()

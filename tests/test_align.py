@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cskd.align import ALIGN_DEFAULTS, AlignConfig, align, align_config, align_pool
+from cskd.align import AlignConfig, align, align_config, align_pool
 from cskd.config import ConfigError, load_config
 from cskd.iaa import build_iaa_model, finetune_config, finetune
 from cskd.models import TEST_CLIP, clip_teacher
@@ -130,7 +130,7 @@ def test_epoch_reaches_persistent_workers(toy, tmp_path):
 
 @pytest.mark.parametrize("name", ["align_ava_vitb16_to_vits16.yaml", "align_ava_vitb16_to_resnet50.yaml"])
 def test_real_scale_configs_validate(name):
-    cfg = load_config(AlignConfig, ROOT / "configs" / name, defaults=ALIGN_DEFAULTS)
+    cfg = load_config(AlignConfig, ROOT / "configs" / name)
     assert (
         cfg.teacher == "ViT-B-16" and cfg.image_size == 224 and cfg.batch_size == 256 and cfg.student_pretrained is True
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
+from cskd.iaa import FinetuneConfig
 from cskd.toy import make_toy_world
 from cskd.pipeline import PAPERMILL_KERNEL
 
@@ -77,8 +78,8 @@ def test_phase_from_the_command_line_with_yaml_and_flags(toy, tmp_path):
     out = json.loads(r.stdout[r.stdout.index("{") :])
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (
-        saved["n_train"] == 96 and saved["encoder"] == "resnet10t" and saved["lr"] == 3e-4
-    )  # flag, YAML, phase default
+        saved["n_train"] == 96 and saved["encoder"] == "resnet10t" and saved["lr"] == FinetuneConfig().lr == 2e-3
+    )  # flag, YAML, phase default (the class's field)
     assert out["steps"] == 3
 
 
