@@ -57,6 +57,10 @@ class AlignConfig(TrainConfig):
     include_test: bool = param(False, "keep the exclude_split images in the pool (transductive; off by default)")
     pool_limit: int | None = param(None, "use only the first n pool images (tiny runs); None: all", min=1)
     teacher: str = param(TOY_CLIP, "open_clip model name of the frozen CLIP teacher")
+    teacher_quick_gelu: bool | None = param(
+        None,
+        "QuickGELU: None as the model name says (a -quickgelu name has it); true for OpenAI weights given as a file",
+    )
     teacher_pretrained: str | None = param(
         None, "teacher weights: None (random init), an open_clip tag, or a local file"
     )
@@ -282,7 +286,8 @@ def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
     pool = align_pool(cfg)
     paths = list(pool.paths)
     torch.manual_seed(cfg.seed)
-    teacher = clip_teacher(cfg.teacher, cfg.teacher_pretrained)
+    quick = {} if cfg.teacher_quick_gelu is None else dict(quick_gelu=cfg.teacher_quick_gelu)
+    teacher = clip_teacher(cfg.teacher, cfg.teacher_pretrained, **quick)
     model = model if model is not None else build_align_model(cfg, teacher)
     view = SeededView(cfg.image_size, (cfg.min_scale, 1.0), hflip=cfg.hflip, draft_factor=cfg.draft_factor)
     dev = resolve_device(cfg)

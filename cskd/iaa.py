@@ -63,6 +63,10 @@ class FinetuneConfig(TrainConfig):
     n_train: int | None = param(None, "use only the first n training images (a low-label regime); None: all", min=1)
     encoder: str = param("resnet10t", "timm model name, or clip:<open_clip name>")
     pretrained: bool | str | None = param(None, "weights: true for timm's default, an open_clip tag, or a local file")
+    quick_gelu: bool | None = param(
+        None,
+        "QuickGELU: None as the model name says (a -quickgelu name has it); true for OpenAI weights given as a file",
+    )
     init: str | None = param(None, "phase-1 run folder or checkpoint to take the encoder's weights from")
     image_size: int = param(64, "input size in pixels", min=16)
     crop_scale: float = param(0.8, "smallest area fraction of the random training crop", min=0.05, max=1.0)
@@ -140,7 +144,7 @@ def iaa_splits(cfg: FinetuneConfig, mean, std) -> dict:
 
 # %% ../nbs/06_iaa.ipynb #33487576
 def build_iaa_model(cfg: FinetuneConfig) -> IAAModel:
-    enc = build_encoder(cfg.encoder, cfg.pretrained, cfg.image_size, cfg.drop_path)
+    enc = build_encoder(cfg.encoder, cfg.pretrained, cfg.image_size, cfg.drop_path, cfg.quick_gelu)
     if cfg.init:
         load_weights(enc, cfg.init, prefix="encoder.")
     bins = score_scale(cfg.label_format).bins

@@ -382,14 +382,17 @@ def clip_encoder(model_name: str, pretrained=None, **overrides) -> CLIPEncoder:
     return enc.train()
 
 # %% ../nbs/03_models.ipynb #57a7a56e
-def build_encoder(spec: str, pretrained=None, image_size=None, drop_path_rate: float = 0.0) -> Encoder:
-    "An `Encoder` from `'clip:<open_clip name>'` or `'[timm:]<timm name>'`, with optional weights (tag, True, file)."
+def build_encoder(
+    spec: str, pretrained=None, image_size=None, drop_path_rate: float = 0.0, quick_gelu: bool | None = None
+) -> Encoder:
+    """An `Encoder` from `'clip:<open_clip name>'` or `'[timm:]<timm name>'`, with optional weights (tag, True, file);
+    `quick_gelu` (CLIP only) forces the activation either way."""
     if spec.startswith("clip:"):
         if drop_path_rate:
             warnings.warn(
                 f"encoder '{spec}': open_clip's ViT has no stochastic depth; drop_path_rate={drop_path_rate} is ignored"
             )
-        enc = clip_encoder(spec[5:], pretrained)
+        enc = clip_encoder(spec[5:], pretrained, **({} if quick_gelu is None else dict(quick_gelu=quick_gelu)))
         if image_size and _square(image_size) != enc.image_size:
             raise ValueError(f"encoder '{spec}' takes {enc.image_size} px images, not image_size={image_size}")
         return enc

@@ -39,6 +39,9 @@ class PipelineConfig:
     dataset: str = param("toy", "'ava' adds the published AVA numbers to the table", choices=("toy", "ava", "other"))
     clip: str = param("cskd-toy-vit", "the CLIP teacher of phase 1 (open_clip name)")
     clip_pretrained: str | None = param(None, "CLIP weights: an open_clip tag or a local file; None: random init")
+    clip_quick_gelu: bool | None = param(
+        None, "CLIP's QuickGELU: None as the name says (-quickgelu); true for OpenAI weights given as a file"
+    )
     large: str = param("vit_tiny_patch16_224", "the large given encoder (timm name); it becomes the IAA teacher")
     large_pretrained: bool | str | None = param(
         None, "the large encoder's starting weights: true (timm's), a local file, None (random)"
@@ -196,10 +199,12 @@ def _step_plan(cfg, seed: int) -> dict:
     pool = dict(pool_sources=cfg.pool_sources or [str(Path(cfg.data_root) / "images")], pool_limit=cfg.pool_limit)
     common = dict(image_size=cfg.image_size, batch_size=cfg.batch_size, progress=False)
     align = dict(common, **pool, teacher=cfg.clip, teacher_pretrained=cfg.clip_pretrained, epochs=cfg.align_epochs)
+    align["teacher_quick_gelu"] = cfg.clip_quick_gelu
     ft = dict(common, data_root=cfg.data_root, n_train=cfg.n_labeled, epochs=cfg.finetune_epochs)
     dist = dict(ft, **pool, epochs=cfg.distill_epochs, encoder=cfg.student)
     clip_size = open_clip.get_model_config(cfg.clip)["vision_cfg"]["image_size"]  # CLIP keeps its input size
     clip = dict(ft, encoder=f"clip:{cfg.clip}", pretrained=cfg.clip_pretrained, image_size=clip_size)
+    clip["quick_gelu"] = cfg.clip_quick_gelu
     student = str(s / "align_student")
     return {
         "align_large": (dict(align, student=cfg.large, student_pretrained=cfg.large_pretrained), {}),
