@@ -21,7 +21,7 @@ from .config import ConfigError, param, register_phase
 from .data import UnlabeledPool, read_split
 from .gpu_decode import DECODERS, on_device, pool_dataset
 from .runs import read_metrics, write_text_atomic
-from .engine import TrainConfig, fit, resolve_device
+from .engine import TrainConfig, fit, get_autocast, resolve_device
 from .models import TOY_CLIP, Projector, build_encoder, clip_teacher
 from .teacher_cache import PoolViews, SeededView, ensure_teacher_cache, teacher_targets, to_unit
 
@@ -303,7 +303,8 @@ def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
         views, targets = _check_set(cfg, ds, cache, teacher, dev)
         eval_fn = lambda m: _check_batches(m, views, targets, cfg.loss, cfg.fd_beta)
         was = model.training
-        before = eval_fn(model.to(dev).eval())
+        with get_autocast(cfg.precision, dev)():  # the same precision as the engine's evaluations after
+            before = eval_fn(model.to(dev).eval())
         model.train(was)
     res = fit(model, ds, align_step(cfg, teacher, cache is not None), cfg, eval_fn=eval_fn, collate_fn=collate)
     out = _align_results(cfg, res, before, len(ds))

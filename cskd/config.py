@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -135,7 +136,13 @@ def from_dict(cls, values: dict, source: str = "parameters", strict: bool = True
     kwargs = {k: _coerce(k, v, types_[k], where(k)) for k, v in values.items() if k in types_}
     for k, v in kwargs.items():
         check_value(cls, k, v, where(k))  # before __post_init__'s cross-field checks
-    cfg = cls(**kwargs)
+    try:
+        cfg = cls(**kwargs)
+    except ConfigError as e:  # a cross-field check names one parameter: point at its line too
+        m = re.match(r"parameter '(\w+)'(: .*)", str(e), re.S)
+        if m is None or not lines or m.group(1) not in lines:
+            raise
+        raise ConfigError(f"parameter '{m.group(1)}' ({where(m.group(1))}){m.group(2)}") from None
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg

@@ -87,7 +87,10 @@ class TrainConfig:
             self.run_dir = str(self.run_dir)  # a Path is welcome
         check_fields(self)
         self.head_prefixes = tuple(self.head_prefixes)
-        self.betas = tuple(float(b) for b in self.betas)
+        try:
+            self.betas = tuple(float(b) for b in self.betas)
+        except (TypeError, ValueError):
+            raise ConfigError(f"parameter 'betas': {self.betas!r} must be two numbers") from None
         if len(self.betas) != 2:
             raise ConfigError(f"parameter 'betas': {self.betas} must be two numbers")
         if self.grad_clip == 0:
@@ -787,10 +790,16 @@ def restore(self: Fit):
         self._load(ckpt)
     if self.run and self.main:
         self._open_files(fresh=ckpt is None)
-    if ckpt is not None and self.main:
-        done, total = self.state.global_step, self.total_steps
-        news = "is finished; nothing to train" if done >= total else "resuming"
-        print(f"{self.run}: {news} (step {done} of {total})", file=sys.stderr, flush=True)
+
+
+@patch
+def announce(self: Fit):
+    "After `before_fit` (which knows whether early stopping has ended the run): say what a rerun does."
+    if self.resumed_from is None or not self.main:
+        return
+    done, total = self.state.global_step, self.total_steps
+    news = "is finished; nothing to train" if done >= total or self.stop else "resuming"
+    print(f"{self.run}: {news} (step {done} of {total})", file=sys.stderr, flush=True)
 
 
 @patch
@@ -854,7 +863,9 @@ def begin_epoch(self: Fit, epoch: int):
         s.epoch, s.step_in_epoch = epoch, 0
     self.sampler.set_position(epoch, s.step_in_epoch)
     if hasattr(self.train_set, "set_epoch"):
-        self.train_set.set_epoch(epoch)  # before the loader's iterator starts its workers
+        # before this epoch's iterator; persistent data workers hold copies of the dataset, so a dataset
+        # whose workers must see the epoch keeps it in shared memory (as PoolViews does)
+        self.train_set.set_epoch(epoch)
     self.micro, self.improved = 0, False
     self.call("before_epoch")
 
@@ -977,9 +988,17 @@ def finish(self: Fit) -> FitResult:
 
 @patch
 def close_hooks(self: Fit):
-    if not self.closed:
-        self.closed = True
-        self.call("after_fit")
+    "Every hook's `after_fit`, once, even when one of them fails (the first error is raised after all ran)."
+    if self.closed:
+        return
+    self.closed, first = True, None
+    for h in self.hooks:
+        try:
+            h.after_fit(self)
+        except Exception as e:
+            first = first or e
+    if first is not None:
+        raise first
 
 
 @patch
@@ -1131,18 +1150,23 @@ class _Interrupts(Hook):
             raise KeyboardInterrupt  # a second signal: stop at once
         self.signum = signum
 
+    def signalled(self, f) -> int:
+        "The signal received, by any rank (all ranks stop at the same point, whichever got it)."
+        if f.world == 1:
+            return self.signum
+        t = torch.tensor(self.signum, device=f.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t)
+
     def after_step(self, f):
-        signum = self.signum
-        if f.world > 1:  # every rank stops at the same step, whichever got the signal
-            t = torch.tensor(signum, device=f.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            signum = int(t)
-        if signum:
+        if f.state.step_in_epoch == f.steps_per_epoch:
+            return  # the epoch's end: evaluation and its save come first (`after_epoch`)
+        if signum := self.signalled(f):
             self.stop(f, signum, save=True)
 
     def after_epoch(self, f):
-        if self.signum:
-            self.stop(f, self.signum, save=False)  # `_Checkpoints` has just saved the epoch's end
+        if signum := self.signalled(f):
+            self.stop(f, signum, save=False)  # `_Checkpoints` has just saved the epoch's end, `best` included
 
     def stop(self, f, signum, save: bool):
         if save:
@@ -1181,6 +1205,7 @@ def fit(
         f.setup(param_groups, collate_fn)
         f.restore()
         f.call("before_fit")
+        f.announce()
         f.net.train()
         for epoch in range(f.state.epoch, cfg.epochs):
             if f.stop:

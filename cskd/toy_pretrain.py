@@ -85,9 +85,9 @@ def _check(name, value, lo=1):
         raise ValueError(f"{name}={value!r}: must be an integer >= {lo}")
 
 
-def _pretrain(model, ds, step, settings: dict, path: Path, progress: bool) -> dict:
+def _pretrain(model, ds, step, settings: dict, path: Path, progress: bool, fresh: bool = False) -> dict:
     """Train through the engine: AdamW, 10% linear warm-up then cosine, one metrics line per epoch, in a run
-    folder beside the weights file (so an interrupted pre-training resumes). Returns the per-epoch curves."""
+    folder beside the weights file (so an interrupted pre-training resumes; `fresh` starts over). Returns the curves."""
     bs = min(settings["batch_size"], len(ds))  # a contrastive batch needs negatives: full batches only
     steps = settings["epochs"] * (len(ds) // bs)
     run = path.with_name(f"run-{path.stem}")
@@ -100,6 +100,7 @@ def _pretrain(model, ds, step, settings: dict, path: Path, progress: bool) -> di
         warmup_steps=max(1, steps // 10),
         log_every=len(ds) // bs,
         run_dir=str(run),
+        resume=False if fresh else "auto",
         progress=progress,
         eval_every=0,
     )
@@ -175,7 +176,7 @@ def toy_clip(
         img, txt, scale = m(*batch)[:3]
         return loss_fn(img, txt, scale), dict(logit_scale=scale.detach())
 
-    card = _pretrain(model, ds, step, settings, path, progress)
+    card = _pretrain(model, ds, step, settings, path, progress, fresh=force)
     with torch.no_grad():
         model.logit_scale.clamp_(0, max_scale)
     _save_atomic(model.state_dict(), path, dict(settings, world=str(world), **card))
@@ -235,6 +236,6 @@ def toy_imagenet(
         logits = m(batch[0])
         return F.cross_entropy(logits, batch[1]), dict(accuracy=(logits.argmax(1) == batch[1]).float().mean())
 
-    card = _pretrain(net, ds, step, settings, path, progress)
+    card = _pretrain(net, ds, step, settings, path, progress, fresh=force)
     _save_atomic(_without_head(net), path, dict(settings, world=str(world), **card))
     return path
