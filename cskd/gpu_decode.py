@@ -134,7 +134,7 @@ class PoolBytes(PoolViews):
     """`PoolViews` for decoding on the device: an item carries an `EncodedView` in place of the decoded view (the
     same view index, seed and geometry); `view_of` still decodes on the CPU (the alignment check uses it)."""
 
-    def encoded_of(self, i: int, k: int) -> EncodedView | None:
+    def input_of(self, i: int, k: int) -> EncodedView | None:
         "View `k` of image `i`, encoded; files the device decoder does not take are decoded here; None: skipped."
         seed, path = view_seed(self.view_seed, i, k), self.paths[i]
         try:
@@ -147,18 +147,6 @@ class PoolBytes(PoolViews):
             return None if x is None else EncodedView(i, path, seed, ready=x)
         raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         return EncodedView(i, path, seed, raw, view_geometry(self.view, *head, seed))
-
-    def __getitem__(self, i):
-        k = self.view_index(i)
-        x = self.encoded_of(i, k)
-        if x is None:
-            return None
-        if self.cache is None:
-            return x, i
-        if self._feats is None:
-            self._feats = self.cache.open()
-        t = torch.from_numpy(np.array(self._feats[i, k]))
-        return (x, t, i) if torch.isfinite(t).all() else None
 
     def collate(self, items: list):
         "Micro-batch collation: `(EncodedBatch, *the rest collated)`; None when every item was skipped."

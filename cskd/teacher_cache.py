@@ -188,9 +188,13 @@ class PoolViews(Dataset):
             return None
         return self.view(img, view_seed(self.view_seed, i, k))
 
+    def input_of(self, i: int, k: int):
+        "What the step gets for image `i`'s view `k`: the decoded view (`cskd.gpu_decode` hands the file instead)."
+        return self.view_of(i, k)
+
     def __getitem__(self, i):
         k = self.view_index(i)
-        x = self.view_of(i, k)
+        x = self.input_of(i, k)
         if x is None:
             return None
         if self.cache is None:
