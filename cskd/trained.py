@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from .align import AlignConfig
-from .engine import find_weights, load_weights
+from .engine import load_weights
 from .iaa import FinetuneConfig, build_iaa_model
 from .models import IAAModel, build_encoder
 
@@ -91,7 +91,7 @@ def iaa_model_from_run(path, what: str = "this command") -> tuple[IAAModel, Fine
         )
     cfg = FinetuneConfig(**_known(FinetuneConfig, saved, drop=("init", "pretrained")))
     model = build_iaa_model(cfg)
-    load_weights(model, find_weights(path), prefix="a." if kind == "mutual" else "")
+    load_weights(model, path, prefix="a." if kind == "mutual" else "")
     return model.eval(), cfg
 
 
@@ -103,5 +103,5 @@ def aligned_encoder(path) -> nn.Module:
         raise RunKindError(f"{path} is {RUN_KINDS[kind]}, not a phase-1 (alignment) run")
     cfg = AlignConfig(**_known(AlignConfig, saved, drop=("student_pretrained",)))
     enc = build_encoder(cfg.student, None, cfg.image_size, cfg.drop_path)
-    load_weights(enc, find_weights(path), prefix="encoder.")
+    load_weights(enc, path, prefix="encoder.")
     return enc.eval()

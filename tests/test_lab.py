@@ -36,6 +36,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop(proc):
+    "Terminate a process we started; kill it if it does not exit within 20 s."
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _wait(what: str, check, timeout: float, proc=None):
     "Poll `check()` until it returns something truthy; fail naming `what` after `timeout` seconds."
     end = time.monotonic() + timeout
@@ -86,12 +96,7 @@ def lab(tmp_path):
         _wait("JupyterLab starts", lambda: _get(f"{base}/api/status?token={token}"), 60, proc)
         yield base, token
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
         log.close()
 
 
@@ -144,12 +149,7 @@ def page(tmp_path):
         yield p
         p.ws.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
 
 PANEL = """const app = window.jupyterapp;
