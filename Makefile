@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: install demo test sync-check lint nbtest pytest lab bench clean-runs
+.PHONY: install demo pretrain test sync-check lint nbtest pytest lab bench clean-runs
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ install: $(STAMP) $(KERNEL)
 
 demo: install
 	$(PY) -m cskd demo
+
+# The toy world's pre-trained models (shipped in cskd/toy_weights/): about an hour on 2 cores, only when a recipe changes.
+pretrain: install
+	$(PY) -m cskd pretrain
 
 # Notebooks are the source: cleaning and exporting them must not change anything.
 sync-check: install

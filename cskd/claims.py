@@ -12,48 +12,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import ConfigError, param
+from .config import param
+from .models import TOY
 from .pipeline import PipelineConfig
 from .runs import save_figure
 
 # %% auto #0
-__all__ = ['TOY', 'ClaimsConfig', 'toy_weights', 'labeled_subset', 'bootstrap', 'head_spread', 'verdict', 'claim_row',
-           'claims_display', 'plot_claims']
+__all__ = ['ClaimsConfig', 'toy_weights', 'labeled_subset', 'bootstrap', 'head_spread', 'verdict', 'claim_row', 'claims_display',
+           'plot_claims']
 
 # %% ../nbs/11b_claims.ipynb #4907aea6
-TOY = "toy"
-
-
 @dataclasses.dataclass
 class ClaimsConfig(PipelineConfig):
     seeds: list = param([0, 1, 2], "seeds; every claim is measured on each")
-    clip_pretrained: str | None = param(
-        TOY, "'toy': the toy CLIP (trained on first use, cached); else an open_clip tag, a file or None"
-    )
-    large_pretrained: bool | str | None = param(
-        None, "'toy': a toy ImageNet classifier of `large`; else true, a file or None (random)"
-    )
-    student_pretrained: bool | str | None = param(
-        TOY, "'toy': a toy ImageNet classifier of `student`; else true, a file or None"
-    )
-    pretrain_images: int = param(4000, "images of the toy pre-training world (seed 1000 + pretrain_seed)", min=10)
-    clip_epochs: int = param(8, "toy CLIP training epochs", min=1)
-    imagenet_epochs: int = param(8, "toy ImageNet classifier training epochs", min=1)
-    pretrain_seed: int = param(0, "seed of the pre-training world and of the toy models", min=0)
-    cache_dir: str | None = param(None, "where the toy models are cached; None: $CSKD_CACHE or ~/.cache/cskd")
     prompts: str = param("ensemble", "zero-shot prompt set of claim a")
-
-    def validate(self):
-        super().validate()
-        uses_toy = [k for k in ("clip_pretrained", "large_pretrained", "student_pretrained") if getattr(self, k) == TOY]
-        if uses_toy and self.dataset != "toy":
-            raise ConfigError(
-                f"parameter(s) {uses_toy} = 'toy': the toy pre-trained models are for the toy world (dataset='toy')"
-            )
-        if self.clip_pretrained == TOY and self.clip != "cskd-toy-vit":
-            raise ConfigError(
-                f"parameter 'clip_pretrained' = 'toy' trains the toy CLIP 'cskd-toy-vit', not {self.clip!r}"
-            )
 
     def pipeline_parameters(self, weights: dict) -> dict:
         "The pipeline notebook's parameters, with the resolved `weights` ({field: value})."
@@ -61,18 +33,12 @@ class ClaimsConfig(PipelineConfig):
         return {k: weights.get(k, getattr(self, k)) for k in names if k != "run_dir"}
 
 # %% ../nbs/11b_claims.ipynb #5b5fa42f
-def toy_weights(cfg: ClaimsConfig, progress: bool = True) -> dict:
-    "Resolve every `'toy'` weights field of `cfg` to its cached file (training it on the first use)."
-    from cskd.toy_pretrain import toy_clip, toy_imagenet
+def toy_weights(cfg: ClaimsConfig) -> dict:
+    "The weights of `cfg`'s three models: each `'toy'` as its shipped file (checked against its card), others as given."
+    from cskd.models import toy_weights_file
 
-    kw = dict(n_images=cfg.pretrain_images, seed=cfg.pretrain_seed, cache_dir=cfg.cache_dir, progress=progress)
-    out = {}
-    if cfg.clip_pretrained == TOY:
-        out["clip_pretrained"] = str(toy_clip(epochs=cfg.clip_epochs, **kw))
-    for field, model in (("large_pretrained", cfg.large), ("student_pretrained", cfg.student)):
-        if getattr(cfg, field) == TOY:
-            out[field] = str(toy_imagenet(model, epochs=cfg.imagenet_epochs, **kw))
-    return {k: out.get(k, getattr(cfg, k)) for k in ("clip_pretrained", "large_pretrained", "student_pretrained")}
+    models = dict(clip_pretrained=cfg.clip, large_pretrained=cfg.large, student_pretrained=cfg.student)
+    return {k: str(toy_weights_file(m)) if getattr(cfg, k) == TOY else getattr(cfg, k) for k, m in models.items()}
 
 # %% ../nbs/11b_claims.ipynb #394a7410
 def labeled_subset(n: int, k: int | None, seed: int) -> np.ndarray:

@@ -22,7 +22,7 @@ import cskd.align, cskd.distill, cskd.iaa  # noqa: F401  (they register their ph
 from .engine import TrainingInterrupted
 
 # %% auto #0
-__all__ = ['SCORE_HELP', 'EXPORT_HELP', 'RUN_DIR_HELP', 'demo', 'main']
+__all__ = ['SCORE_HELP', 'EXPORT_HELP', 'RUN_DIR_HELP', 'PRETRAIN_HELP', 'demo', 'main']
 
 # %% ../nbs/90_cli.ipynb #9a871c76
 def demo(
@@ -88,7 +88,7 @@ RUN_DIR_HELP = (
 
 
 def _add_toy_commands(sub):
-    "The `demo`, `toy` and `preresize` subcommands."
+    "The `demo`, `toy`, `pretrain` and `preresize` subcommands."
     d = sub.add_parser("demo", help="the main job on the embedded toy world")
     d.add_argument("--root", default="data/toy", help="where the toy world is written (default: data/toy)")
     d.add_argument("--n-images", type=int, default=10_000, help="images in the toy world (default: 10000)")
@@ -102,6 +102,7 @@ def _add_toy_commands(sub):
     t.add_argument("--image-size", type=int, default=64, help="side of the square images in pixels (default: 64)")
     t.add_argument("--seed", type=int, default=0, help="seed of the world; below 1000 (pre-training uses 1000+)")
     t.add_argument("--overwrite", action="store_true", help="replace a world made with other settings")
+    _add_pretrain_command(sub)
     r = sub.add_parser("preresize", help="copy an image folder with short sides reduced (faster decoding; ids kept)")
     r.add_argument("src", help="the image folder to copy")
     r.add_argument("dst", help="the folder to write (files already up to date are skipped)")
@@ -180,6 +181,8 @@ def main(argv=None) -> int:
         elif args.command == "toy":
             root = make_toy_world(args.root, args.n_images, args.image_size, args.seed, overwrite=args.overwrite)
             print(json.dumps(json.loads((root / "world.json").read_text()), indent=1))
+        elif args.command == "pretrain":
+            return _pretrain(args)
         elif args.command == "preresize":
             r = preresize_images(args.src, args.dst, args.short_side)
             print(
@@ -367,6 +370,48 @@ def _evaluate(args) -> int:
     print(f"(scores rescaled onto {lo:g}..{hi:g}; accuracy threshold {r['threshold']:g})")
     if r["n_unreadable"]:
         print(f"{r['n_unreadable']} unreadable image(s) left out", file=sys.stderr)
+    return 0
+
+# %% ../nbs/90_cli.ipynb #cfdd890b
+PRETRAIN_HELP = """Train the toy world's pre-trained models (the toy CLIP, the large ViT, the student) through the
+engine and write each as safetensors + card (settings, curves, time, quality figures) into --out. Run folders
+live in the cache (--cache-dir, else $CSKD_CACHE, else ~/.cache/cskd): an interrupted pre-training resumes and
+a finished one is only measured again. About an hour on 2 CPU cores for all three.
+--check trains nothing: it re-measures the shipped files and compares with their cards, their targets and the
+settings the code would train now. Exit status: 0 done (or all checks agree); 1 a check disagrees; 2 an error."""
+
+
+def _add_pretrain_command(sub):
+    from cskd.toy_pretrain import RECIPES
+
+    q = sub.add_parser(
+        "pretrain",
+        help="train the shipped toy pre-trained models (make pretrain)",
+        description=PRETRAIN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    q.add_argument("models", nargs="*", metavar="MODEL", help=f"toy models to train (default: all of {list(RECIPES)})")
+    q.add_argument("--out", default=None, help="where weights and cards go (default: the package's cskd/toy_weights)")
+    q.add_argument("--cache-dir", default=None, help="run folders and worlds (default: $CSKD_CACHE or ~/.cache/cskd)")
+    q.add_argument("--force", action="store_true", help="train again from scratch even where a finished run exists")
+    q.add_argument("--check", action="store_true", help="re-measure the shipped files instead of training")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _pretrain(args) -> int:
+    from cskd.toy_pretrain import check_shipped, pretrain, stale_settings, _check_models
+
+    if args.check:
+        table = check_shipped(args.models, args.out, args.cache_dir)
+        table["agrees"] = (abs(table.card - table.measured) <= 2e-3) & (table.measured >= table.target)
+        print(table.to_string(index=False))
+        stale = {m: stale_settings(m, args.out) for m in _check_models(args.models)}
+        for m, d in stale.items():
+            print(f"{m}: settings " + ("as the code's" if not d else f"differ from the code's: {d}"))
+        return 0 if table.agrees.all() and not any(stale.values()) else 1
+    cards = pretrain(args.models, args.out, args.cache_dir, args.force, not args.no_progress)
+    for m, c in cards.items():
+        print(f"{m}: {c['file']} ({c['seconds']:.0f} s, {c['steps']} steps) quality {c['quality']}")
     return 0
 
 # %% ../nbs/90_cli.ipynb #649ca932

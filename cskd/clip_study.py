@@ -14,6 +14,7 @@ import pandas as pd
 from .config import ConfigError, param
 from .data import read_split
 from .iaa import FinetuneConfig
+from .models import TOY, TOY_LARGE
 from .runs import read_metrics, save_figure, save_table, write_text_atomic
 from .zeroshot import CLASS_LISTS, DEFAULT_PROMPTS
 
@@ -59,10 +60,12 @@ class ClipStudyConfig:
     )
     toy_images: int = param(2000, "images of the toy world written when data_root does not exist", min=10)
     clip_model: str = param("cskd-toy-vit", "open_clip model name")
-    clip_pretrained: str | None = param(None, "open_clip pretrained tag or local weights file; None: random init")
-    imagenet_model: str = param("test_vit3", "timm model: the ImageNet-pretrained comparison")
+    clip_pretrained: str | None = param(
+        TOY, "'toy' (the shipped toy CLIP), an open_clip pretrained tag or a local weights file; None: random init"
+    )
+    imagenet_model: str = param(TOY_LARGE, "timm model: the ImageNet-pretrained comparison")
     imagenet_pretrained: bool | str | None = param(
-        None, "timm weights: true (timm's default), a local file, or None (random init)"
+        TOY, "timm weights: 'toy' (shipped toy ImageNet), true (timm's default), a local file, or None (random init)"
     )
     image_size: int = param(64, "input size in pixels (both models)", min=16)
     prompt_sets: list = param(["paper", "ensemble", "content"], "zero-shot prompt sets: shipped names or prompt files")

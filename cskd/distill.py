@@ -188,7 +188,8 @@ def distill_step(model, batch, info, cfg: DistillConfig):
 
 # %% ../nbs/07_distill.ipynb #3108f6f2
 def _student(cfg: DistillConfig, encoder: str, init) -> IAAModel:
-    enc = build_encoder(encoder, cfg.pretrained, cfg.image_size, cfg.drop_path, cfg.quick_gelu)
+    pretrained = None if init else cfg.pretrained  # a phase-1 run replaces every encoder weight
+    enc = build_encoder(encoder, pretrained, cfg.image_size, cfg.drop_path, cfg.quick_gelu)
     if init:
         load_weights(enc, init, prefix="encoder.")
     return IAAModel(enc, IAAHead(enc.dim, kind="dist", dropout=cfg.dropout))

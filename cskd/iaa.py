@@ -33,7 +33,7 @@ from .engine import TrainConfig, fit, load_weights
 from .align import phase_param
 from .losses import emd_loss, score_loss
 from .metrics import iaa_metrics, mean_score
-from .models import IAAHead, IAAModel, build_encoder
+from .models import TOY, TOY_LARGE, IAAHead, IAAModel, build_encoder
 from .runs import write_text_atomic
 
 # %% auto #0
@@ -62,8 +62,10 @@ class FinetuneConfig(TrainConfig):
     val_split: str = param("splits/val.txt", "file of validation image ids")
     test_split: str = param("splits/test.txt", "file of test image ids")
     n_train: int | None = param(None, "use only the first n training images (a low-label regime); None: all", min=1)
-    encoder: str = param("resnet10t", "timm model name, or clip:<open_clip name>")
-    pretrained: bool | str | None = param(None, "weights: true for timm's default, an open_clip tag, or a local file")
+    encoder: str = param(TOY_LARGE, "timm model name, or clip:<open_clip name>")
+    pretrained: bool | str | None = param(
+        TOY, "weights: 'toy' (the shipped toy weights), true (timm's), an open_clip tag, a local file, None (random)"
+    )
     quick_gelu: bool | None = param(
         None,
         "QuickGELU: None as the model name says (a -quickgelu name has it); true for OpenAI weights given as a file",
@@ -145,7 +147,9 @@ def iaa_splits(cfg: FinetuneConfig, mean, std) -> dict:
 
 # %% ../nbs/06_iaa.ipynb #33487576
 def build_iaa_model(cfg: FinetuneConfig) -> IAAModel:
-    enc = build_encoder(cfg.encoder, cfg.pretrained, cfg.image_size, cfg.drop_path, cfg.quick_gelu)
+    "The encoder (its `init` run's weights, else `pretrained`) with a fresh IAA head."
+    pretrained = None if cfg.init else cfg.pretrained  # a phase-1 run replaces every encoder weight
+    enc = build_encoder(cfg.encoder, pretrained, cfg.image_size, cfg.drop_path, cfg.quick_gelu)
     if cfg.init:
         load_weights(enc, cfg.init, prefix="encoder.")
     bins = score_scale(cfg.label_format).bins

@@ -17,13 +17,19 @@ import torch.nn.functional as F
 import open_clip
 import timm
 from timm.data import resolve_data_config
+from timm.layers import PatchEmbed, SelectAdaptivePool2d
+from timm.models import build_model_with_cfg, register_model
+from timm.models.vision_transformer import _create_vision_transformer
 
 from .metrics import mean_score
 
 # %% auto #0
-__all__ = ['TOY_CLIP', 'TEST_CLIP', 'MODEL_CONFIG_DIR', 'MODEL_CONFIGS', 'WeightsUnavailableError', 'UnknownModelError',
-           'read_model_configs', 'register_model_config', 'TeacherOutput', 'CLIPTeacher', 'clip_teacher', 'Encoder',
-           'encoder', 'CLIPEncoder', 'clip_encoder', 'build_encoder', 'Projector', 'IAAHead', 'IAAModel', 'model_info']
+__all__ = ['TOY', 'TOY_WEIGHTS_DIR', 'PRETRAIN_COMMAND', 'TOY_CLIP', 'TEST_CLIP', 'MODEL_CONFIG_DIR', 'MODEL_CONFIGS',
+           'TOY_LARGE', 'TOY_STUDENT', 'default_cfgs', 'WeightsUnavailableError', 'UnknownModelError',
+           'ToyWeightsError', 'file_sha256', 'toy_card', 'toy_weights_file', 'read_model_configs',
+           'register_model_config', 'TeacherOutput', 'CLIPTeacher', 'clip_teacher', 'Encoder', 'encoder', 'CLIPEncoder',
+           'clip_encoder', 'build_encoder', 'ToyCNN', 'ConvStemPatchEmbed', 'cskd_toy_vit_p8', 'cskd_toy_cnn',
+           'Projector', 'IAAHead', 'IAAModel', 'model_info']
 
 # %% ../nbs/03_models.ipynb #d4a5419f
 class WeightsUnavailableError(RuntimeError):
@@ -54,6 +60,55 @@ def _weights_error(kind, name, pretrained, cause, how) -> WeightsUnavailableErro
         f"Weights come from the Hugging Face hub cache (HF_HUB_CACHE, default $HF_HOME/hub; now {_hub_env()}); "
         f"with no network, fill that cache elsewhere or pass a local file: {how}"
     )
+
+# %% ../nbs/03_models.ipynb #28ca42a5
+TOY = "toy"  # the `pretrained` value naming a toy model's shipped weights
+TOY_WEIGHTS_DIR = Path(str(files("cskd") / "toy_weights"))  # shipped with the package
+PRETRAIN_COMMAND = "python -m cskd pretrain (make pretrain)"
+
+
+class ToyWeightsError(WeightsUnavailableError):
+    "The shipped toy weights of a model are missing, damaged or unknown."
+
+
+def file_sha256(path) -> str:
+    "SHA-256 of a file's bytes."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def toy_card(model_name: str, folder=None) -> dict:
+    "The card (JSON) of `model_name`'s shipped toy weights in `folder` (default `TOY_WEIGHTS_DIR`)."
+    folder = Path(folder or TOY_WEIGHTS_DIR)
+    card = folder / f"{model_name}.json"
+    if not card.is_file():
+        have = sorted(p.stem for p in folder.glob("*.json"))
+        raise ToyWeightsError(
+            f"pretrained='toy': no shipped toy weights for '{model_name}' ({card} does not exist); toy weights "
+            f"exist for {have}; {PRETRAIN_COMMAND} makes them"
+        )
+    try:
+        return json.loads(card.read_text())
+    except json.JSONDecodeError as e:
+        raise ToyWeightsError(f"{card}: not a valid JSON card ({e}); regenerate it with {PRETRAIN_COMMAND}") from e
+
+
+def toy_weights_file(model_name: str, folder=None) -> Path:
+    "The shipped weights file of toy model `model_name`, checked against the SHA-256 on its card."
+    folder = Path(folder or TOY_WEIGHTS_DIR)
+    info = toy_card(model_name, folder)
+    f = folder / info["file"]
+    if not f.is_file():
+        raise ToyWeightsError(f"{f}: missing (its card {f.with_suffix('.json')} names it); run {PRETRAIN_COMMAND}")
+    if file_sha256(f) != info["sha256"]:
+        raise ToyWeightsError(
+            f"{f}: damaged (its SHA-256 differs from the one on its card {folder / (model_name + '.json')}); "
+            f"restore it (git checkout) or regenerate it with {PRETRAIN_COMMAND}"
+        )
+    return f
 
 # %% ../nbs/03_models.ipynb #ff8f938b
 TOY_CLIP, TEST_CLIP = "cskd-toy-vit", "cskd-test-vit"
@@ -158,6 +213,8 @@ def _create_clip(name, pretrained, overrides):
     _check_clip_name(name)
     overrides = _merge_cfg(name, dict(overrides))
     how = f"pretrained='/path/to/open_clip_model.safetensors' (or .bin/.pt) for '{name}'"
+    if pretrained == TOY:
+        pretrained = toy_weights_file(name)
     if pretrained is not None and not name.startswith(("hf-hub:", "local-dir:")):
         pretrained = str(pretrained)
         tags = open_clip.list_pretrained_tags_by_model(name.replace("/", "-"))
@@ -306,6 +363,8 @@ def encoder(model_name: str, pretrained=False, drop_path_rate: float = 0.0, img_
     if drop_path_rate:
         kw["drop_path_rate"] = drop_path_rate
     how = f"encoder('{model_name}', pretrained='/path/to/model.safetensors')"
+    if pretrained == TOY:
+        pretrained = toy_weights_file(model_name)
     if pretrained not in (True, False, None):
         if not os.path.isfile(str(pretrained)):
             raise _weights_error("timm", model_name, str(pretrained), "no such file", how)
@@ -398,6 +457,77 @@ def build_encoder(
         return enc
     name = spec[5:] if spec.startswith("timm:") else spec
     return encoder(name, pretrained=pretrained or False, drop_path_rate=drop_path_rate, img_size=image_size)
+
+# %% ../nbs/03_models.ipynb #9b070eba
+class ToyCNN(nn.Module):
+    "Plain CNN: per stage two 3x3 conv-BN-ReLU, max-pooling between stages; timm's classifier interface."
+
+    def __init__(self, widths=(16, 32, 64, 128), num_classes: int = 8, in_chans: int = 3, global_pool="avg", **kw):
+        super().__init__()
+        layers, c = [], in_chans
+        self.feature_info = []
+        for i, w in enumerate(widths):
+            if i:
+                layers.append(nn.MaxPool2d(2))
+            for cin in (c, w):
+                layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            c = w
+            self.feature_info.append(dict(num_chs=w, reduction=2**i, module=f"features.{len(layers) - 1}"))
+        self.features = nn.Sequential(*layers)
+        self.num_features = self.head_hidden_size = c
+        self.reset_classifier(num_classes, global_pool)
+
+    def reset_classifier(self, num_classes: int, global_pool="avg"):
+        self.num_classes = num_classes
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def forward_features(self, x):
+        return self.features(x)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = self.global_pool(x)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+class ConvStemPatchEmbed(PatchEmbed):
+    "timm's `PatchEmbed` with its patchify replaced by a `ToyCNN`'s convolutions down to the grid, then a 1x1 conv."
+
+    def __init__(self, *args, stem_widths=(16, 32, 64, 128), **kw):
+        super().__init__(*args, **kw)
+        if 2 ** (len(stem_widths) - 1) != self.patch_size[0]:
+            raise ValueError(f"{len(stem_widths)} stages (one pooling fewer) do not make patches of {self.patch_size}")
+        stem = ToyCNN(stem_widths, num_classes=0, in_chans=kw.get("in_chans", 3))
+        self.proj = nn.Sequential(*stem.features, nn.Conv2d(stem.num_features, self.proj.out_channels, 1))
+
+
+TOY_LARGE, TOY_STUDENT = "cskd_toy_vit_p8", "cskd_toy_cnn"  # the toy world's timm models
+_TOY_CFG = dict(input_size=(3, 64, 64), num_classes=8, pool_size=None, crop_pct=1.0, interpolation="bilinear")
+default_cfgs = {  # read by timm's register_model: the toy models' pretrained configs
+    "cskd_toy_vit_p8": dict(
+        _TOY_CFG, mean=(0.5,) * 3, std=(0.5,) * 3, classifier="head", first_conv="patch_embed.proj.0"
+    ),
+    "cskd_toy_cnn": dict(
+        _TOY_CFG, mean=timm.data.IMAGENET_DEFAULT_MEAN, std=timm.data.IMAGENET_DEFAULT_STD, classifier="fc"
+    ),
+}
+
+
+@register_model
+def cskd_toy_vit_p8(pretrained: bool = False, **kw):
+    "The toy world's large ViT: 64 px, 8x8 grid (conv stem), 6 blocks of width 128, 4 heads."
+    arch = dict(img_size=64, patch_size=8, embed_dim=128, depth=6, num_heads=4, embed_layer=ConvStemPatchEmbed)
+    return _create_vision_transformer("cskd_toy_vit_p8", pretrained, **dict(arch, **kw))
+
+
+@register_model
+def cskd_toy_cnn(pretrained: bool = False, **kw):
+    "The toy world's lightweight student: a plain CNN with an 8x8 final grid at 64 px."
+    kw.pop("img_size", None)  # any input size
+    return build_model_with_cfg(ToyCNN, "cskd_toy_cnn", pretrained, **kw)
 
 # %% ../nbs/03_models.ipynb #9279924f
 class Projector(nn.Module):

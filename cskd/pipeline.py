@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from .config import PHASES, ConfigError, load_config, load_yaml, param, to_dict
+from .models import TOY, TOY_CLIP, TOY_LARGE, TOY_STUDENT
 from .runs import write_text_atomic
 
 # %% auto #0
@@ -38,18 +39,20 @@ class PipelineConfig:
     )
     toy_images: int = param(10000, "images of the toy world written when data_root does not exist", min=10)
     dataset: str = param("toy", "'ava' adds the published AVA numbers to the table", choices=("toy", "ava", "other"))
-    clip: str = param("cskd-toy-vit", "the CLIP teacher of phase 1 (open_clip name)")
-    clip_pretrained: str | None = param(None, "CLIP weights: an open_clip tag or a local file; None: random init")
+    clip: str = param(TOY_CLIP, "the CLIP teacher of phase 1 (open_clip name)")
+    clip_pretrained: str | None = param(
+        TOY, "CLIP weights: 'toy' (the shipped toy CLIP), an open_clip tag or a local file; None: random init"
+    )
     clip_quick_gelu: bool | None = param(
         None, "CLIP's QuickGELU: None as the name says (-quickgelu); true for OpenAI weights given as a file"
     )
-    large: str = param("vit_tiny_patch16_224", "the large given encoder (timm name); it becomes the IAA teacher")
+    large: str = param(TOY_LARGE, "the large given encoder (timm name); it becomes the IAA teacher")
     large_pretrained: bool | str | None = param(
-        None, "the large encoder's starting weights: true (timm's), a local file, None (random)"
+        TOY, "the large encoder's starting weights: 'toy' (shipped toy ImageNet), true (timm's), a file, None (random)"
     )
-    student: str = param("mobilenetv3_small_100", "the lightweight student (timm name)")
+    student: str = param(TOY_STUDENT, "the lightweight student (timm name)")
     student_pretrained: bool | str | None = param(
-        None, "the student's starting weights: true (timm's), a local file, None (random)"
+        TOY, "the student's starting weights: 'toy' (shipped toy ImageNet), true (timm's), a file, None (random)"
     )
     image_size: int = param(64, "input size of the timm encoders", min=16)
     n_labeled: int | None = param(1000, "labeled training images (a low-label regime); None: all", min=1)
@@ -58,6 +61,11 @@ class PipelineConfig:
         2000, "unlabeled pool images (the test and val splits are excluded); None: all", min=1
     )
     align_epochs: int = param(2, "phase-1 epochs of a step whose phase config leaves epochs unset", min=1)
+    align_large_epochs: int | None = param(
+        None,
+        "phase-1 epochs of the large encoder (align_large) when its config leaves them unset; None: align_epochs",
+        min=1,
+    )
     finetune_epochs: int = param(3, "fine-tuning epochs of a step whose phase config leaves epochs unset", min=1)
     distill_epochs: int = param(3, "distillation epochs of a step whose phase config leaves epochs unset", min=1)
     batch_size: int = param(64, "batch size of a step whose phase config leaves it unset", min=1)
@@ -89,6 +97,7 @@ class PipelineConfig:
         for k in ("large", "student"):
             if not timm.is_model(getattr(self, k)):
                 raise ConfigError(f"parameter '{k}': {getattr(self, k)!r} is not a timm model")
+        self._check_toy()
         for k in ("clip_pretrained", "large_pretrained", "student_pretrained"):
             v = getattr(self, k)
             if (
@@ -100,6 +109,21 @@ class PipelineConfig:
         for k in [f.name for f in dataclasses.fields(self) if f.name.endswith("_config")]:  # the phase YAMLs
             if getattr(self, k) is not None and not Path(getattr(self, k)).is_file():
                 raise ConfigError(f"parameter '{k}': phase config {getattr(self, k)} does not exist")
+
+    def _check_toy(self):
+        "Weights given as 'toy' are the shipped toy models: for the toy world, and only for the toy models' names."
+        uses_toy = [k for k in ("clip_pretrained", "large_pretrained", "student_pretrained") if getattr(self, k) == TOY]
+        if uses_toy and self.dataset != "toy":
+            raise ConfigError(
+                f"parameter(s) {uses_toy} = 'toy': the toy pre-trained models are for the toy world (dataset='toy')"
+            )
+        named = dict(clip_pretrained=self.clip, large_pretrained=self.large, student_pretrained=self.student)
+        for k in uses_toy:
+            if named[k] not in (TOY_CLIP, TOY_LARGE, TOY_STUDENT):
+                raise ConfigError(
+                    f"parameter '{k}' = 'toy': no toy weights are shipped for {named[k]!r} (the toy models are "
+                    f"{TOY_CLIP!r}, {TOY_LARGE!r}, {TOY_STUDENT!r})"
+                )
 
 # %% ../nbs/10_pipeline.ipynb #fd9b20f3
 from jupyter_client import AsyncKernelManager
@@ -207,8 +231,12 @@ def _step_plan(cfg, seed: int) -> dict:
     clip = dict(ft, encoder=f"clip:{cfg.clip}", pretrained=cfg.clip_pretrained, image_size=clip_size)
     clip["quick_gelu"] = cfg.clip_quick_gelu
     student = str(s / "align_student")
+    large_epochs = cfg.align_large_epochs or cfg.align_epochs
     return {
-        "align_large": (dict(align, student=cfg.large, student_pretrained=cfg.large_pretrained), {}),
+        "align_large": (
+            dict(align, student=cfg.large, student_pretrained=cfg.large_pretrained, epochs=large_epochs),
+            {},
+        ),
         "align_student": (dict(align, student=cfg.student, student_pretrained=cfg.student_pretrained), {}),
         "teacher": (dict(ft, encoder=cfg.large), dict(init=str(s / "align_large"))),
         "cskd_student": (dist, dict(init=student, teacher_run=str(s / "teacher"))),
@@ -279,7 +307,8 @@ NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own line
             run_dir=("runs/distill", "the run folder"),
             toy_images=(10000, "when data_root does not exist: write a toy world of this many images there"),
             teacher_run=(None, "None: fine-tune a teacher first (`teacher_encoder`, `teacher_n_train` labeled images)"),
-            teacher_encoder=("resnet18", "the notebook's own teacher (when teacher_run is None)"),
+            encoder=(TOY_STUDENT, "the student: the toy world's light CNN (with its shipped toy ImageNet weights)"),
+            teacher_encoder=(TOY_LARGE, "the notebook's own teacher (when teacher_run is None)"),
             teacher_epochs=(3, "... its epochs"),
             teacher_n_train=(1000, "... and its labeled images"),
             n_train=(300, "labeled images for the student: a low-label regime (the phase's default takes all)"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib, json, math, os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -20,12 +21,16 @@ from timm.data import resolve_data_config
 
 from .engine import TrainConfig, fit
 from .images import load_image, train_transform, eval_transform
-from .models import TOY_CLIP
+from .models import PRETRAIN_COMMAND, TOY_CLIP, TOY_WEIGHTS_DIR, ToyWeightsError, file_sha256, toy_card
+from .models import TOY_LARGE, TOY_STUDENT, toy_weights_file
 from .runs import atomic_path, read_metrics, write_text_atomic
 from .toy import CLASSES, make_toy_world
 
 # %% auto #0
-__all__ = ['PRETRAIN_SEED_OFFSET', 'cache_root', 'settings_hash', 'pretrain_world', 'clip_loss_on', 'toy_clip', 'toy_imagenet']
+__all__ = ['PRETRAIN_SEED_OFFSET', 'RECIPES', 'CLASSIFIER_RECIPE', 'VERSION', 'QUALITY_SEED', 'QUALITY_IMAGES', 'QUALITY_LABELS',
+           'QUALITY_TARGETS', 'cache_root', 'settings_hash', 'pretrain_world', 'clip_loss_on', 'clip_settings',
+           'toy_clip', 'classifier_settings', 'toy_imagenet', 'quality_world', 'classifier_quality', 'clip_quality',
+           'measure_quality', 'pretrain', 'check_shipped', 'stale_settings']
 
 # %% ../nbs/11_toy_pretrain.ipynb #02861cb8
 PRETRAIN_SEED_OFFSET = 1000  # IAA worlds use seeds below this; pre-training worlds use 1000 + seed
@@ -50,10 +55,18 @@ def pretrain_world(n_images: int, seed: int = 0, cache_dir=None, image_size: int
     )
 
 
-def _save_atomic(state: dict, path: Path, info: dict):
-    "The weights as safetensors, then their card (JSON) beside them; both atomic."
+def _save_weights(state: dict, path: Path, half: bool = False):
+    "The weights as safetensors, atomically; floating tensors in float16 when `half`."
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+        save_file(state, str(tmp))
+
+
+def _save_atomic(state: dict, path: Path, info: dict):
+    "The weights (safetensors), then their card (JSON) beside them; both atomic."
+    _save_weights(state, path)
     write_text_atomic(path.with_suffix(".json"), json.dumps(info, indent=1))
 
 # %% ../nbs/11_toy_pretrain.ipynb #9039648c
@@ -113,7 +126,61 @@ def _pretrain(model, ds, step, settings: dict, path: Path, progress: bool, fresh
     model.eval()
     return dict(curves, seconds=round(res.seconds, 1), steps=res.global_step, run=str(run))
 
-# %% ../nbs/11_toy_pretrain.ipynb #15499646
+# %% ../nbs/11_toy_pretrain.ipynb #7a9d4c22
+RECIPES = {  # the shipped toy models and how `python -m cskd pretrain` trains them
+    TOY_CLIP: dict(n_images=8000, epochs=20, batch_size=64, lr=1e-3, weight_decay=0.1),
+    TOY_LARGE: dict(n_images=8000, epochs=20, batch_size=32, lr=1e-3, weight_decay=0.05),
+    TOY_STUDENT: dict(n_images=8000, epochs=10, batch_size=32, lr=3e-3, weight_decay=0.05),
+}
+CLASSIFIER_RECIPE = dict(n_images=8000, epochs=10, batch_size=32, lr=3e-3, weight_decay=0.05)  # other timm models
+VERSION = 4  # 2: through the engine; 3: accuracy recorded; 4: recipes per model, shipped weights
+
+
+def _shapes(module: nn.Module) -> str:
+    "A hash of the parameter and buffer names and shapes: the architecture, not the weights."
+    return settings_hash({k: list(v.shape) for k, v in module.state_dict().items()})
+
+
+def _settings(kind: str, model: str, given: dict, seed: int, arch: str) -> dict:
+    recipe = RECIPES.get(model, CLASSIFIER_RECIPE)
+    unknown = set(given) - set(recipe)
+    if unknown:
+        raise TypeError(f"unknown settings {sorted(unknown)}; settings: {sorted(recipe)}")
+    s = dict(recipe, **{k: v for k, v in given.items() if v is not None})
+    for k in ("n_images", "epochs", "batch_size"):
+        _check(k, s[k], 10 if k == "n_images" else 1)
+    for k in ("lr", "weight_decay"):
+        if isinstance(s[k], bool) or not isinstance(s[k], (int, float)) or not s[k] >= 0:
+            raise ValueError(f"{k}={s[k]!r}: must be a number >= 0")
+    _check("seed", seed, 0)
+    return dict(kind=kind, model=model, **s, seed=seed, architecture=arch, version=VERSION)
+
+
+def _shipped(model: str, settings: dict) -> Path | None:
+    """The shipped file when `settings` are those it was trained with; None for other settings. The recipe's own
+    settings with a card that differs (stale weights) are an error that says which settings differ."""
+    try:
+        card = toy_card(model)
+    except ToyWeightsError:
+        if settings["model"] in RECIPES and _is_recipe(settings):
+            raise
+        return None
+    if card["settings_hash"] == settings_hash(settings):
+        return toy_weights_file(model)
+    if _is_recipe(settings):
+        diff = {k: (card["settings"].get(k), v) for k, v in settings.items() if card["settings"].get(k) != v}
+        raise ToyWeightsError(
+            f"{TOY_WEIGHTS_DIR / (model + '.json')}: the shipped weights were trained with other settings than the "
+            f"code's recipe ({', '.join(f'{k}: card {a!r}, code {b!r}' for k, (a, b) in diff.items())}); "
+            f"regenerate them with {PRETRAIN_COMMAND}"
+        )
+    return None
+
+
+def _is_recipe(settings: dict) -> bool:
+    return settings["seed"] == 0 and all(settings[k] == v for k, v in RECIPES[settings["model"]].items())
+
+# %% ../nbs/11_toy_pretrain.ipynb #02ba7695
 def clip_loss_on(model: nn.Module, root, n: int = 64) -> float:
     """open_clip's `ClipLoss` of an open_clip `model` on the first `n` images and captions of toy world `root` (no
     augmentation)."""
@@ -134,40 +201,22 @@ def clip_loss_on(model: nn.Module, root, n: int = 64) -> float:
     return float(loss)
 
 
-def toy_clip(
-    n_images: int = 8000,
-    epochs: int = 15,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    weight_decay: float = 0.1,
-    seed: int = 0,
-    cache_dir=None,
-    force: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Train `TOY_CLIP` contrastively on a pre-training toy world (seed 1000 + `seed`); returns the cached safetensors
-    file."""
-    for k, v in dict(n_images=n_images, epochs=epochs, batch_size=batch_size).items():
-        _check(k, v, 10 if k == "n_images" else 1)
-    settings = dict(
-        kind="toy_clip",
-        model=TOY_CLIP,
-        config=open_clip.get_model_config(TOY_CLIP),
-        n_images=n_images,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        seed=seed,
-        version=2,  # 2: trained through the engine
-    )
+def clip_settings(seed: int = 0, **given) -> dict:
+    "The toy CLIP's settings: `RECIPES[TOY_CLIP]` with `given` overrides."
+    return _settings("toy_clip", TOY_CLIP, given, seed, settings_hash(open_clip.get_model_config(TOY_CLIP)))
+
+
+def _train_clip(settings: dict, cache_dir=None, force: bool = False, progress: bool = True) -> Path:
+    "Train the toy CLIP with `settings` into the cache (once; `force` retrains); returns the file."
     path = cache_root(cache_dir) / f"toy_clip-{settings_hash(settings)}.safetensors"
     if path.exists() and not force:
         return path
-    world = pretrain_world(n_images, seed, cache_dir)
-    torch.manual_seed(seed)
+    world = pretrain_world(settings["n_images"], settings["seed"], cache_dir)
+    torch.manual_seed(settings["seed"])
     model = open_clip.create_model(TOY_CLIP, pretrained=None)  # random init, both towers
-    tfm = train_transform(64, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    tfm = train_transform(
+        64, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD, scale=(0.9, 1.0), hflip=False
+    )
     ds = _ToyPairs(world, tfm, open_clip.get_tokenizer(TOY_CLIP))
     loss_fn, max_scale = open_clip.loss.ClipLoss(), math.log(100)
 
@@ -180,56 +229,40 @@ def toy_clip(
     card = _pretrain(model, ds, step, settings, path, progress, fresh=force)
     with torch.no_grad():
         model.logit_scale.clamp_(0, max_scale)
-    _save_atomic(model.state_dict(), path, dict(settings, world=str(world), **card))
+    _save_atomic(model.state_dict(), path, dict(settings=settings, world=str(world), **card))
     return path
 
-# %% ../nbs/11_toy_pretrain.ipynb #f5face6e
-def _without_head(model: nn.Module) -> dict:
-    heads = model.default_cfg.get("classifier") or ()
-    heads = (heads,) if isinstance(heads, str) else tuple(heads)
-    return {k: v for k, v in model.state_dict().items() if not any(k == h or k.startswith(h + ".") for h in heads)}
 
+def toy_clip(seed: int = 0, cache_dir=None, force: bool = False, progress: bool = True, **settings) -> Path:
+    """The toy CLIP's weights file: the shipped one for the recipe's settings, else trained once into the cache on
+    a pre-training world (seed 1000 + `seed`). `settings`: n_images, epochs, batch_size, lr, weight_decay."""
+    s = clip_settings(seed, **settings)
+    return (not force and _shipped(TOY_CLIP, s)) or _train_clip(s, cache_dir, force, progress)
 
-def toy_imagenet(
-    model: str = "vit_tiny_patch16_224",
-    n_images: int = 8000,
-    epochs: int = 15,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    seed: int = 0,
-    cache_dir=None,
-    force: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Train timm `model` at 64 px on the toy content classes of the pre-training world; returns the cached safetensors
-    file (no head)."""
-    for k, v in dict(n_images=n_images, epochs=epochs, batch_size=batch_size).items():
-        _check(k, v, 10 if k == "n_images" else 1)
+# %% ../nbs/11_toy_pretrain.ipynb #4c1b5714
+def _classifier(model: str) -> nn.Module:
     if not timm.is_model(model):
         raise ValueError(f"model={model!r}: not a timm model name")
-    settings = dict(
-        kind="toy_imagenet",
-        model=model,
-        image_size=64,
-        classes=list(CLASSES),
-        n_images=n_images,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        seed=seed,
-        version=3,  # 2: accuracy recorded; 3: trained through the engine
-    )
+    try:
+        return timm.create_model(model, pretrained=False, num_classes=len(CLASSES), img_size=64)
+    except TypeError:
+        return timm.create_model(model, pretrained=False, num_classes=len(CLASSES))  # CNNs take any size
+
+
+def classifier_settings(model: str, seed: int = 0, **given) -> dict:
+    "A toy classifier's settings: `RECIPES[model]` (or `CLASSIFIER_RECIPE`) with `given` overrides."
+    return _settings("toy_imagenet", model, given, seed, _shapes(_classifier(model)))
+
+
+def _train_classifier(settings: dict, cache_dir=None, force: bool = False, progress: bool = True) -> Path:
+    "Train a toy classifier with `settings` into the cache (once; `force` retrains); returns the file."
+    model = settings["model"]
     path = cache_root(cache_dir) / f"toy_imagenet-{model}-{settings_hash(settings)}.safetensors"
     if path.exists() and not force:
         return path
-    world = pretrain_world(n_images, seed, cache_dir)
-    torch.manual_seed(seed)
-    try:
-        net = timm.create_model(model, pretrained=False, num_classes=len(CLASSES), img_size=64)
-    except TypeError:
-        net = timm.create_model(model, pretrained=False, num_classes=len(CLASSES))  # CNNs take any size
+    world = pretrain_world(settings["n_images"], settings["seed"], cache_dir)
+    torch.manual_seed(settings["seed"])
+    net = _classifier(model)
     dc = resolve_data_config({}, model=net)
     ds = _ToyPairs(world, train_transform(64, dc["mean"], dc["std"]))
 
@@ -238,5 +271,137 @@ def toy_imagenet(
         return F.cross_entropy(logits, batch[1]), dict(accuracy=(logits.argmax(1) == batch[1]).float().mean())
 
     card = _pretrain(net, ds, step, settings, path, progress, fresh=force)
-    _save_atomic(_without_head(net), path, dict(settings, world=str(world), **card))
+    _save_atomic(net.state_dict(), path, dict(settings=settings, world=str(world), **card))
     return path
+
+
+def toy_imagenet(
+    model: str = TOY_LARGE, seed: int = 0, cache_dir=None, force: bool = False, progress: bool = True, **settings
+) -> Path:
+    """A toy content classifier's weights file (timm `model`, 64 px): the shipped one for a shipped model's recipe,
+    else trained once into the cache. `settings`: n_images, epochs, batch_size, lr, weight_decay."""
+    s = classifier_settings(model, seed, **settings)
+    return (not force and _shipped(model, s)) or _train_classifier(s, cache_dir, force, progress)
+
+# %% ../nbs/11_toy_pretrain.ipynb #7d68940a
+QUALITY_SEED, QUALITY_IMAGES, QUALITY_LABELS = 2000, 4000, 1000
+QUALITY_TARGETS = {
+    TOY_CLIP: dict(zero_shot_srcc=0.45, probe_srcc=0.60),
+    TOY_LARGE: dict(heldout_accuracy=0.90),
+    TOY_STUDENT: dict(heldout_accuracy=0.90),
+}
+
+
+def quality_world(cache_dir=None) -> Path:
+    "The toy world (seed `QUALITY_SEED`) on which the toy models' quality is measured; made once in the cache."
+    root = cache_root(cache_dir) / f"quality-{QUALITY_SEED}-n{QUALITY_IMAGES}"
+    return make_toy_world(root, QUALITY_IMAGES, seed=QUALITY_SEED)
+
+
+def classifier_quality(model: str, weights, world) -> dict:
+    "Held-out accuracy of toy classifier `model` (weights file) on every image of toy world `world`."
+    net = _classifier(model)
+    net.load_state_dict(_load(weights))
+    net.eval()
+    dc = resolve_data_config({}, model=net)
+    ds = _ToyPairs(world, eval_transform(64, dc["mean"], dc["std"]))
+    with torch.inference_mode():
+        x = torch.stack([ds[i][0] for i in range(len(ds))])
+        pred = torch.cat([net(x[i : i + 256]).argmax(1) for i in range(0, len(x), 256)])
+    return dict(heldout_accuracy=round(float((pred == ds.labels).float().mean()), 4), n_images=len(ds))
+
+
+def _load(weights) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+
+
+def clip_quality(weights, world, n_labels: int = QUALITY_LABELS, prompts: str = "ensemble") -> dict:
+    "Zero-shot and ridge-probe SRCC of the toy CLIP (weights file) on the test split of toy world `world`."
+    from cskd.metrics import srcc
+    from cskd.models import clip_teacher
+    from cskd.probe import dataset_targets, embed, linear_probe, probe_datasets
+    from cskd.zeroshot import ZeroShotScorer
+
+    teacher = clip_teacher(TOY_CLIP, str(weights))
+    ds = probe_datasets(teacher, world, splits=("train", "test"))
+    emb = {s: embed(teacher, d, progress=False) for s, d in ds.items()}
+    y = {s: dataset_targets(ds[s], emb[s][0]) for s in emb}
+    zs = ZeroShotScorer(teacher, prompts).score_embeddings(torch.from_numpy(emb["test"][1]))["score"].numpy()
+    sub = np.sort(np.random.default_rng(0).choice(len(y["train"]), min(n_labels, len(y["train"])), replace=False))
+    probe, _, _ = linear_probe(emb["train"][1][sub], y["train"][sub], emb["test"][1], y["test"])
+    return dict(
+        zero_shot_srcc=round(srcc(zs, y["test"]), 4),
+        probe_srcc=round(probe["srcc"], 4),
+        n_labels=len(sub),
+        n_test=len(y["test"]),
+    )
+
+
+def measure_quality(model: str, weights, cache_dir=None) -> dict:
+    "The quality figures of toy model `model` (weights file) on the quality world."
+    world = quality_world(cache_dir)
+    return clip_quality(weights, world) if model == TOY_CLIP else classifier_quality(model, weights, world)
+
+# %% ../nbs/11_toy_pretrain.ipynb #9a53b203
+def _train(model: str, cache_dir, force: bool, progress: bool) -> tuple[dict, Path]:
+    if model == TOY_CLIP:
+        s = clip_settings()
+        return s, _train_clip(s, cache_dir, force, progress)
+    s = classifier_settings(model)
+    return s, _train_classifier(s, cache_dir, force, progress)
+
+
+def _check_models(models) -> list:
+    models = list(models or RECIPES)
+    unknown = [m for m in models if m not in RECIPES]
+    if unknown:
+        raise ValueError(f"unknown toy model(s) {unknown}; the shipped toy models are {list(RECIPES)}")
+    return models
+
+
+def pretrain(models=None, out=None, cache_dir=None, force: bool = False, progress: bool = True) -> dict:
+    "Train the toy models of `RECIPES` (or `models`), measure them and write weights + cards to `out`; the cards."
+    out = Path(out or TOY_WEIGHTS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    cards = {}
+    for model in _check_models(models):
+        settings, trained = _train(model, cache_dir, force, progress)
+        made = json.loads(trained.with_suffix(".json").read_text())
+        path = out / f"{model}.safetensors"
+        _save_weights(_load(trained), path, half=True)
+        info = dict(
+            model=model,
+            file=path.name,
+            sha256=file_sha256(path),
+            settings=settings,
+            settings_hash=settings_hash(settings),
+            pretrain_world_seed=PRETRAIN_SEED_OFFSET + settings["seed"],
+            quality=measure_quality(model, path, cache_dir),
+            quality_targets=QUALITY_TARGETS[model],
+            quality_world=dict(seed=QUALITY_SEED, n_images=QUALITY_IMAGES),
+            **{k: made[k] for k in ("loss", "accuracy", "seconds", "steps") if k in made},
+            command=PRETRAIN_COMMAND,
+        )
+        write_text_atomic(path.with_suffix(".json"), json.dumps(info, indent=1) + "\n")
+        cards[model] = info
+    return cards
+
+
+def check_shipped(models=None, folder=None, cache_dir=None) -> pd.DataFrame:
+    "Re-measure the shipped toy models: one row per figure with the card's value, the measured one and the target."
+    rows = []
+    for model in _check_models(models):
+        card = toy_card(model, folder)
+        got = measure_quality(model, toy_weights_file(model, folder), cache_dir)
+        for k, target in QUALITY_TARGETS[model].items():
+            rows.append(dict(model=model, figure=k, card=card["quality"][k], measured=got[k], target=target))
+    return pd.DataFrame(rows)
+
+
+def stale_settings(model: str, folder=None) -> dict:
+    "The settings on `model`'s card that differ from what the code would train now: {name: (card, code)}."
+    card = toy_card(model, folder)["settings"]
+    code = clip_settings() if model == TOY_CLIP else classifier_settings(model)
+    return {k: (card.get(k), code.get(k)) for k in sorted(set(card) | set(code)) if card.get(k) != code.get(k)}

@@ -11,6 +11,7 @@ import papermill as pm
 import pytest
 
 from cskd.iaa import FinetuneConfig
+from cskd.models import TOY_WEIGHTS_DIR
 from cskd.toy import make_toy_world
 from cskd.pipeline import PAPERMILL_KERNEL
 
@@ -89,7 +90,6 @@ def test_claims_and_pipeline_with_minimal_parameters(toy, tmp_path, monkeypatch)
     and a rerun skips the finished work."""
     from cskd.pipeline import run_step
 
-    cache = tmp_path / "cache"
     params = dict(
         data_root=str(toy),
         figures_dir=str(tmp_path / "figures"),
@@ -102,14 +102,9 @@ def test_claims_and_pipeline_with_minimal_parameters(toy, tmp_path, monkeypatch)
         batch_size=32,
         latency_repeats=2,
         collapse_images=8,
-        pretrain_images=48,
-        clip_epochs=1,
-        imagenet_epochs=1,
-        cache_dir=str(cache),
     )
     monkeypatch.chdir(tmp_path)  # a relative run folder, as `make demo` gives it
     m = run_step("claims", "demo", params)
-    assert sorted(p.name.split("-")[0] for p in cache.glob("*.safetensors")) == ["toy_clip", "toy_imagenet"]
     table = (tmp_path / "demo" / "pipeline" / "results_table.md").read_text()
     for row in (
         "CLIP fine-tuned directly",
@@ -132,14 +127,14 @@ def test_claims_and_pipeline_with_minimal_parameters(toy, tmp_path, monkeypatch)
         "collapse",
     ):
         assert list((seed0 / step).glob("*.ipynb")), step
-    # the encoders started from the toy classifiers: the aligned runs record the weights they were given
-    assert json.loads((seed0 / "align_student" / "config.json").read_text())["student_pretrained"].startswith(
-        str(cache)
-    )
+    # the encoders started from the shipped toy classifiers: the aligned runs record the files they were given
+    for step in ("align_student", "align_large"):
+        given = json.loads((seed0 / step / "config.json").read_text())["student_pretrained"]
+        assert Path(given).parent == TOY_WEIGHTS_DIR, (step, given)
     pm_ = json.loads((tmp_path / "demo" / "pipeline" / "metrics.json").read_text())
     assert pm_["cskd_student/params_m"] < pm_["teacher/params_m"]
     claims = (tmp_path / "demo" / "claims.md").read_text()
-    for c in ("| a |", "| b |", "| c |", "| d |", "| d-ctl |", "| e |"):
+    for c in ("| a |", "| b |", "| c |", "| d-pre |", "| d |", "| d-ctl |", "| f |", "| e |"):
         assert c in claims, c
     assert {f"claim_{c}/gain_mean" for c in "abcde"} <= set(m) and m["seeds"] == 1
     assert (tmp_path / "figures" / "claims.png").exists() and (
@@ -155,8 +150,8 @@ def test_claims_notebook_rejects_bad_parameters(toy, tmp_path):
         execute("claims", tmp_path, run_dir=str(tmp_path / "run"), data_root=str(toy), seeds=[0, 0])
     assert "repeated seeds" in str(e.value)
     with pytest.raises(pm.PapermillExecutionError) as e:
-        execute("claims", tmp_path, run_dir=str(tmp_path / "run"), data_root=str(toy), clip_epoch=3)
-    assert "'clip_epoch' (did you mean 'clip_epochs'?)" in str(e.value)
+        execute("claims", tmp_path, run_dir=str(tmp_path / "run"), data_root=str(toy), prompt="paper")
+    assert "'prompt' (did you mean 'prompts'?)" in str(e.value)
     assert not (tmp_path / "run").exists()
 
 
