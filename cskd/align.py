@@ -23,7 +23,7 @@ from .data import UnlabeledPool, read_split
 from .gpu_decode import DECODERS, on_device, pool_dataset
 from .runs import read_metrics, write_text_atomic
 from .engine import TrainConfig, fit, get_autocast, resolve_device
-from .models import TOY, TOY_CLIP, TOY_LARGE, Projector, build_encoder, clip_teacher
+from .models import TOY_CLIP, Projector, build_encoder, clip_teacher
 from .teacher_cache import PoolViews, SeededView, ensure_teacher_cache, teacher_targets, to_unit
 
 # %% auto #0
@@ -63,11 +63,11 @@ class AlignConfig(TrainConfig):
         "QuickGELU: None as the model name says (a -quickgelu name has it); true for OpenAI weights given as a file",
     )
     teacher_pretrained: str | None = param(
-        TOY, "teacher weights: 'toy' (the shipped toy CLIP), an open_clip tag, a local file, or None (random init)"
+        None, "teacher weights: None (random init), 'toy' (the shipped toy CLIP), an open_clip tag, or a local file"
     )
-    student: str = param(TOY_LARGE, "the given encoder: a timm model name, or clip:<open_clip name>")
+    student: str = param("vit_tiny_patch16_224", "the given encoder: a timm model name, or clip:<open_clip name>")
     student_pretrained: bool | str | None = param(
-        TOY, "student weights: 'toy' (shipped toy ImageNet), false, true (timm's), a tag or a local file"
+        False, "student weights: false, 'toy' (shipped toy ImageNet), true (timm's), a tag or a local file"
     )
     image_size: int = param(
         64, "student input size in pixels (the teacher gets the view resized to its own size)", min=16

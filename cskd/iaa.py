@@ -33,7 +33,7 @@ from .engine import TrainConfig, fit, load_weights
 from .align import phase_param
 from .losses import emd_loss, score_loss
 from .metrics import iaa_metrics, mean_score
-from .models import TOY, TOY_LARGE, IAAHead, IAAModel, build_encoder
+from .models import IAAHead, IAAModel, build_encoder
 from .runs import write_text_atomic
 
 # %% auto #0
@@ -62,9 +62,9 @@ class FinetuneConfig(TrainConfig):
     val_split: str = param("splits/val.txt", "file of validation image ids")
     test_split: str = param("splits/test.txt", "file of test image ids")
     n_train: int | None = param(None, "use only the first n training images (a low-label regime); None: all", min=1)
-    encoder: str = param(TOY_LARGE, "timm model name, or clip:<open_clip name>")
+    encoder: str = param("resnet10t", "timm model name, or clip:<open_clip name>")
     pretrained: bool | str | None = param(
-        TOY, "weights: 'toy' (the shipped toy weights), true (timm's), an open_clip tag, a local file, None (random)"
+        None, "weights: None (random), 'toy' (the shipped toy weights), true (timm's), an open_clip tag, a local file"
     )
     quick_gelu: bool | None = param(
         None,

@@ -88,7 +88,7 @@ def toy_card(model_name: str, folder=None) -> dict:
         have = sorted(p.stem for p in folder.glob("*.json"))
         raise ToyWeightsError(
             f"pretrained='toy': no shipped toy weights for '{model_name}' ({card} does not exist); toy weights "
-            f"exist for {have}; {PRETRAIN_COMMAND} makes them"
+            f"exist for {have} ({PRETRAIN_COMMAND} makes them); pretrained=None gives random weights, true timm's own"
         )
     try:
         return json.loads(card.read_text())

@@ -128,7 +128,7 @@ def _pretrain(model, ds, step, settings: dict, path: Path, progress: bool, fresh
 
 # %% ../nbs/11_toy_pretrain.ipynb #7a9d4c22
 RECIPES = {  # the shipped toy models and how `python -m cskd pretrain` trains them
-    TOY_CLIP: dict(n_images=8000, epochs=20, batch_size=64, lr=1e-3, weight_decay=0.1),
+    TOY_CLIP: dict(n_images=8000, epochs=25, batch_size=128, lr=1e-3, weight_decay=0.1),
     TOY_LARGE: dict(n_images=8000, epochs=20, batch_size=32, lr=1e-3, weight_decay=0.05),
     TOY_STUDENT: dict(n_images=8000, epochs=10, batch_size=32, lr=3e-3, weight_decay=0.05),
 }
