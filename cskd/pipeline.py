@@ -62,8 +62,8 @@ class PipelineConfig:
     )
     align_epochs: int = param(2, "phase-1 epochs of a step whose phase config leaves epochs unset", min=1)
     align_large_epochs: int | None = param(
-        None,
-        "phase-1 epochs of the large encoder (align_large) when its config leaves them unset; None: align_epochs",
+        6,
+        "phase-1 epochs of the large encoder (align_large; it must become the better teacher); None: align_epochs",
         min=1,
     )
     finetune_epochs: int = param(3, "fine-tuning epochs of a step whose phase config leaves epochs unset", min=1)

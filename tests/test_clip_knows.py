@@ -1,5 +1,5 @@
 """The "CLIP knows image aesthetics" study: its helpers (cskd.clip_study) and the experiment notebook end to end
-through papermill (real toy JPEGs, real open_clip / timm models, random init)."""
+through papermill (real toy JPEGs, real open_clip / timm models, the shipped toy weights)."""
 
 import json
 import math
@@ -185,12 +185,12 @@ def test_experiment_notebook_runs_and_validates(tmp_path):
     ]
     for k in keys:
         assert k in m and m[k] is not None and math.isfinite(m[k]), k
-    assert m["finetune_clip_epochs"] == 3 and m["finetune_imagenet_epochs"] == 3 and m["random_weights"] == 1
-    assert m["probe_clip_dim"] == 128 and m["probe_imagenet_dim"] == 96
+    assert m["finetune_clip_epochs"] == 3 and m["finetune_imagenet_epochs"] == 3 and m["random_weights"] == 0
+    assert m["probe_clip_dim"] == 128 and m["probe_imagenet_dim"] == 128
     t = pd.read_csv(run / "results.csv")
     assert len(t) == 3 + 2 * 2 + 2
     assert t.groupby("step").size().to_dict() == {"zero-shot": 3, "linear probe": 4, "fine-tune": 2}
-    assert set(t[t.step == "fine-tune"].model) == {"clip:cskd-toy-vit", "test_vit3"}
+    assert set(t[t.step == "fine-tune"].model) == {"clip:cskd-toy-vit", "cskd_toy_vit_p8"}
     assert t.srcc.notna().all() and (run / "results.md").read_text().count("\n") == len(t) + 2
     for f in ("convergence", "summary"):
         for ext in ("png", "pdf"):
@@ -198,7 +198,7 @@ def test_experiment_notebook_runs_and_validates(tmp_path):
     for label in ("clip", "imagenet"):
         assert epochs_run(run / f"finetune_{label}")["epochs"] == 3
     out = (tmp_path / "out.ipynb").read_text()
-    assert "No claim" in out and "randomly initialised" in out
+    assert "WARNING: random-init" not in out  # the defaults are the shipped toy models, not random weights
     # a bad parameter fails in the validation cell, before anything is written
     for params, name in ((dict(prompt_sets=["paper", "beautifull"]), "'prompt_sets'"), (dict(epoch=3), "'epoch'")):
         bad = tmp_path / "bad"

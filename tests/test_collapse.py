@@ -15,7 +15,7 @@ from cskd.pipeline import PAPERMILL_KERNEL
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "nbs" / "experiments" / "collapse.ipynb"
-DEFAULT_MODELS = {"clip": 4, "vit_init": 12, "vit_aligned": 12, "vit_aligned_iaa": 12, "clip_iaa": 4}  # label -> layers
+DEFAULT_MODELS = {"clip": 6, "vit_init": 6, "vit_aligned": 6, "vit_aligned_iaa": 6, "clip_iaa": 6}  # label -> layers
 FIGURES = ["collapse_attention_stats", "collapse_summary"] + [f"collapse_gallery_{m}" for m in DEFAULT_MODELS]
 
 
@@ -45,10 +45,10 @@ def test_default_run_writes_metrics_and_figures(default_run):
     m = json.loads((run / "metrics.json").read_text())
     assert m["images"] == 64
     assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in m.values()), m
-    grid_patches = {"clip": 64, "clip_iaa": 64}  # cskd-toy-vit: 64 px, patch 8; vit_tiny at 64 px: patch 16
+    # cskd-toy-vit and cskd_toy_vit_p8 alike: 64 px on the 8x8 grid
     for p, layers in DEFAULT_MODELS.items():
         assert m[f"{p}/layers"] == layers and m[f"{p}/images"] == 64
-        n = grid_patches.get(p, 16)
+        n = 64
         for k in range(layers):
             for c in ("distance", "entropy"):
                 assert 0 <= m[f"{p}/layer{k}/{c}_std"] <= m[f"{p}/layer{k}/{c}_range"], (p, k, c)
@@ -104,7 +104,7 @@ def test_given_specs_and_figures_dir(default_run, tmp_path):
     )
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert (
-        m["tiny_clip/layers"] == 2 and m["vit_init/layers"] == 12 and m["aligned/images"] == 8 and m["iaa/heads"] == 3
+        m["tiny_clip/layers"] == 2 and m["vit_init/layers"] == 12 and m["aligned/images"] == 8 and m["iaa/heads"] == 4
     )
     assert not any(k.startswith("standins/") for k in m) and not (tmp_path / "run" / "standins").exists()
     for f in ["collapse_attention_stats", "collapse_summary", "collapse_gallery_tiny_clip", "collapse_gallery_iaa"]:
