@@ -128,7 +128,7 @@ def _pretrain(model, ds, step, settings: dict, path: Path, progress: bool, fresh
 
 # %% ../nbs/11_toy_pretrain.ipynb #7a9d4c22
 RECIPES = {  # the shipped toy models and how `python -m cskd pretrain` trains them
-    TOY_CLIP: dict(n_images=8000, epochs=25, batch_size=128, lr=1e-3, weight_decay=0.1),
+    TOY_CLIP: dict(n_images=8000, epochs=20, batch_size=64, lr=1e-3, weight_decay=0.1),
     TOY_LARGE: dict(n_images=8000, epochs=20, batch_size=32, lr=1e-3, weight_decay=0.05),
     TOY_STUDENT: dict(n_images=8000, epochs=10, batch_size=32, lr=3e-3, weight_decay=0.05),
 }
@@ -371,6 +371,7 @@ def pretrain(models=None, out=None, cache_dir=None, force: bool = False, progres
         made = json.loads(trained.with_suffix(".json").read_text())
         path = out / f"{model}.safetensors"
         _save_weights(_load(trained), path, half=True)
+        quality = measure_quality(model, path, cache_dir)
         info = dict(
             model=model,
             file=path.name,
@@ -378,8 +379,9 @@ def pretrain(models=None, out=None, cache_dir=None, force: bool = False, progres
             settings=settings,
             settings_hash=settings_hash(settings),
             pretrain_world_seed=PRETRAIN_SEED_OFFSET + settings["seed"],
-            quality=measure_quality(model, path, cache_dir),
+            quality=quality,
             quality_targets=QUALITY_TARGETS[model],
+            targets_met={k: quality[k] >= t for k, t in QUALITY_TARGETS[model].items()},
             quality_world=dict(seed=QUALITY_SEED, n_images=QUALITY_IMAGES),
             **{k: made[k] for k in ("loss", "accuracy", "seconds", "steps") if k in made},
             command=PRETRAIN_COMMAND,
