@@ -162,7 +162,7 @@ def _shipped(model: str, settings: dict) -> Path | None:
     try:
         card = toy_card(model)
     except ToyWeightsError:
-        if settings["model"] in RECIPES and _is_recipe(settings):
+        if _is_recipe(settings):
             raise
         return None
     if card["settings_hash"] == settings_hash(settings):
@@ -178,7 +178,9 @@ def _shipped(model: str, settings: dict) -> Path | None:
 
 
 def _is_recipe(settings: dict) -> bool:
-    return settings["seed"] == 0 and all(settings[k] == v for k, v in RECIPES[settings["model"]].items())
+    "Whether `settings` are a shipped model's recipe (what `python -m cskd pretrain` trains)."
+    recipe = RECIPES.get(settings["model"])
+    return recipe is not None and settings["seed"] == 0 and all(settings[k] == v for k, v in recipe.items())
 
 # %% ../nbs/11_toy_pretrain.ipynb #02ba7695
 def clip_loss_on(model: nn.Module, root, n: int = 64) -> float:

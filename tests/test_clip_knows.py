@@ -198,7 +198,8 @@ def test_experiment_notebook_runs_and_validates(tmp_path):
     for label in ("clip", "imagenet"):
         assert epochs_run(run / f"finetune_{label}")["epochs"] == 3
     out = (tmp_path / "out.ipynb").read_text()
-    assert "WARNING: random-init" not in out  # the defaults are the shipped toy models, not random weights
+    printed = "".join("".join(o.get("text", "")) for c in json.loads(out)["cells"] for o in c.get("outputs", []))
+    assert "WARNING: random-init" not in printed  # the defaults are the shipped toy models, not random weights
     # a bad parameter fails in the validation cell, before anything is written
     for params, name in ((dict(prompt_sets=["paper", "beautifull"]), "'prompt_sets'"), (dict(epoch=3), "'epoch'")):
         bad = tmp_path / "bad"

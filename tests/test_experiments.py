@@ -196,7 +196,7 @@ def test_cskd_runs_notebooks_under_its_own_kernel_whatever_python3_is(toy, tmp_p
     nb = str(NBS / "finetune.ipynb")
     r = subprocess.run([sys.executable, "-c", plain, nb, str(tmp_path / "p.ipynb")], env=env, capture_output=True)
     assert r.returncode != 0 and b"nonexistent" in r.stderr  # the bogus spec is really the one found
-    params = dict(data_root=str(toy), epochs=1, n_train=64, encoder="resnet10t", image_size=32)
+    params = dict(data_root=str(toy), epochs=1, n_train=64, encoder="resnet10t", pretrained=None, image_size=32)
     r = subprocess.run(
         [sys.executable, "-c", RUN_STEP, str(tmp_path / "run"), json.dumps(params)],
         env=env,
