@@ -499,7 +499,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'cskd.models.cskd_toy_cnn': ('models.html#cskd_toy_cnn', 'cskd/models.py'),
                              'cskd.models.cskd_toy_vit_p8': ('models.html#cskd_toy_vit_p8', 'cskd/models.py'),
                              'cskd.models.encoder': ('models.html#encoder', 'cskd/models.py'),
-                             'cskd.models.file_sha256': ('models.html#file_sha256', 'cskd/models.py'),
                              'cskd.models.model_info': ('models.html#model_info', 'cskd/models.py'),
                              'cskd.models.read_model_configs': ('models.html#read_model_configs', 'cskd/models.py'),
                              'cskd.models.register_model_config': ('models.html#register_model_config', 'cskd/models.py'),

@@ -21,15 +21,16 @@ from timm.layers import PatchEmbed, SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, register_model
 from timm.models.vision_transformer import _create_vision_transformer
 
+from .data import file_sha1
 from .metrics import mean_score
 
 # %% auto #0
 __all__ = ['TOY', 'TOY_WEIGHTS_DIR', 'PRETRAIN_COMMAND', 'TOY_CLIP', 'TEST_CLIP', 'MODEL_CONFIG_DIR', 'MODEL_CONFIGS',
            'TOY_LARGE', 'TOY_STUDENT', 'default_cfgs', 'WeightsUnavailableError', 'UnknownModelError',
-           'ToyWeightsError', 'file_sha256', 'toy_card', 'toy_weights_file', 'read_model_configs',
-           'register_model_config', 'TeacherOutput', 'CLIPTeacher', 'clip_teacher', 'Encoder', 'encoder', 'CLIPEncoder',
-           'clip_encoder', 'build_encoder', 'ToyCNN', 'ConvStemPatchEmbed', 'cskd_toy_vit_p8', 'cskd_toy_cnn',
-           'Projector', 'IAAHead', 'IAAModel', 'model_info']
+           'ToyWeightsError', 'toy_card', 'toy_weights_file', 'read_model_configs', 'register_model_config',
+           'TeacherOutput', 'CLIPTeacher', 'clip_teacher', 'Encoder', 'encoder', 'CLIPEncoder', 'clip_encoder',
+           'build_encoder', 'ToyCNN', 'ConvStemPatchEmbed', 'cskd_toy_vit_p8', 'cskd_toy_cnn', 'Projector', 'IAAHead',
+           'IAAModel', 'model_info']
 
 # %% ../nbs/03_models.ipynb #d4a5419f
 class WeightsUnavailableError(RuntimeError):
@@ -71,15 +72,6 @@ class ToyWeightsError(WeightsUnavailableError):
     "The shipped toy weights of a model are missing, damaged or unknown."
 
 
-def file_sha256(path) -> str:
-    "SHA-256 of a file's bytes."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def toy_card(model_name: str, folder=None) -> dict:
     "The card (JSON) of `model_name`'s shipped toy weights in `folder` (default `TOY_WEIGHTS_DIR`)."
     folder = Path(folder or TOY_WEIGHTS_DIR)
@@ -97,15 +89,15 @@ def toy_card(model_name: str, folder=None) -> dict:
 
 
 def toy_weights_file(model_name: str, folder=None) -> Path:
-    "The shipped weights file of toy model `model_name`, checked against the SHA-256 on its card."
+    "The shipped weights file of toy model `model_name`, checked against the SHA-1 on its card."
     folder = Path(folder or TOY_WEIGHTS_DIR)
     info = toy_card(model_name, folder)
     f = folder / info["file"]
     if not f.is_file():
         raise ToyWeightsError(f"{f}: missing (its card {f.with_suffix('.json')} names it); run {PRETRAIN_COMMAND}")
-    if file_sha256(f) != info["sha256"]:
+    if file_sha1(f) != info["sha1"]:
         raise ToyWeightsError(
-            f"{f}: damaged (its SHA-256 differs from the one on its card {folder / (model_name + '.json')}); "
+            f"{f}: damaged (its SHA-1 differs from the one on its card {folder / (model_name + '.json')}); "
             f"restore it (git checkout) or regenerate it with {PRETRAIN_COMMAND}"
         )
     return f

@@ -21,7 +21,8 @@ from timm.data import resolve_data_config
 
 from .engine import TrainConfig, fit
 from .images import load_image, train_transform, eval_transform
-from .models import PRETRAIN_COMMAND, TOY_CLIP, TOY_WEIGHTS_DIR, ToyWeightsError, file_sha256, toy_card
+from .data import file_sha1
+from .models import PRETRAIN_COMMAND, TOY_CLIP, TOY_WEIGHTS_DIR, ToyWeightsError, toy_card
 from .models import TOY_LARGE, TOY_STUDENT, toy_weights_file
 from .runs import atomic_path, read_metrics, write_text_atomic
 from .toy import CLASSES, make_toy_world
@@ -377,7 +378,7 @@ def pretrain(models=None, out=None, cache_dir=None, force: bool = False, progres
         info = dict(
             model=model,
             file=path.name,
-            sha256=file_sha256(path),
+            sha1=file_sha1(path),
             settings=settings,
             settings_hash=settings_hash(settings),
             pretrain_world_seed=PRETRAIN_SEED_OFFSET + settings["seed"],

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import cskd.models
-from cskd.models import TOY_WEIGHTS_DIR, ToyWeightsError, build_encoder, clip_teacher, file_sha256, toy_card
+from cskd.data import file_sha1
+from cskd.models import TOY_WEIGHTS_DIR, ToyWeightsError, build_encoder, clip_teacher, toy_card
 from cskd.toy_pretrain import (
     PRETRAIN_SEED_OFFSET,
     QUALITY_TARGETS,
@@ -34,7 +35,7 @@ def test_card_settings_are_the_codes(model):
     assert stale_settings(model) == {}, f"{model}: run `make pretrain` and commit cskd/toy_weights/"
     assert card["settings_hash"] == settings_hash(card["settings"])
     assert card["pretrain_world_seed"] == PRETRAIN_SEED_OFFSET + card["settings"]["seed"]
-    assert card["sha256"] == file_sha256(TOY_WEIGHTS_DIR / card["file"])
+    assert card["sha1"] == file_sha1(TOY_WEIGHTS_DIR / card["file"])
     assert card["seconds"] > 0 and card["steps"] > 0 and len(card["loss"]) == card["settings"]["epochs"]
     assert card["quality_targets"] == QUALITY_TARGETS[model]
 
