@@ -9,6 +9,7 @@ import colorsys
 import json
 import math
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -20,9 +21,9 @@ from scipy.stats import spearmanr
 from .runs import write_text_atomic
 
 # %% auto #0
-__all__ = ['CLASSES', 'FACTORS', 'WEIGHTS', 'SCORE_MEAN', 'SCORE_SPREAD', 'TASTE_NOISE', 'sample_factors', 'composition_quality',
-           'factor_qualities', 'raw_latent', 'aesthetic_latent', 'vote_counts', 'render', 'caption', 'make_toy_world',
-           'handcrafted_features', 'toy_reference', 'plot_samples']
+__all__ = ['CLASSES', 'FACTORS', 'WEIGHTS', 'SCORE_MEAN', 'SCORE_SPREAD', 'TASTE_NOISE', 'WORLD_VERSION', 'sample_factors',
+           'composition_quality', 'factor_qualities', 'raw_latent', 'aesthetic_latent', 'vote_counts', 'render',
+           'caption', 'make_toy_world', 'handcrafted_features', 'toy_reference', 'plot_samples']
 
 # %% ../nbs/00_toy.ipynb #fb84e674
 CLASSES = ("circle", "square", "triangle", "star", "ring", "cross", "diamond", "hexagon")
@@ -179,38 +180,54 @@ def render(f: dict, image_size: int, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
 
 # %% ../nbs/00_toy.ipynb #ccf4ded9
+WORLD_VERSION = 2  # 1: judgements in one caption in ten, ungraded style words; 2: graded, in most captions
 _HUE_NAMES = ("red", "orange", "yellow", "green", "teal", "blue", "purple", "pink")
-_STYLE_WORDS = dict(
-    sharpness=("blurry", "sharp"),
-    harmony=("clashing colours", "harmonious colours"),
-    composition=("awkwardly framed", "well composed"),
-    exposure=("badly exposed", "well exposed"),
-    noise=("grainy", "clean"),
+_STYLE_WORDS = dict(  # four grades of each factor's quality, worst first
+    sharpness=("very blurry", "slightly blurry", "fairly sharp", "very sharp"),
+    harmony=("clashing colours", "odd colours", "pleasant colours", "harmonious colours"),
+    composition=("awkwardly framed", "loosely framed", "nicely framed", "well composed"),
+    exposure=("badly exposed", "slightly off exposure", "well exposed", "perfectly exposed"),
+    noise=("very grainy", "slightly grainy", "fairly clean", "very clean"),
 )
-_JUDGEMENTS = (
-    ("an ugly photo", "a poor photo", "a dull photo"),
-    ("a beautiful photo", "a stunning photo", "a great photo"),
+_JUDGEMENTS = (  # five grades of the overall judgement, worst first
+    ("atrocious", "horrible", "terrible", "ugly", "awful"),
+    ("bad", "poor", "dull", "weak"),
+    ("ordinary", "plain", "average"),
+    ("good", "nice", "great", "fine"),
+    ("beautiful", "stunning", "outstanding", "excellent", "smashing"),
 )
+_GRADE_EDGES = (-1.0, -0.35, 0.35, 1.0)  # latent (sd 1) cut into the five judgement grades
+_NOUNS = ("photo", "picture", "shot")
+
+
+def _article(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+def _exposure_words(words: list, exposure: float) -> list:
+    "Name the direction of a bad exposure: under-/overexposed, a little dark/bright."
+    named = {
+        "badly exposed": "underexposed" if exposure < 0 else "overexposed",
+        "slightly off exposure": "a little dark" if exposure < 0 else "a little bright",
+    }
+    return [named.get(w, w) for w in words]
 
 
 def caption(f: dict, latent: float, rng: np.random.Generator) -> str:
+    "One image's caption: content, colour, background, some graded style words and often a noisy judgement."
     q = {k: float(v) for k, v in factor_qualities(f).items()}
     colour = _HUE_NAMES[int(f["hue"] * len(_HUE_NAMES)) % len(_HUE_NAMES)]
-    words = []
-    if abs(latent) > 0.8 and rng.uniform() < 0.25:
-        words.append(str(rng.choice(_JUDGEMENTS[int(latent > 0)])))
-    else:
-        words.append("a photo")
-    text = (
-        f"{words[0]} of a {colour} {CLASSES[f['content']]} on a {'dark' if f['bg_tone'] < 0.5 else 'light'} background"
+    noun = str(rng.choice(_NOUNS))
+    head = f"a {noun}"
+    if rng.uniform() < 0.7:
+        grade = int(np.searchsorted(_GRADE_EDGES, latent + rng.normal(0, 0.4)))
+        head = f"{_article(str(rng.choice(_JUDGEMENTS[grade])))} {noun}"
+    bg = "dark" if f["bg_tone"] < 0.5 else "light"
+    style = _exposure_words(
+        [_STYLE_WORDS[k][min(3, int(q[k] * 4))] for k in FACTORS if rng.uniform() < 0.7], f["exposure"]
     )
-    style = [_STYLE_WORDS[k][int(q[k] > 0.5)] for k in FACTORS if abs(q[k] - 0.5) > 0.2 and rng.uniform() < 0.6]
-    if f["exposure"] < -0.5 and "badly exposed" in style:
-        style[style.index("badly exposed")] = "underexposed"
-    if f["exposure"] > 0.5 and "badly exposed" in style:
-        style[style.index("badly exposed")] = "overexposed"
     rng.shuffle(style)
-    return ", ".join([text] + style)
+    return ", ".join([f"{head} of a {colour} {CLASSES[f['content']]} on a {bg} background", *style])
 
 # %% ../nbs/00_toy.ipynb #5aeca93f
 def _make_one(args):
@@ -236,6 +253,57 @@ def _make_one(args):
     )
 
 
+def _render_world(root: Path, settings: dict, workers: int):
+    "Write every file of the world of `settings` into the (new) folder `root`."
+    n_images, seed = settings["n_images"], settings["seed"]
+    (root / "images").mkdir(parents=True)
+    (root / "splits").mkdir()
+    jobs = [(seed, i, settings["image_size"], root / "images") for i in range(n_images)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as ex:
+            rows = list(ex.map(_make_one, jobs, chunksize=256))
+    else:
+        rows = [_make_one(j) for j in jobs]
+    df = pd.DataFrame(rows)
+    votes = np.array(df.pop("votes").tolist())
+    ava = [
+        f"{i + 1} {r.image_id} " + " ".join(map(str, v)) + f" {r.content + 1} 0 0"
+        for i, (r, v) in enumerate(zip(df.itertuples(), votes))
+    ]
+    write_text_atomic(root / "AVA.txt", "\n".join(ava) + "\n")
+    write_text_atomic(root / "captions.tsv", "".join(f"{i}\t{c}\n" for i, c in zip(df.image_id, df.pop("caption"))))
+    df.insert(1, "content_name", [CLASSES[c] for c in df.content])
+    df.to_csv(root / "metadata.csv", index=False)
+    order = np.random.default_rng(np.random.SeedSequence([seed, 2**31 - 1])).permutation(n_images)
+    bounds = np.round(np.cumsum([0, *settings["splits"]]) * n_images).astype(int)
+    for name, lo, hi in zip(("train", "val", "test"), bounds[:-1], bounds[1:]):
+        write_text_atomic(root / "splits" / f"{name}.txt", "".join(f"{df.image_id[j]}\n" for j in sorted(order[lo:hi])))
+    write_text_atomic(root / "world.json", json.dumps(dict(settings, reference=toy_reference(root)), indent=1))
+
+
+def _world_settings(root: Path, keys) -> dict | None:
+    "The settings of the world at `root` (a world without a version is version 1), or None when there is none."
+    meta = root / "world.json"
+    if not meta.exists():
+        return None
+    have = json.loads(meta.read_text())
+    return {k: have.get(k, 1 if k == "version" else None) for k in keys}
+
+
+def _publish(part: Path, root: Path):
+    "Move the entries of the finished world `part` into `root`, over what is there (`world.json` out first, in last)."
+    old = root.parent / f".{root.name}.old-{os.getpid()}"
+    old.mkdir()
+    if (root / "world.json").exists():
+        (root / "world.json").rename(old / "world.json")
+    for entry in sorted(part.iterdir(), key=lambda e: e.name == "world.json"):
+        if (root / entry.name).exists():
+            (root / entry.name).rename(old / entry.name)
+        entry.rename(root / entry.name)
+    shutil.rmtree(old)
+    part.rmdir()
+
+
 def make_toy_world(
     root,
     n_images: int,
@@ -253,41 +321,22 @@ def make_toy_world(
     if not (len(splits) == 3 and all(s >= 0 for s in splits) and abs(sum(splits) - 1) < 1e-6):
         raise ValueError(f"splits={splits}: three non-negative fractions (train, val, test) summing to 1")
     root = Path(root)
-    settings = dict(n_images=n_images, image_size=image_size, seed=seed, splits=list(splits))
-    meta = root / "world.json"
-    if meta.exists() and not overwrite:
-        have = json.loads(meta.read_text())
-        if {k: have.get(k) for k in settings} == settings:
-            return root
+    settings = dict(n_images=n_images, image_size=image_size, seed=seed, splits=list(splits), version=WORLD_VERSION)
+    have = _world_settings(root, settings)
+    if have == settings and not overwrite:
+        return root
+    if have is not None and not overwrite and dict(have, version=WORLD_VERSION) != settings:
         raise FileExistsError(
-            f"{root} holds a toy world with other settings ({ {k: have.get(k) for k in settings} }); "
-            f"pass overwrite=True or another root"
+            f"{root} holds a toy world with other settings ({have}); pass overwrite=True or another root"
         )
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "splits").mkdir(exist_ok=True)
-    workers = workers or os.cpu_count() or 1
-    jobs = [(seed, i, image_size, root / "images") for i in range(n_images)]
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as ex:
-            rows = list(ex.map(_make_one, jobs, chunksize=256))
+    part = root.parent / f".{root.name}.part-{os.getpid()}"
+    shutil.rmtree(part, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    _render_world(part, settings, workers or os.cpu_count() or 1)
+    if _world_settings(root, settings) == settings and not overwrite:
+        shutil.rmtree(part)  # another process finished the same world first
     else:
-        rows = [_make_one(j) for j in jobs]
-    df = pd.DataFrame(rows)
-    votes = np.array(df.pop("votes").tolist())
-    ava = [
-        f"{i + 1} {r.image_id} " + " ".join(map(str, v)) + f" {r.content + 1} 0 0"
-        for i, (r, v) in enumerate(zip(df.itertuples(), votes))
-    ]
-    write_text_atomic(root / "AVA.txt", "\n".join(ava) + "\n")
-    write_text_atomic(root / "captions.tsv", "".join(f"{i}\t{c}\n" for i, c in zip(df.image_id, df.pop("caption"))))
-    df.insert(1, "content_name", [CLASSES[c] for c in df.content])
-    df.to_csv(root / "metadata.csv", index=False)
-    order = np.random.default_rng(np.random.SeedSequence([seed, 2**31 - 1])).permutation(n_images)
-    bounds = np.round(np.cumsum([0, *splits]) * n_images).astype(int)
-    for name, lo, hi in zip(("train", "val", "test"), bounds[:-1], bounds[1:]):
-        write_text_atomic(root / "splits" / f"{name}.txt", "".join(f"{df.image_id[j]}\n" for j in sorted(order[lo:hi])))
-    settings["reference"] = toy_reference(root)
-    write_text_atomic(meta, json.dumps(settings, indent=1))
+        _publish(part, root)
     return root
 
 # %% ../nbs/00_toy.ipynb #a3f07719

@@ -25,7 +25,7 @@ from .data import file_sha1
 from .models import PRETRAIN_COMMAND, TOY_CLIP, TOY_WEIGHTS_DIR, ToyWeightsError, toy_card
 from .models import TOY_LARGE, TOY_STUDENT, toy_weights_file
 from .runs import atomic_path, read_metrics, write_text_atomic
-from .toy import CLASSES, make_toy_world
+from .toy import CLASSES, WORLD_VERSION, make_toy_world
 
 # %% auto #0
 __all__ = ['PRETRAIN_SEED_OFFSET', 'RECIPES', 'CLASSIFIER_RECIPE', 'VERSION', 'QUALITY_SEED', 'QUALITY_IMAGES', 'QUALITY_LABELS',
@@ -205,8 +205,9 @@ def clip_loss_on(model: nn.Module, root, n: int = 64) -> float:
 
 
 def clip_settings(seed: int = 0, **given) -> dict:
-    "The toy CLIP's settings: `RECIPES[TOY_CLIP]` with `given` overrides."
-    return _settings("toy_clip", TOY_CLIP, given, seed, settings_hash(open_clip.get_model_config(TOY_CLIP)))
+    "The toy CLIP's settings: `RECIPES[TOY_CLIP]` with `given` overrides, and the captions' `WORLD_VERSION`."
+    s = _settings("toy_clip", TOY_CLIP, given, seed, settings_hash(open_clip.get_model_config(TOY_CLIP)))
+    return dict(s, captions=WORLD_VERSION)  # the captions it learns from; the classifiers see only the images
 
 
 def _train_clip(settings: dict, cache_dir=None, force: bool = False, progress: bool = True) -> Path:
