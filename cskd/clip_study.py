@@ -19,8 +19,8 @@ from .runs import read_metrics, save_figure, save_table, write_text_atomic
 from .zeroshot import CLASS_LISTS, DEFAULT_PROMPTS
 
 # %% auto #0
-__all__ = ['PAPER_RECIPE', 'TABLE_COLUMNS', 'paper_finetune_config', 'ClipStudyConfig', 'subset_splits', 'epochs_run',
-           'plot_convergence', 'results_table']
+__all__ = ['PAPER_RECIPE', 'TABLE_COLUMNS', 'paper_finetune_config', 'ClipStudyConfig', 'random_init', 'no_claim_notice',
+           'subset_splits', 'epochs_run', 'plot_convergence', 'results_table']
 
 # %% ../nbs/09c_clip_study.ipynb #59088989
 PAPER_RECIPE = dict(
@@ -125,6 +125,27 @@ class ClipStudyConfig:
     @property
     def data_dir(self) -> Path:
         return Path(self.data_root)
+
+# %% ../nbs/09c_clip_study.ipynb #7aa103a1
+def random_init(cfg: ClipStudyConfig) -> list:
+    "The study's models that start from random weights: their numbers carry no claim."
+    weights = (("CLIP", cfg.clip_pretrained), ("ImageNet", cfg.imagenet_pretrained))
+    return [name for name, w in weights if w in (None, False)]
+
+
+def no_claim_notice(cfg: ClipStudyConfig) -> str | None:
+    "A Markdown warning naming the randomly initialised models of `cfg`; None when every model has weights."
+    names = random_init(cfg)
+    if not names:
+        return None
+    several = len(names) > 1
+    return (
+        f"> **No claim.** The {' and the '.join(names)} model{'s' if several else ''} {'are' if several else 'is'} "
+        f"**randomly initialised** (no pretrained weights: `clip_pretrained={cfg.clip_pretrained!r}`, "
+        f"`imagenet_pretrained={cfg.imagenet_pretrained!r}`). The numbers below only show that the pipeline runs; "
+        "they say nothing about CLIP, ImageNet pre-training or the paper's findings. Pass pretrained weights (or, on "
+        "the toy world, `'toy'`: the shipped toy CLIP and toy ImageNet classifier) for numbers that mean something."
+    )
 
 # %% ../nbs/09c_clip_study.ipynb #97b7fac6
 def subset_splits(data_root, out_dir, n_train=None, n_val=None, n_test=None, split_dir: str = "splits") -> Path:

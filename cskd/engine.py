@@ -7,7 +7,7 @@ JSON-lines metrics, SIGINT/SIGTERM handling and DDP under `torchrun`; features p
 # %% ../nbs/04_engine.ipynb #c63d543e
 from __future__ import annotations
 
-import dataclasses, inspect, json, math, os, random, shutil, signal, socket, sys, threading, time, warnings
+import dataclasses, gc, inspect, json, math, os, random, shutil, signal, socket, sys, threading, time, warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -1003,13 +1003,17 @@ def close_hooks(self: Fit):
 
 @patch
 def close(self: Fit):
-    "Always runs: the hooks' `after_fit` (once), the metrics file, the lock."
+    "Always runs: the hooks' `after_fit` (once), the metrics file, the lock, and the DDP wrapper."
     try:
         self.close_hooks()
     finally:
         if self.log_file:
             self.log_file.close()
         _release_lock(self.lock)
+        # DDP's reducer holds the process group: freed now, while the interpreter is whole, not by a late garbage
+        # collection at exit, where gloo's threads abort the process ("terminate called without an active exception")
+        self.net = self.model
+        gc.collect()
 
 # %% ../nbs/04_engine.ipynb #10185d26023b46108eb7d9f57d49d2b3
 class _Progress(Hook):

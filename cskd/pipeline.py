@@ -62,12 +62,12 @@ class PipelineConfig:
     )
     align_epochs: int = param(2, "phase-1 epochs of a step whose phase config leaves epochs unset", min=1)
     align_large_epochs: int | None = param(
-        6,
+        4,
         "phase-1 epochs of the large encoder (align_large; it must become the better teacher); None: align_epochs",
         min=1,
     )
     finetune_epochs: int = param(3, "fine-tuning epochs of a step whose phase config leaves epochs unset", min=1)
-    distill_epochs: int = param(3, "distillation epochs of a step whose phase config leaves epochs unset", min=1)
+    distill_epochs: int = param(2, "distillation epochs of a step whose phase config leaves epochs unset", min=1)
     batch_size: int = param(64, "batch size of a step whose phase config leaves it unset", min=1)
     latency_repeats: int = param(20, "forward passes timed per model (median)", min=1)
     collapse: bool = param(True, "run the feature-collapse study on every seed's ViTs")

@@ -180,7 +180,7 @@ def render(f: dict, image_size: int, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
 
 # %% ../nbs/00_toy.ipynb #ccf4ded9
-WORLD_VERSION = 2  # 1: judgements in one caption in ten, ungraded style words; 2: graded, in most captions
+WORLD_VERSION = 3  # 1: judgements in one caption in ten, ungraded style; 2: graded; 3: colour, background less often
 _HUE_NAMES = ("red", "orange", "yellow", "green", "teal", "blue", "purple", "pink")
 _STYLE_WORDS = dict(  # four grades of each factor's quality, worst first
     sharpness=("very blurry", "slightly blurry", "fairly sharp", "very sharp"),
@@ -214,7 +214,7 @@ def _exposure_words(words: list, exposure: float) -> list:
 
 
 def caption(f: dict, latent: float, rng: np.random.Generator) -> str:
-    "One image's caption: content, colour, background, some graded style words and often a noisy judgement."
+    "One image's caption: the content, graded style words, often a noisy judgement, sometimes colour, background."
     q = {k: float(v) for k, v in factor_qualities(f).items()}
     colour = _HUE_NAMES[int(f["hue"] * len(_HUE_NAMES)) % len(_HUE_NAMES)]
     noun = str(rng.choice(_NOUNS))
@@ -222,12 +222,12 @@ def caption(f: dict, latent: float, rng: np.random.Generator) -> str:
     if rng.uniform() < 0.7:
         grade = int(np.searchsorted(_GRADE_EDGES, latent + rng.normal(0, 0.4)))
         head = f"{_article(str(rng.choice(_JUDGEMENTS[grade])))} {noun}"
-    bg = "dark" if f["bg_tone"] < 0.5 else "light"
-    style = _exposure_words(
-        [_STYLE_WORDS[k][min(3, int(q[k] * 4))] for k in FACTORS if rng.uniform() < 0.7], f["exposure"]
-    )
+    subject = f"{colour} {CLASSES[f['content']]}" if rng.uniform() < 0.4 else CLASSES[f["content"]]
+    background = f" on a {'dark' if f['bg_tone'] < 0.5 else 'light'} background" if rng.uniform() < 0.3 else ""
+    style = [_STYLE_WORDS[k][min(3, int(q[k] * 4))] for k in FACTORS if rng.uniform() < 0.8]
+    style = _exposure_words(style, f["exposure"])
     rng.shuffle(style)
-    return ", ".join([f"{head} of a {colour} {CLASSES[f['content']]} on a {bg} background", *style])
+    return ", ".join([f"{head} of a {subject}{background}", *style])
 
 # %% ../nbs/00_toy.ipynb #5aeca93f
 def _make_one(args):

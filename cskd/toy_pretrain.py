@@ -129,7 +129,7 @@ def _pretrain(model, ds, step, settings: dict, path: Path, progress: bool, fresh
 
 # %% ../nbs/11_toy_pretrain.ipynb #7a9d4c22
 RECIPES = {  # the shipped toy models and how `python -m cskd pretrain` trains them
-    TOY_CLIP: dict(n_images=8000, epochs=20, batch_size=64, lr=1e-3, weight_decay=0.1),
+    TOY_CLIP: dict(n_images=8000, epochs=20, batch_size=64, lr=1e-3, weight_decay=0.1, crop_scale=1.0),
     TOY_LARGE: dict(n_images=8000, epochs=20, batch_size=32, lr=1e-3, weight_decay=0.05),
     TOY_STUDENT: dict(n_images=8000, epochs=10, batch_size=32, lr=3e-3, weight_decay=0.05),
 }
@@ -207,6 +207,12 @@ def clip_loss_on(model: nn.Module, root, n: int = 64) -> float:
 def clip_settings(seed: int = 0, **given) -> dict:
     "The toy CLIP's settings: `RECIPES[TOY_CLIP]` with `given` overrides, and the captions' `WORLD_VERSION`."
     s = _settings("toy_clip", TOY_CLIP, given, seed, settings_hash(open_clip.get_model_config(TOY_CLIP)))
+    if (
+        isinstance(s["crop_scale"], bool)
+        or not isinstance(s["crop_scale"], (int, float))
+        or not 0 < s["crop_scale"] <= 1
+    ):
+        raise ValueError(f"crop_scale={s['crop_scale']!r}: the smallest crop's share of the image, in (0, 1]")
     return dict(s, captions=WORLD_VERSION)  # the captions it learns from; the classifiers see only the images
 
 
@@ -218,9 +224,8 @@ def _train_clip(settings: dict, cache_dir=None, force: bool = False, progress: b
     world = pretrain_world(settings["n_images"], settings["seed"], cache_dir)
     torch.manual_seed(settings["seed"])
     model = open_clip.create_model(TOY_CLIP, pretrained=None)  # random init, both towers
-    tfm = train_transform(
-        64, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD, scale=(0.9, 1.0), hflip=False
-    )
+    mean, std, scale = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD, (settings["crop_scale"], 1.0)
+    tfm = train_transform(64, mean, std, scale=scale, ratio=(1.0, 1.0), hflip=True)  # crop_scale 1: flips only
     ds = _ToyPairs(world, tfm, open_clip.get_tokenizer(TOY_CLIP))
     loss_fn, max_scale = open_clip.loss.ClipLoss(), math.log(100)
 
@@ -239,7 +244,8 @@ def _train_clip(settings: dict, cache_dir=None, force: bool = False, progress: b
 
 def toy_clip(seed: int = 0, cache_dir=None, force: bool = False, progress: bool = True, **settings) -> Path:
     """The toy CLIP's weights file: the shipped one for the recipe's settings, else trained once into the cache on
-    a pre-training world (seed 1000 + `seed`). `settings`: n_images, epochs, batch_size, lr, weight_decay."""
+    a pre-training world (seed 1000 + `seed`). `settings`: n_images, epochs, batch_size, lr, weight_decay,
+    crop_scale."""
     s = clip_settings(seed, **settings)
     return (not force and _shipped(TOY_CLIP, s)) or _train_clip(s, cache_dir, force, progress)
 
