@@ -704,6 +704,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'cskd.toy_pretrain.clip_loss_on': ('toy_pretrain.html#clip_loss_on', 'cskd/toy_pretrain.py'),
                                    'cskd.toy_pretrain.clip_quality': ('toy_pretrain.html#clip_quality', 'cskd/toy_pretrain.py'),
                                    'cskd.toy_pretrain.clip_settings': ('toy_pretrain.html#clip_settings', 'cskd/toy_pretrain.py'),
+                                   'cskd.toy_pretrain.factor_probe': ('toy_pretrain.html#factor_probe', 'cskd/toy_pretrain.py'),
                                    'cskd.toy_pretrain.measure_quality': ('toy_pretrain.html#measure_quality', 'cskd/toy_pretrain.py'),
                                    'cskd.toy_pretrain.pretrain': ('toy_pretrain.html#pretrain', 'cskd/toy_pretrain.py'),
                                    'cskd.toy_pretrain.pretrain_world': ('toy_pretrain.html#pretrain_world', 'cskd/toy_pretrain.py'),

@@ -67,7 +67,7 @@ class PipelineConfig:
         min=1,
     )
     finetune_epochs: int = param(3, "fine-tuning epochs of a step whose phase config leaves epochs unset", min=1)
-    distill_epochs: int = param(2, "distillation epochs of a step whose phase config leaves epochs unset", min=1)
+    distill_epochs: int = param(3, "distillation epochs of a step whose phase config leaves epochs unset", min=1)
     batch_size: int = param(64, "batch size of a step whose phase config leaves it unset", min=1)
     latency_repeats: int = param(20, "forward passes timed per model (median)", min=1)
     collapse: bool = param(True, "run the feature-collapse study on every seed's ViTs")

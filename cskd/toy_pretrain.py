@@ -31,7 +31,7 @@ from .toy import CLASSES, WORLD_VERSION, make_toy_world
 __all__ = ['PRETRAIN_SEED_OFFSET', 'RECIPES', 'CLASSIFIER_RECIPE', 'VERSION', 'QUALITY_SEED', 'QUALITY_IMAGES', 'QUALITY_LABELS',
            'QUALITY_TARGETS', 'cache_root', 'settings_hash', 'pretrain_world', 'clip_loss_on', 'clip_settings',
            'toy_clip', 'classifier_settings', 'toy_imagenet', 'quality_world', 'classifier_quality', 'clip_quality',
-           'measure_quality', 'pretrain', 'check_shipped', 'stale_settings']
+           'measure_quality', 'factor_probe', 'pretrain', 'check_shipped', 'stale_settings']
 
 # %% ../nbs/11_toy_pretrain.ipynb #02861cb8
 PRETRAIN_SEED_OFFSET = 1000  # IAA worlds use seeds below this; pre-training worlds use 1000 + seed
@@ -353,6 +353,28 @@ def measure_quality(model: str, weights, cache_dir=None) -> dict:
     "The quality figures of toy model `model` (weights file) on the quality world."
     world = quality_world(cache_dir)
     return clip_quality(weights, world) if model == TOY_CLIP else classifier_quality(model, weights, world)
+
+# %% ../nbs/11_toy_pretrain.ipynb #3c9bee03
+def factor_probe(model, world, n_labels: int = QUALITY_LABELS) -> dict:
+    """Test SRCC of a ridge probe on `model`'s embeddings (CLIP teacher or timm encoder, eval mode) for each hidden
+    factor's quality, the latent and the mean score of toy world `world`; `n_labels` train images fit each probe."""
+    from cskd.metrics import srcc
+    from cskd.probe import embed, linear_probe, probe_datasets
+    from cskd.toy import FACTORS, factor_qualities
+
+    meta = pd.read_csv(Path(world) / "metadata.csv", dtype={"image_id": str}).set_index("image_id")
+    emb = {
+        s: embed(model, d, progress=False) for s, d in probe_datasets(model, world, splits=("train", "test")).items()
+    }
+    rows = {s: meta.loc[emb[s][0]] for s in emb}
+    target = {s: dict(factor_qualities(rows[s]), latent=rows[s].latent, mean=rows[s]["mean"]) for s in emb}
+    sub = np.sort(np.random.default_rng(0).choice(len(rows["train"]), min(n_labels, len(rows["train"])), replace=False))
+    out = {}
+    for k in (*FACTORS, "latent", "mean"):
+        y = np.asarray(target["train"][k], dtype=np.float64)[sub]
+        _, pred, _ = linear_probe(emb["train"][1][sub], y, emb["test"][1])
+        out[k] = round(srcc(pred, np.asarray(target["test"][k], dtype=np.float64)), 4)
+    return out
 
 # %% ../nbs/11_toy_pretrain.ipynb #9a53b203
 def _train(model: str, cache_dir, force: bool, progress: bool) -> tuple[dict, Path]:

@@ -26,7 +26,8 @@ from cskd.toy_pretrain import (
 )
 
 MODELS = list(RECIPES)
-MEETS_TARGETS = (TOY_LARGE, TOY_STUDENT)  # the toy CLIP misses its targets (zero-shot 0.41, probe 0.59): issue 14
+# the figures each shipped model must reach; the toy CLIP's probe misses its target (0.596 < 0.60): issue 14
+MEETS_TARGETS = {TOY_LARGE: ("heldout_accuracy",), TOY_STUDENT: ("heldout_accuracy",), TOY_CLIP: ("zero_shot_srcc",)}
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -47,7 +48,7 @@ def test_card_quality_remeasured(model, tmp_path_factory):
     for k, target in QUALITY_TARGETS[model].items():
         assert got[k] == pytest.approx(card["quality"][k], abs=2e-3), (model, k, got[k], card["quality"][k])
         assert card["targets_met"][k] == (got[k] >= target), (model, k)  # the card says truly whether it meets it
-        if model in MEETS_TARGETS:
+        if k in MEETS_TARGETS[model]:
             assert got[k] >= target, f"{model}: {k} = {got[k]} is below the target {target}"
 
 
