@@ -684,6 +684,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'cskd.toy_pretrain._ToyPairs.__len__': ('toy_pretrain.html#_toypairs.__len__', 'cskd/toy_pretrain.py'),
                                    'cskd.toy_pretrain._check': ('toy_pretrain.html#_check', 'cskd/toy_pretrain.py'),
                                    'cskd.toy_pretrain._check_models': ('toy_pretrain.html#_check_models', 'cskd/toy_pretrain.py'),
+                                   'cskd.toy_pretrain._check_number': ('toy_pretrain.html#_check_number', 'cskd/toy_pretrain.py'),
                                    'cskd.toy_pretrain._classifier': ('toy_pretrain.html#_classifier', 'cskd/toy_pretrain.py'),
                                    'cskd.toy_pretrain._is_recipe': ('toy_pretrain.html#_is_recipe', 'cskd/toy_pretrain.py'),
                                    'cskd.toy_pretrain._load': ('toy_pretrain.html#_load', 'cskd/toy_pretrain.py'),

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -292,8 +293,7 @@ def _world_settings(root: Path, keys) -> dict | None:
 
 def _publish(part: Path, root: Path):
     "Move the entries of the finished world `part` into `root`, over what is there (`world.json` out first, in last)."
-    old = root.parent / f".{root.name}.old-{os.getpid()}"
-    old.mkdir()
+    old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
     if (root / "world.json").exists():
         (root / "world.json").rename(old / "world.json")
     for entry in sorted(part.iterdir(), key=lambda e: e.name == "world.json"):

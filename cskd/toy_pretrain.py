@@ -100,6 +100,12 @@ def _check(name, value, lo=1):
         raise ValueError(f"{name}={value!r}: must be an integer >= {lo}")
 
 
+def _check_number(name, value, want: str, ok):
+    "A setting that must be a real number (not a bool) for which `ok(value)` holds; else an error saying `want`."
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise ValueError(f"{name}={value!r}: {want}")
+
+
 def _pretrain(model, ds, step, settings: dict, path: Path, progress: bool, fresh: bool = False) -> dict:
     """Train through the engine: AdamW, 10% linear warm-up then cosine, one metrics line per epoch, in a run
     folder beside the weights file (so an interrupted pre-training resumes; `fresh` starts over). Returns the curves."""
@@ -151,8 +157,7 @@ def _settings(kind: str, model: str, given: dict, seed: int, arch: str) -> dict:
     for k in ("n_images", "epochs", "batch_size"):
         _check(k, s[k], 10 if k == "n_images" else 1)
     for k in ("lr", "weight_decay"):
-        if isinstance(s[k], bool) or not isinstance(s[k], (int, float)) or not s[k] >= 0:
-            raise ValueError(f"{k}={s[k]!r}: must be a number >= 0")
+        _check_number(k, s[k], "must be a number >= 0", lambda v: v >= 0)
     _check("seed", seed, 0)
     return dict(kind=kind, model=model, **s, seed=seed, architecture=arch, version=VERSION)
 
@@ -207,12 +212,9 @@ def clip_loss_on(model: nn.Module, root, n: int = 64) -> float:
 def clip_settings(seed: int = 0, **given) -> dict:
     "The toy CLIP's settings: `RECIPES[TOY_CLIP]` with `given` overrides, and the captions' `WORLD_VERSION`."
     s = _settings("toy_clip", TOY_CLIP, given, seed, settings_hash(open_clip.get_model_config(TOY_CLIP)))
-    if (
-        isinstance(s["crop_scale"], bool)
-        or not isinstance(s["crop_scale"], (int, float))
-        or not 0 < s["crop_scale"] <= 1
-    ):
-        raise ValueError(f"crop_scale={s['crop_scale']!r}: the smallest crop's share of the image, in (0, 1]")
+    _check_number(
+        "crop_scale", s["crop_scale"], "the smallest crop's share of the image, in (0, 1]", lambda v: 0 < v <= 1
+    )
     return dict(s, captions=WORLD_VERSION)  # the captions it learns from; the classifiers see only the images
 
 

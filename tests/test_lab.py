@@ -218,7 +218,7 @@ def test_jupyterlab_opens_the_toy_notebook_with_the_cskd_kernel_and_runs_it(lab,
     assert page.js(RUN_FIRST_CELLS % LAST_CELL) is True
     state = _wait(
         "the first cells' outputs appear on the page",
-        lambda: (s := page.js(PAGE_STATE % LAST_CELL)) and "a photo of" in s["output"] and s["status"] == "idle" and s,
+        lambda: (s := page.js(PAGE_STATE % LAST_CELL)) and "of a " in s["output"] and s["status"] == "idle" and s,
         60,
     )
     assert "Python (cskd)" in state["kernel_label"], state  # what the user sees in the notebook's toolbar

@@ -72,7 +72,7 @@ def test_toy_teacher_and_zero_shot_text():
     assert out.pooled.shape == (1, 128) and out.tokens.shape == (1, 64, 128) and t.grid == (8, 8)
     txt = t.encode_text(["a bad photo", "a good photo"])
     assert txt.shape == (2, 128)
-    assert t.tokenizer(["a good photo"]).shape == (1, 32)
+    assert t.tokenizer(["a good photo"]).shape == (1, 40)
 
 
 def _run_offline(code, tmp_path):
