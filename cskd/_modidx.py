@@ -687,6 +687,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'cskd.toy_pretrain._check_number': ('toy_pretrain.html#_check_number', 'cskd/toy_pretrain.py'),
                                    'cskd.toy_pretrain._classifier': ('toy_pretrain.html#_classifier', 'cskd/toy_pretrain.py'),
                                    'cskd.toy_pretrain._is_recipe': ('toy_pretrain.html#_is_recipe', 'cskd/toy_pretrain.py'),
+                                   'cskd.toy_pretrain._label_draw': ('toy_pretrain.html#_label_draw', 'cskd/toy_pretrain.py'),
                                    'cskd.toy_pretrain._load': ('toy_pretrain.html#_load', 'cskd/toy_pretrain.py'),
                                    'cskd.toy_pretrain._pretrain': ('toy_pretrain.html#_pretrain', 'cskd/toy_pretrain.py'),
                                    'cskd.toy_pretrain._save_atomic': ('toy_pretrain.html#_save_atomic', 'cskd/toy_pretrain.py'),

@@ -329,6 +329,11 @@ def _load(weights) -> dict:
     return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
 
 
+def _label_draw(n: int, k: int) -> np.ndarray:
+    "Sorted indices of the `k` (at most `n`) training images whose labels a quality probe may use; fixed draw."
+    return np.sort(np.random.default_rng(0).choice(n, min(k, n), replace=False))
+
+
 def clip_quality(weights, world, n_labels: int = QUALITY_LABELS, prompts: str = "ensemble") -> dict:
     "Zero-shot and ridge-probe SRCC of the toy CLIP (weights file) on the test split of toy world `world`."
     from cskd.metrics import srcc
@@ -341,7 +346,7 @@ def clip_quality(weights, world, n_labels: int = QUALITY_LABELS, prompts: str = 
     emb = {s: embed(teacher, d, progress=False) for s, d in ds.items()}
     y = {s: dataset_targets(ds[s], emb[s][0]) for s in emb}
     zs = ZeroShotScorer(teacher, prompts).score_embeddings(torch.from_numpy(emb["test"][1]))["score"].numpy()
-    sub = np.sort(np.random.default_rng(0).choice(len(y["train"]), min(n_labels, len(y["train"])), replace=False))
+    sub = _label_draw(len(y["train"]), n_labels)
     probe, _, _ = linear_probe(emb["train"][1][sub], y["train"][sub], emb["test"][1], y["test"])
     return dict(
         zero_shot_srcc=round(srcc(zs, y["test"]), 4),
@@ -370,7 +375,7 @@ def factor_probe(model, world, n_labels: int = QUALITY_LABELS) -> dict:
     }
     rows = {s: meta.loc[emb[s][0]] for s in emb}
     target = {s: dict(factor_qualities(rows[s]), latent=rows[s].latent, mean=rows[s]["mean"]) for s in emb}
-    sub = np.sort(np.random.default_rng(0).choice(len(rows["train"]), min(n_labels, len(rows["train"])), replace=False))
+    sub = _label_draw(len(rows["train"]), n_labels)
     out = {}
     for k in (*FACTORS, "latent", "mean"):
         y = np.asarray(target["train"][k], dtype=np.float64)[sub]
