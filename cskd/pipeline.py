@@ -23,10 +23,11 @@ from .models import TOY, TOY_CLIP, TOY_LARGE, TOY_STUDENT
 from .runs import write_text_atomic
 
 # %% auto #0
-__all__ = ['KERNEL_NAME', 'KERNEL_DISPLAY_NAME', 'PAPERMILL_KERNEL', 'EXPERIMENTS', 'STEPS', 'WIRING', 'AGREE',
-           'NOTEBOOK_PARAMETERS', 'PYIQA_BENCHMARK', 'PUBLISHED_AVA', 'PUBLISHED_AVA_NOT_COMPARABLE', 'PipelineConfig',
-           'ProjectKernelManager', 'experiment_notebook', 'run_step', 'resolve_steps', 'parameters_cell',
-           'sync_parameters', 'cpu_latency', 'summarize', 'display_table']
+__all__ = ['KERNEL_NAME', 'KERNEL_DISPLAY_NAME', 'PAPERMILL_KERNEL', 'EXPERIMENTS', 'THREAD_VARIABLES', 'STEPS', 'WIRING',
+           'AGREE', 'NOTEBOOK_PARAMETERS', 'PYIQA_BENCHMARK', 'PUBLISHED_AVA', 'PUBLISHED_AVA_NOT_COMPARABLE',
+           'PipelineConfig', 'ProjectKernelManager', 'experiment_notebook', 'run_step', 'kernel_threads',
+           'run_parallel', 'resolve_steps', 'pipeline_jobs', 'parameters_cell', 'sync_parameters', 'cpu_latency',
+           'summarize', 'display_table']
 
 # %% ../nbs/10_pipeline.ipynb #6a8fb33a
 @dataclasses.dataclass
@@ -69,6 +70,9 @@ class PipelineConfig:
     finetune_epochs: int = param(3, "fine-tuning epochs of a step whose phase config leaves epochs unset", min=1)
     distill_epochs: int = param(3, "distillation epochs of a step whose phase config leaves epochs unset", min=1)
     batch_size: int = param(64, "batch size of a step whose phase config leaves it unset", min=1)
+    workers: int = param(
+        2, "steps run at once, each kernel with (torch threads // workers) threads; 1: one after another", min=1
+    )
     latency_repeats: int = param(20, "forward passes timed per model (median)", min=1)
     collapse: bool = param(True, "run the feature-collapse study on every seed's ViTs")
     collapse_images: int = param(64, "test images the attention statistics average over", min=1)
@@ -126,6 +130,9 @@ class PipelineConfig:
                 )
 
 # %% ../nbs/10_pipeline.ipynb #fd9b20f3
+import os
+import tempfile
+
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpec
 
@@ -135,10 +142,22 @@ KERNEL_DISPLAY_NAME = "Python (cskd)"
 
 class ProjectKernelManager(AsyncKernelManager):
     """Starts the kernel under this interpreter (`sys.executable`), whatever kernelspecs are on Jupyter's path,
-    over IPC sockets (local files, readable by this user only) rather than unencrypted TCP ports."""
+    over IPC sockets in a private temporary folder (this user's only, one per kernel, removed at shutdown) rather
+    than unencrypted TCP ports."""
 
     def __init__(self, **kwargs):
+        self._socket_dir = None
+        if kwargs.get("transport", "ipc") == "ipc" and "ip" not in kwargs:
+            # jupyter_client's default puts every kernel's sockets at ./kernel-ipc-N: two kernels started at once
+            # from one folder pick the same N and the second dies ("Address already in use")
+            self._socket_dir = tempfile.mkdtemp(prefix="cskd-kernel-")
+            kwargs["ip"] = os.path.join(self._socket_dir, "kernel")
         super().__init__(**{"transport": "ipc", **kwargs})
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        await super()._async_cleanup_resources(restart=restart)
+        if self._socket_dir and not restart:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     @property
     def kernel_spec(self) -> KernelSpec:
@@ -198,8 +217,67 @@ def run_step(name: str, run_dir, parameters: dict, force: bool = False, log=prin
         progress_bar=False,
         stdout_file=sys.stdout if stream else None,
     )
-    log(f"       done in {time.perf_counter() - t0:.0f} s")
+    log(f"[done] {name} -> {run} in {time.perf_counter() - t0:.0f} s")
     return json.loads((run / "metrics.json").read_text())
+
+# %% ../nbs/10_pipeline.ipynb #daab41bd
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@contextmanager
+def kernel_threads(threads: int):
+    "Kernels (any subprocess) started inside get `threads` BLAS / torch threads; the environment is restored after."
+    before = {k: os.environ.get(k) for k in THREAD_VARIABLES}
+    os.environ.update({k: str(threads) for k in THREAD_VARIABLES})
+    try:
+        yield threads
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _submit_ready(pool, jobs, pending, done, running, workers):
+    for name in [n for n in pending if all(d in done for d in jobs[n][1])][: workers - len(running)]:
+        pending.remove(name)
+        running[pool.submit(jobs[name][0])] = name
+
+
+def run_parallel(jobs: dict, workers: int = 1) -> dict:
+    """Run `jobs` ({name: (function, [names it needs])}, in priority order) with at most `workers` at once, each
+    as soon as the jobs it needs are done; returns {name: result}. After a failure nothing new starts; once the
+    running jobs end, the first failure is raised with a note naming its job."""
+    unknown = sorted({d for _, needs in jobs.values() for d in needs} - set(jobs))
+    if unknown:
+        raise ValueError(f"jobs need {unknown}, which are not jobs")
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers={workers!r}: an integer >= 1")
+    pending, done, failed, running = list(jobs), {}, {}, {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while True:
+            if not failed:
+                _submit_ready(pool, jobs, pending, done, running, workers)
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                if future.exception() is None:
+                    done[name] = future.result()
+                else:
+                    failed[name] = future.exception()
+    if failed:
+        name, err = next(iter(failed.items()))
+        err.add_note(f"(pipeline job '{name}'; not started after it: {pending})")
+        raise err
+    if pending:
+        raise ValueError(f"jobs {pending} need each other (a cycle)")
+    return done
 
 # %% ../nbs/10_pipeline.ipynb #9fff19c5
 STEPS = {  # step -> (experiment notebook = phase, the PipelineConfig field naming its phase YAML)
@@ -278,6 +356,23 @@ def resolve_steps(cfg, seed: int | None = None) -> dict:
                 )
         out[step] = json.loads(json.dumps(to_dict(c)))  # tuples as lists: what papermill and step.json hold
     return out
+
+# %% ../nbs/10_pipeline.ipynb #a0368b3c
+def pipeline_jobs(cfg, extras: dict | None = None) -> dict:
+    """`run_parallel` jobs of every seed's steps: {'seed<k>/<step>': (run it, the steps its wiring reads)};
+    `extras` are parameters added to every step (the notebooks' own, such as `toy_images`)."""
+    from functools import partial
+
+    jobs = {}
+    for seed in cfg.seeds:
+        s = Path(cfg.run_dir) / f"seed{seed}"
+        for step, params in resolve_steps(cfg, seed).items():
+            notebook = STEPS[step][0]
+            params = dict(params, **(extras or {}), **(dict(data_root=cfg.data_root) if notebook == "align" else {}))
+            reads = {params.get("init"), params.get("teacher_run")}
+            needs = [f"seed{seed}/{d}" for d in STEPS if str(s / d) in reads]
+            jobs[f"seed{seed}/{step}"] = (partial(run_step, notebook, s / step, params), needs)
+    return jobs
 
 # %% ../nbs/10_pipeline.ipynb #4e91c35e
 NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own lines: {name: (value, comment)})

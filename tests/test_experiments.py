@@ -225,3 +225,33 @@ def test_collapse_figures_of_a_random_init_model_are_the_same_on_every_run(toy, 
     assert "collapse_gallery_encoder_before_alignment.png" in pngs and len(pngs) == 4, pngs
     for name in pngs:
         assert (runs[0] / "figures" / name).read_bytes() == (runs[1] / "figures" / name).read_bytes(), name
+
+
+def test_kernels_started_at_once_from_one_folder_do_not_collide(tmp_path, monkeypatch):
+    """Four notebooks executed at the same moment from one folder (the pipeline's parallel steps, or two papermill
+    runs side by side): each kernel gets its own sockets, and none is left behind in the folder or in /tmp."""
+    import nbformat
+    import tempfile
+
+    from cskd.pipeline import run_parallel
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nprint(os.getpid())")])
+    nb.metadata["kernelspec"] = dict(name="cskd", display_name="Python (cskd)", language="python")
+    nbformat.write(nb, tmp_path / "tiny.ipynb")
+    monkeypatch.chdir(tmp_path)
+    before = set(Path(tempfile.gettempdir()).glob("cskd-kernel-*"))
+
+    def run(k):
+        return lambda: pm.execute_notebook("tiny.ipynb", f"out{k}.ipynb", **PAPERMILL_KERNEL, progress_bar=False)
+
+    done = run_parallel({k: (run(k), []) for k in range(4)}, workers=4)
+    pids = {out.cells[0].outputs[0]["text"] for out in done.values()}
+    assert len(pids) == 4  # four kernels, each ran its cell
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "out0.ipynb",
+        "out1.ipynb",
+        "out2.ipynb",
+        "out3.ipynb",
+        "tiny.ipynb",
+    ]
+    assert set(Path(tempfile.gettempdir()).glob("cskd-kernel-*")) == before
