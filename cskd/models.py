@@ -28,9 +28,9 @@ from .metrics import mean_score
 __all__ = ['TOY', 'TOY_WEIGHTS_DIR', 'PRETRAIN_COMMAND', 'TOY_CLIP', 'TEST_CLIP', 'MODEL_CONFIG_DIR', 'MODEL_CONFIGS',
            'TOY_LARGE', 'TOY_STUDENT', 'default_cfgs', 'WeightsUnavailableError', 'UnknownModelError',
            'ToyWeightsError', 'toy_card', 'toy_weights_file', 'read_model_configs', 'register_model_config',
-           'TeacherOutput', 'CLIPTeacher', 'clip_teacher', 'Encoder', 'encoder', 'CLIPEncoder', 'clip_encoder',
-           'build_encoder', 'ToyCNN', 'ConvStemPatchEmbed', 'cskd_toy_vit_p8', 'cskd_toy_cnn', 'Projector', 'IAAHead',
-           'IAAModel', 'model_info']
+           'TeacherOutput', 'token_spec', 'CLIPTeacher', 'clip_teacher', 'Encoder', 'encoder', 'CLIPEncoder',
+           'clip_encoder', 'build_encoder', 'ToyCNN', 'ConvStemPatchEmbed', 'cskd_toy_vit_p8', 'cskd_toy_cnn',
+           'Projector', 'IAAHead', 'IAAModel', 'model_info']
 
 # %% ../nbs/03_models.ipynb #d4a5419f
 class WeightsUnavailableError(RuntimeError):
@@ -251,6 +251,18 @@ def _square(t):
     return t[0] if t[0] == t[1] else t
 
 # %% ../nbs/03_models.ipynb #9ac778ba
+def token_spec(tower: nn.Module) -> tuple | None:
+    """`(patch_size, grid, width)` of a CLIP image tower with patch tokens: open_clip's own ViT, or a timm ViT
+    inside open_clip's `TimmModel` (`vision_cfg.timm_model_name`); None for towers without (ResNets, ConvNeXts)."""
+    if isinstance(tower, open_clip.transformer.VisionTransformer):
+        return _square(tower.patch_size), tuple(tower.grid_size), tower.transformer.width
+    trunk = getattr(tower, "trunk", None)
+    pe = getattr(trunk, "patch_embed", None)
+    if isinstance(tower, open_clip.timm_model.TimmModel) and pe is not None and hasattr(trunk, "num_prefix_tokens"):
+        return _square(pe.patch_size), tuple(pe.grid_size), trunk.num_features
+    return None
+
+
 class CLIPTeacher(nn.Module):
     "A frozen open_clip model; `forward(x)` gives `TeacherOutput(pooled, tokens)` for normalised images `x`."
 
@@ -263,10 +275,9 @@ class CLIPTeacher(nn.Module):
         self.mean = tuple(pcfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.std = tuple(pcfg.get("std", open_clip.OPENAI_DATASET_STD))
         self.image_size = _square(getattr(v, "image_size", pcfg.get("size", 224)))
-        self.has_tokens = isinstance(v, open_clip.transformer.VisionTransformer)
-        self.patch_size = _square(v.patch_size) if self.has_tokens else None
-        self.grid = tuple(v.grid_size) if self.has_tokens else None
-        self.width = v.transformer.width if self.has_tokens else None
+        spec = token_spec(v)
+        self.has_tokens = spec is not None
+        self.patch_size, self.grid, self.width = spec or (None, None, None)
         self.embed_dim = getattr(v, "output_dim", None)
         self.normalize = _normalizer(self.mean, self.std)
         for p in self.clip.parameters():
@@ -409,20 +420,25 @@ class CLIPEncoder(Encoder):
         return out["image_intermediates"][-1], tuple(d // p for d, p in zip(x.shape[-2:], self.model.patch_size))
 
 
-def clip_encoder(model_name: str, pretrained=None, **overrides) -> CLIPEncoder:
-    "The image tower of an open_clip ViT (projection removed, trainable) as an `Encoder`."
+def clip_encoder(model_name: str, pretrained=None, **overrides) -> Encoder:
+    """The image tower of an open_clip model (projection removed, trainable) as an `Encoder`: open_clip's own ViT,
+    or the timm trunk of a `TimmModel` tower (a ViT, a ConvNeXt, ...)."""
     clip = _create_clip(model_name, pretrained, overrides)
     v = clip.visual
-    if not isinstance(v, open_clip.transformer.VisionTransformer):
-        raise ValueError(f"clip_encoder needs an open_clip ViT image tower; '{model_name}' has {type(v).__name__}")
-    v.proj = None  # pooled output = ln_post(class token), `width` features
     pcfg = getattr(v, "preprocess_cfg", {}) or {}
+    norm = (pcfg.get("mean", open_clip.OPENAI_DATASET_MEAN), pcfg.get("std", open_clip.OPENAI_DATASET_STD))
+    if isinstance(v, open_clip.timm_model.TimmModel):
+        return _timm_tower_encoder(v, model_name, norm)
+    if not isinstance(v, open_clip.transformer.VisionTransformer):
+        raise ValueError(
+            f"clip_encoder needs an open_clip ViT or a timm image tower; '{model_name}' has {type(v).__name__}"
+        )
+    v.proj = None  # pooled output = ln_post(class token), `width` features
     w = v.transformer.width
     enc = CLIPEncoder(
         v,
         model_name,
-        pcfg.get("mean", open_clip.OPENAI_DATASET_MEAN),
-        pcfg.get("std", open_clip.OPENAI_DATASET_STD),
+        *norm,
         _square(v.image_size),
         dim=w,
         token_dim=w,
@@ -430,6 +446,30 @@ def clip_encoder(model_name: str, pretrained=None, **overrides) -> CLIPEncoder:
         num_prefix_tokens=1,
     )
     del clip  # the text tower is not needed
+    return enc.train()
+
+
+def _timm_tower_encoder(v, model_name: str, norm) -> Encoder:
+    "A `TimmModel` tower's trunk with its classifier removed (the pooled features before open_clip's head)."
+    if hasattr(v.head, "pool"):
+        raise ValueError(
+            f"clip_encoder: '{model_name}' pools with an attention head ({type(v.head.pool).__name__})"
+            ", which is part of its projection; only towers pooled by their timm trunk are supported"
+        )
+    trunk = v.trunk
+    trunk.reset_classifier(0)  # with timm_proj '' the trunk's own head is the projection
+    pe = getattr(trunk, "patch_embed", None)
+    patch = _square(pe.patch_size) if pe is not None else trunk.feature_info[-1]["reduction"]
+    enc = Encoder(
+        trunk,
+        model_name,
+        *norm,
+        _square(v.image_size),
+        dim=trunk.num_features,
+        token_dim=trunk.num_features,
+        patch_size=patch,
+        num_prefix_tokens=getattr(trunk, "num_prefix_tokens", 0),
+    )
     return enc.train()
 
 # %% ../nbs/03_models.ipynb #57a7a56e
