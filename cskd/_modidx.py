@@ -450,6 +450,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'cskd.models.CLIPEncoder.forward_tokens': ('models.html#clipencoder.forward_tokens', 'cskd/models.py'),
                              'cskd.models.CLIPTeacher': ('models.html#clipteacher', 'cskd/models.py'),
                              'cskd.models.CLIPTeacher.__init__': ('models.html#clipteacher.__init__', 'cskd/models.py'),
+                             'cskd.models.CLIPTeacher._probe_dim': ('models.html#clipteacher._probe_dim', 'cskd/models.py'),
                              'cskd.models.CLIPTeacher.encode_text': ('models.html#clipteacher.encode_text', 'cskd/models.py'),
                              'cskd.models.CLIPTeacher.forward': ('models.html#clipteacher.forward', 'cskd/models.py'),
                              'cskd.models.CLIPTeacher.train': ('models.html#clipteacher.train', 'cskd/models.py'),

@@ -278,11 +278,17 @@ class CLIPTeacher(nn.Module):
         spec = token_spec(v)
         self.has_tokens = spec is not None
         self.patch_size, self.grid, self.width = spec or (None, None, None)
-        self.embed_dim = getattr(v, "output_dim", None)
         self.normalize = _normalizer(self.mean, self.std)
         for p in self.clip.parameters():
             p.requires_grad_(False)
         super().train(False)
+        self.embed_dim = getattr(v, "output_dim", None) or self._probe_dim()  # timm towers do not state it
+
+    def _probe_dim(self) -> int:
+        size = self.image_size if isinstance(self.image_size, tuple) else (self.image_size,) * 2
+        with torch.no_grad():
+            x = torch.zeros(1, 3, *size, device=next(self.clip.parameters()).device)
+            return self.clip.encode_image(x).shape[-1]
 
     def train(self, mode: bool = True):
         return super().train(False)  # a teacher never leaves eval mode
