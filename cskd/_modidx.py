@@ -531,6 +531,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'cskd.pipeline.parameters_cell': ('pipeline.html#parameters_cell', 'cskd/pipeline.py'),
                                'cskd.pipeline.pipeline_jobs': ('pipeline.html#pipeline_jobs', 'cskd/pipeline.py'),
                                'cskd.pipeline.resolve_steps': ('pipeline.html#resolve_steps', 'cskd/pipeline.py'),
+                               'cskd.pipeline.result_fingerprint': ('pipeline.html#result_fingerprint', 'cskd/pipeline.py'),
                                'cskd.pipeline.run_parallel': ('pipeline.html#run_parallel', 'cskd/pipeline.py'),
                                'cskd.pipeline.run_step': ('pipeline.html#run_step', 'cskd/pipeline.py'),
                                'cskd.pipeline.summarize': ('pipeline.html#summarize', 'cskd/pipeline.py'),

@@ -7,6 +7,7 @@ over seeds."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import statistics
@@ -25,9 +26,9 @@ from .runs import write_text_atomic
 # %% auto #0
 __all__ = ['KERNEL_NAME', 'KERNEL_DISPLAY_NAME', 'PAPERMILL_KERNEL', 'EXPERIMENTS', 'THREAD_VARIABLES', 'STEPS', 'WIRING',
            'AGREE', 'NOTEBOOK_PARAMETERS', 'PYIQA_BENCHMARK', 'PUBLISHED_AVA', 'PUBLISHED_AVA_NOT_COMPARABLE',
-           'PipelineConfig', 'ProjectKernelManager', 'experiment_notebook', 'run_step', 'kernel_threads',
-           'run_parallel', 'resolve_steps', 'pipeline_jobs', 'parameters_cell', 'sync_parameters', 'cpu_latency',
-           'summarize', 'display_table']
+           'PipelineConfig', 'ProjectKernelManager', 'experiment_notebook', 'result_fingerprint', 'run_step',
+           'kernel_threads', 'run_parallel', 'resolve_steps', 'pipeline_jobs', 'parameters_cell', 'sync_parameters',
+           'cpu_latency', 'summarize', 'display_table']
 
 # %% ../nbs/10_pipeline.ipynb #6a8fb33a
 @dataclasses.dataclass
@@ -63,7 +64,7 @@ class PipelineConfig:
     )
     align_epochs: int = param(2, "phase-1 epochs of a step whose phase config leaves epochs unset", min=1)
     align_large_epochs: int | None = param(
-        4,
+        12,
         "phase-1 epochs of the large encoder (align_large; it must become the better teacher); None: align_epochs",
         min=1,
     )
@@ -188,22 +189,37 @@ def experiment_notebook(name: str) -> Path:
     return nb
 
 
-def run_step(name: str, run_dir, parameters: dict, force: bool = False, log=print, stream: bool = False) -> dict:
+def result_fingerprint(run_dir) -> str:
+    "A short hash of a finished step's record and result (`step.json`, `metrics.json`): what a later step read."
+    run = Path(run_dir)
+    missing = [f for f in ("step.json", "metrics.json") if not (run / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run}: no finished step there ({', '.join(missing)} missing)")
+    return hashlib.sha1((run / "step.json").read_bytes() + (run / "metrics.json").read_bytes()).hexdigest()[:12]
+
+
+def run_step(
+    name: str, run_dir, parameters: dict, force: bool = False, log=print, stream: bool = False, inputs=()
+) -> dict:
     """Execute experiment notebook `name` with `parameters` into `run_dir` (the executed notebook is
     `<run_dir>/<name>.ipynb`); returns its `metrics.json`. Skipped when `run_dir` already holds the
-    metrics of the same notebook and parameters (`step.json`). `stream`: print what the notebook prints."""
+    metrics of the same notebook and parameters (`step.json`) made from the same `inputs` (the run folders of
+    earlier steps it reads: their results' fingerprints are recorded). `stream`: print what the notebook prints."""
     import papermill as pm
 
     notebook = experiment_notebook(name)
     run = Path(run_dir)
     parameters = dict(parameters, run_dir=str(run))
-    record, want = run / "step.json", dict(notebook=name, parameters=parameters)
+    want = dict(notebook=name, parameters=parameters)
+    if inputs:
+        want["inputs"] = {str(p): result_fingerprint(p) for p in inputs}
+    record = run / "step.json"
     have = json.loads(record.read_text()) if record.exists() else None
     if not force and have == want and (run / "metrics.json").exists():
         log(f"[skip] {name} -> {run} (done with the same parameters)")
         return json.loads((run / "metrics.json").read_text())
     if have is not None and have != want:
-        shutil.rmtree(run)  # another notebook or other parameters: the old checkpoints must not be resumed
+        shutil.rmtree(run)  # another notebook, parameters or inputs: the old checkpoints must not be resumed
     run.mkdir(parents=True, exist_ok=True)
     write_text_atomic(record, json.dumps(want, indent=1))
     t0 = time.perf_counter()
@@ -370,8 +386,9 @@ def pipeline_jobs(cfg, extras: dict | None = None) -> dict:
             notebook = STEPS[step][0]
             params = dict(params, **(extras or {}), **(dict(data_root=cfg.data_root) if notebook == "align" else {}))
             reads = {params.get("init"), params.get("teacher_run")}
-            needs = [f"seed{seed}/{d}" for d in STEPS if str(s / d) in reads]
-            jobs[f"seed{seed}/{step}"] = (partial(run_step, notebook, s / step, params), needs)
+            reads = [d for d in STEPS if str(s / d) in reads]
+            run = partial(run_step, notebook, s / step, params, inputs=[s / d for d in reads])
+            jobs[f"seed{seed}/{step}"] = (run, [f"seed{seed}/{d}" for d in reads])
     return jobs
 
 # %% ../nbs/10_pipeline.ipynb #4e91c35e

@@ -255,3 +255,27 @@ def test_kernels_started_at_once_from_one_folder_do_not_collide(tmp_path, monkey
         "tiny.ipynb",
     ]
     assert set(Path(tempfile.gettempdir()).glob("cskd-kernel-*")) == before
+
+
+def test_a_step_runs_again_when_a_step_it_reads_ran_again(toy, tmp_path):
+    """The teacher's folder is the same path after align_large ran again with more epochs: a step names the
+    folders it reads (`inputs`), so it runs again when their results changed, and is skipped when they did not."""
+    from cskd.pipeline import result_fingerprint, run_step
+
+    quick = dict(data_root=str(toy), n_train=64, encoder="resnet10t", pretrained=None, image_size=32, batch_size=32)
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_step("finetune", first, dict(quick, epochs=1))
+    log = []
+    run_step("finetune", second, dict(quick, epochs=1, init=str(first)), inputs=[first], log=log.append)
+    run_step("finetune", second, dict(quick, epochs=1, init=str(first)), inputs=[first], log=log.append)
+    assert log[0].startswith("[run]") and log[-1].startswith("[skip]"), log
+    before = result_fingerprint(first)
+    run_step("finetune", first, dict(quick, epochs=2))  # the earlier step again, other parameters
+    assert result_fingerprint(first) != before
+    log.clear()
+    run_step("finetune", second, dict(quick, epochs=1, init=str(first)), inputs=[first], log=log.append)
+    assert log[0].startswith("[run]"), log
+    recorded = json.loads((second / "step.json").read_text())["inputs"]
+    assert recorded == {str(first): result_fingerprint(first)}
+    with pytest.raises(FileNotFoundError, match="no finished step there"):
+        run_step("finetune", tmp_path / "third", quick, inputs=[tmp_path / "nowhere"])

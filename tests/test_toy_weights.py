@@ -27,7 +27,11 @@ from cskd.toy_pretrain import (
 
 MODELS = list(RECIPES)
 # the figures each shipped model must reach; the toy CLIP's probe misses its target (0.596 < 0.60): issue 14
-MEETS_TARGETS = {TOY_LARGE: ("heldout_accuracy",), TOY_STUDENT: ("heldout_accuracy",), TOY_CLIP: ("zero_shot_srcc", "probe_srcc")}
+MEETS_TARGETS = {
+    TOY_LARGE: ("heldout_accuracy",),
+    TOY_STUDENT: ("heldout_accuracy",),
+    TOY_CLIP: ("zero_shot_srcc", "probe_srcc"),
+}
 
 
 @pytest.mark.parametrize("model", MODELS)
