@@ -375,8 +375,8 @@ def resolve_steps(cfg, seed: int | None = None) -> dict:
 
 # %% ../nbs/10_pipeline.ipynb #a0368b3c
 def pipeline_jobs(cfg, extras: dict | None = None) -> dict:
-    """`run_parallel` jobs of every seed's steps: {'seed<k>/<step>': (run it, the steps its wiring reads)};
-    `extras` are parameters added to every step (the notebooks' own, such as `toy_images`)."""
+    """`run_parallel` jobs of every seed's steps, step by step: {'seed<k>/<step>': (run it, the steps its wiring
+    reads)}; `extras` are parameters added to every step (the notebooks' own, such as `toy_images`)."""
     from functools import partial
 
     jobs = {}
@@ -385,11 +385,13 @@ def pipeline_jobs(cfg, extras: dict | None = None) -> dict:
         for step, params in resolve_steps(cfg, seed).items():
             notebook = STEPS[step][0]
             params = dict(params, **(extras or {}), **(dict(data_root=cfg.data_root) if notebook == "align" else {}))
-            reads = {params.get("init"), params.get("teacher_run")}
-            reads = [d for d in STEPS if str(s / d) in reads]
+            wired = {params.get("init"), params.get("teacher_run")}
+            reads = [d for d in STEPS if str(s / d) in wired]
             run = partial(run_step, notebook, s / step, params, inputs=[s / d for d in reads])
             jobs[f"seed{seed}/{step}"] = (run, [f"seed{seed}/{d}" for d in reads])
-    return jobs
+    # step by step across seeds: every seed's longest chain (align_large -> teacher -> cskd_student) starts first,
+    # so that the jobs left at the end, when workers fall idle, are short ones
+    return {f"seed{seed}/{step}": jobs[f"seed{seed}/{step}"] for step in STEPS for seed in cfg.seeds}
 
 # %% ../nbs/10_pipeline.ipynb #4e91c35e
 NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own lines: {name: (value, comment)})

@@ -97,6 +97,7 @@ def test_claims_and_pipeline_with_minimal_parameters(toy, tmp_path, monkeypatch)
         n_labeled=64,
         pool_limit=120,
         align_epochs=1,
+        align_large_epochs=1,
         finetune_epochs=1,
         distill_epochs=1,
         batch_size=32,
