@@ -44,6 +44,7 @@ def main(argv=None):
     ap.add_argument("--labels", type=int, default=500)
     ap.add_argument("--pool", type=int, default=600)
     args = ap.parse_args(argv)
+    from cskd.pipeline import STEPS
     from cskd.toy import make_toy_world
 
     tmp = Path(tempfile.mkdtemp(prefix="cskd-bench-workers-"))
@@ -54,7 +55,7 @@ def main(argv=None):
         s = run_pipeline(world, tmp / f"workers{w}", w, seeds, args.labels, args.pool)
         table = json.loads((tmp / f"workers{w}" / "metrics.json").read_text())
         rows.append((w, s, table["cskd_student/srcc"]))
-    print(f"pipeline: {len(seeds)} seeds x 8 steps, toy world of {args.images} images, one epoch per phase")
+    print(f"pipeline: {len(seeds)} seeds x {len(STEPS)} steps, toy world of {args.images} images, one epoch per phase")
     print(f"{'workers':>8} {'seconds':>9} {'CSKD student SRCC':>18}")
     for w, s, q in rows:
         print(f"{w:>8} {s:>9.1f} {q:>18.4f}")

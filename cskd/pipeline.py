@@ -24,8 +24,8 @@ from .models import TOY, TOY_CLIP, TOY_LARGE, TOY_STUDENT
 from .runs import write_text_atomic
 
 # %% auto #0
-__all__ = ['KERNEL_NAME', 'KERNEL_DISPLAY_NAME', 'PAPERMILL_KERNEL', 'EXPERIMENTS', 'THREAD_VARIABLES', 'STEPS', 'WIRING',
-           'AGREE', 'NOTEBOOK_PARAMETERS', 'PYIQA_BENCHMARK', 'PUBLISHED_AVA', 'PUBLISHED_AVA_NOT_COMPARABLE',
+__all__ = ['KERNEL_NAME', 'KERNEL_DISPLAY_NAME', 'PAPERMILL_KERNEL', 'EXPERIMENTS', 'SCHEDULING', 'THREAD_VARIABLES', 'STEPS',
+           'WIRING', 'AGREE', 'NOTEBOOK_PARAMETERS', 'PYIQA_BENCHMARK', 'PUBLISHED_AVA', 'PUBLISHED_AVA_NOT_COMPARABLE',
            'PipelineConfig', 'ProjectKernelManager', 'experiment_notebook', 'result_fingerprint', 'run_step',
            'kernel_threads', 'run_parallel', 'resolve_steps', 'pipeline_jobs', 'parameters_cell', 'sync_parameters',
            'cpu_latency', 'summarize', 'display_table']
@@ -160,6 +160,8 @@ class ProjectKernelManager(AsyncKernelManager):
         if self._socket_dir and not restart:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
+    cleanup_resources = _async_cleanup_resources  # AsyncKernelManager binds the base's; nbclient calls this one
+
     @property
     def kernel_spec(self) -> KernelSpec:
         if self._kernel_spec is None:
@@ -189,6 +191,9 @@ def experiment_notebook(name: str) -> Path:
     return nb
 
 
+SCHEDULING = ("workers",)  # parameters that change how a step runs, not what it computes: not in its record
+
+
 def result_fingerprint(run_dir) -> str:
     "A short hash of a finished step's record and result (`step.json`, `metrics.json`): what a later step read."
     run = Path(run_dir)
@@ -210,7 +215,7 @@ def run_step(
     notebook = experiment_notebook(name)
     run = Path(run_dir)
     parameters = dict(parameters, run_dir=str(run))
-    want = dict(notebook=name, parameters=parameters)
+    want = dict(notebook=name, parameters={k: v for k, v in parameters.items() if k not in SCHEDULING})
     if inputs:
         want["inputs"] = {str(p): result_fingerprint(p) for p in inputs}
     record = run / "step.json"
@@ -271,7 +276,7 @@ def run_parallel(jobs: dict, workers: int = 1) -> dict:
     unknown = sorted({d for _, needs in jobs.values() for d in needs} - set(jobs))
     if unknown:
         raise ValueError(f"jobs need {unknown}, which are not jobs")
-    if not isinstance(workers, int) or workers < 1:
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers={workers!r}: an integer >= 1")
     pending, done, failed, running = list(jobs), {}, {}, {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -289,7 +294,11 @@ def run_parallel(jobs: dict, workers: int = 1) -> dict:
                     failed[name] = future.exception()
     if failed:
         name, err = next(iter(failed.items()))
-        err.add_note(f"(pipeline job '{name}'; not started after it: {pending})")
+        note = f"(pipeline job '{name}'; not started after it: {pending})"
+        if hasattr(err, "add_note"):  # Python 3.11+
+            err.add_note(note)
+        else:
+            print(note, file=sys.stderr)
         raise err
     if pending:
         raise ValueError(f"jobs {pending} need each other (a cycle)")
@@ -379,19 +388,24 @@ def pipeline_jobs(cfg, extras: dict | None = None) -> dict:
     reads)}; `extras` are parameters added to every step (the notebooks' own, such as `toy_images`)."""
     from functools import partial
 
-    jobs = {}
-    for seed in cfg.seeds:
-        s = Path(cfg.run_dir) / f"seed{seed}"
-        for step, params in resolve_steps(cfg, seed).items():
+    jobs, cache_builders = {}, {}
+    resolved = {seed: resolve_steps(cfg, seed) for seed in cfg.seeds}
+    for step in STEPS:  # step by step across seeds: every seed's longest chain (align_large -> teacher ->
+        for seed in cfg.seeds:  # cskd_student) starts first, so the jobs left when workers fall idle are short
+            s = Path(cfg.run_dir) / f"seed{seed}"
+            params = resolved[seed][step]
             notebook = STEPS[step][0]
             params = dict(params, **(extras or {}), **(dict(data_root=cfg.data_root) if notebook == "align" else {}))
             wired = {params.get("init"), params.get("teacher_run")}
             reads = [d for d in STEPS if str(s / d) in wired]
             run = partial(run_step, notebook, s / step, params, inputs=[s / d for d in reads])
-            jobs[f"seed{seed}/{step}"] = (run, [f"seed{seed}/{d}" for d in reads])
-    # step by step across seeds: every seed's longest chain (align_large -> teacher -> cskd_student) starts first,
-    # so that the jobs left at the end, when workers fall idle, are short ones
-    return {f"seed{seed}/{step}": jobs[f"seed{seed}/{step}"] for step in STEPS for seed in cfg.seeds}
+            needs = [f"seed{seed}/{d}" for d in reads]
+            if notebook == "align" and params.get("cache"):  # one teacher cache, built by the first step using it
+                cache = params.get("cache_dir") or (params["teacher"], params["granularity"], params["image_size"])
+                needs += [cache_builders[str(cache)]] if str(cache) in cache_builders else []
+                cache_builders.setdefault(str(cache), f"seed{seed}/{step}")
+            jobs[f"seed{seed}/{step}"] = (run, needs)
+    return jobs
 
 # %% ../nbs/10_pipeline.ipynb #4e91c35e
 NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own lines: {name: (value, comment)})

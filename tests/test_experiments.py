@@ -231,16 +231,18 @@ def test_collapse_figures_of_a_random_init_model_are_the_same_on_every_run(toy, 
 def test_kernels_started_at_once_from_one_folder_do_not_collide(tmp_path, monkeypatch):
     """Four notebooks executed at the same moment from one folder (the pipeline's parallel steps, or two papermill
     runs side by side): each kernel gets its own sockets, and none is left behind in the folder or in /tmp."""
+    import asyncio
     import nbformat
     import tempfile
 
-    from cskd.pipeline import run_parallel
+    from cskd.pipeline import ProjectKernelManager, run_parallel
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nprint(os.getpid())")])
     nb.metadata["kernelspec"] = dict(name="cskd", display_name="Python (cskd)", language="python")
     nbformat.write(nb, tmp_path / "tiny.ipynb")
     monkeypatch.chdir(tmp_path)
-    before = set(Path(tempfile.gettempdir()).glob("cskd-kernel-*"))
+    sockets = Path(tempfile.mkdtemp(prefix="k", dir="/tmp"))  # short: a socket path has at most ~107 characters
+    monkeypatch.setattr(tempfile, "tempdir", str(sockets))  # this test's kernels only (other tests run beside it)
 
     def run(k):
         return lambda: pm.execute_notebook("tiny.ipynb", f"out{k}.ipynb", **PAPERMILL_KERNEL, progress_bar=False)
@@ -255,7 +257,12 @@ def test_kernels_started_at_once_from_one_folder_do_not_collide(tmp_path, monkey
         "out3.ipynb",
         "tiny.ipynb",
     ]
-    assert set(Path(tempfile.gettempdir()).glob("cskd-kernel-*")) == before
+    assert list(sockets.iterdir()) == []  # every kernel's socket folder removed at shutdown
+    km = ProjectKernelManager()
+    assert Path(km.ip).parent.parent == sockets and Path(km.ip).parent.name.startswith("cskd-kernel-")
+    asyncio.run(km.cleanup_resources())  # never started: its folder goes too
+    assert list(sockets.iterdir()) == []
+    sockets.rmdir()
 
 
 def test_a_step_runs_again_when_a_step_it_reads_ran_again(toy, tmp_path):
