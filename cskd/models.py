@@ -263,6 +263,12 @@ def token_spec(tower: nn.Module) -> tuple | None:
     return None
 
 
+def _head_dim(tower: nn.Module) -> int:
+    "The embedding size of a `TimmModel` tower: its head's last linear layer, else the trunk's own classifier."
+    linears = [m for m in tower.head.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else tower.trunk.num_classes
+
+
 class CLIPTeacher(nn.Module):
     "A frozen open_clip model; `forward(x)` gives `TeacherOutput(pooled, tokens)` for normalised images `x`."
 
@@ -282,13 +288,7 @@ class CLIPTeacher(nn.Module):
         for p in self.clip.parameters():
             p.requires_grad_(False)
         super().train(False)
-        self.embed_dim = getattr(v, "output_dim", None) or self._probe_dim()  # timm towers do not state it
-
-    def _probe_dim(self) -> int:
-        size = self.image_size if isinstance(self.image_size, tuple) else (self.image_size,) * 2
-        with torch.no_grad():
-            x = torch.zeros(1, 3, *size, device=next(self.clip.parameters()).device)
-            return self.clip.encode_image(x).shape[-1]
+        self.embed_dim = getattr(v, "output_dim", None) or _head_dim(v)  # timm towers do not state it
 
     def train(self, mode: bool = True):
         return super().train(False)  # a teacher never leaves eval mode
