@@ -506,6 +506,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'cskd.models.model_info': ('models.html#model_info', 'cskd/models.py'),
                              'cskd.models.read_model_configs': ('models.html#read_model_configs', 'cskd/models.py'),
                              'cskd.models.register_model_config': ('models.html#register_model_config', 'cskd/models.py'),
+                             'cskd.models.timm_encoder': ('models.html#timm_encoder', 'cskd/models.py'),
                              'cskd.models.token_spec': ('models.html#token_spec', 'cskd/models.py'),
                              'cskd.models.toy_card': ('models.html#toy_card', 'cskd/models.py'),
                              'cskd.models.toy_weights_file': ('models.html#toy_weights_file', 'cskd/models.py')},

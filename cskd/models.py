@@ -28,9 +28,9 @@ from .metrics import mean_score
 __all__ = ['TOY', 'TOY_WEIGHTS_DIR', 'PRETRAIN_COMMAND', 'TOY_CLIP', 'TEST_CLIP', 'MODEL_CONFIG_DIR', 'MODEL_CONFIGS',
            'TOY_LARGE', 'TOY_STUDENT', 'default_cfgs', 'WeightsUnavailableError', 'UnknownModelError',
            'ToyWeightsError', 'toy_card', 'toy_weights_file', 'read_model_configs', 'register_model_config',
-           'TeacherOutput', 'token_spec', 'CLIPTeacher', 'clip_teacher', 'Encoder', 'encoder', 'CLIPEncoder',
-           'clip_encoder', 'build_encoder', 'ToyCNN', 'ConvStemPatchEmbed', 'cskd_toy_vit_p8', 'cskd_toy_cnn',
-           'Projector', 'IAAHead', 'IAAModel', 'model_info']
+           'TeacherOutput', 'token_spec', 'CLIPTeacher', 'clip_teacher', 'Encoder', 'encoder', 'timm_encoder',
+           'CLIPEncoder', 'clip_encoder', 'build_encoder', 'ToyCNN', 'ConvStemPatchEmbed', 'cskd_toy_vit_p8',
+           'cskd_toy_cnn', 'Projector', 'IAAHead', 'IAAModel', 'model_info']
 
 # %% ../nbs/03_models.ipynb #d4a5419f
 class WeightsUnavailableError(RuntimeError):
@@ -394,6 +394,11 @@ def encoder(model_name: str, pretrained=False, drop_path_rate: float = 0.0, img_
         ) from e
     dc = resolve_data_config({}, model=model)
     image_size = _square(img_size) if img_size else _square(dc["input_size"][1:])
+    return timm_encoder(model, model_name, dc["mean"], dc["std"], image_size)
+
+
+def timm_encoder(model: nn.Module, name: str, mean, std, image_size) -> Encoder:
+    "An `Encoder` around a timm model without its classifier: pooled and token sizes, patch size, prefix tokens."
     pe = getattr(model, "patch_embed", None)
     if pe is not None and hasattr(pe, "patch_size"):
         patch = _square(pe.patch_size)
@@ -402,9 +407,9 @@ def encoder(model_name: str, pretrained=False, drop_path_rate: float = 0.0, img_
         patch = fi[-1]["reduction"] if fi else None
     return Encoder(
         model,
-        model_name,
-        dc["mean"],
-        dc["std"],
+        name,
+        mean,
+        std,
         image_size,
         dim=getattr(model, "head_hidden_size", None) or model.num_features,
         token_dim=model.num_features,
@@ -464,18 +469,7 @@ def _timm_tower_encoder(v, model_name: str, norm) -> Encoder:
         )
     trunk = v.trunk
     trunk.reset_classifier(0)  # with timm_proj '' the trunk's own head is the projection
-    pe = getattr(trunk, "patch_embed", None)
-    patch = _square(pe.patch_size) if pe is not None else trunk.feature_info[-1]["reduction"]
-    enc = Encoder(
-        trunk,
-        model_name,
-        *norm,
-        _square(v.image_size),
-        dim=trunk.num_features,
-        token_dim=trunk.num_features,
-        patch_size=patch,
-        num_prefix_tokens=getattr(trunk, "num_prefix_tokens", 0),
-    )
+    enc = timm_encoder(trunk, model_name, *norm, _square(v.image_size))
     return enc.train()
 
 # %% ../nbs/03_models.ipynb #57a7a56e

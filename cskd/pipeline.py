@@ -388,6 +388,10 @@ def pipeline_jobs(cfg, extras: dict | None = None) -> dict:
     reads)}; `extras` are parameters added to every step (the notebooks' own, such as `toy_images`)."""
     from functools import partial
 
+    from cskd.align import AlignConfig, default_cache_dir
+
+    align_fields = [f.name for f in dataclasses.fields(AlignConfig)]
+
     jobs, cache_builders = {}, {}
     resolved = {seed: resolve_steps(cfg, seed) for seed in cfg.seeds}
     for step in STEPS:  # step by step across seeds: every seed's longest chain (align_large -> teacher ->
@@ -401,9 +405,9 @@ def pipeline_jobs(cfg, extras: dict | None = None) -> dict:
             run = partial(run_step, notebook, s / step, params, inputs=[s / d for d in reads])
             needs = [f"seed{seed}/{d}" for d in reads]
             if notebook == "align" and params.get("cache"):  # one teacher cache, built by the first step using it
-                cache = params.get("cache_dir") or (params["teacher"], params["granularity"], params["image_size"])
-                needs += [cache_builders[str(cache)]] if str(cache) in cache_builders else []
-                cache_builders.setdefault(str(cache), f"seed{seed}/{step}")
+                cache = str(default_cache_dir(AlignConfig(**{k: params[k] for k in align_fields})))
+                needs += [cache_builders[cache]] if cache in cache_builders else []
+                cache_builders.setdefault(cache, f"seed{seed}/{step}")
             jobs[f"seed{seed}/{step}"] = (run, needs)
     return jobs
 
