@@ -28,7 +28,8 @@ from .teacher_cache import PoolViews, SeededView, ensure_teacher_cache, teacher_
 
 # %% auto #0
 __all__ = ['LOSSES', 'GRANULARITIES', 'phase_param', 'AlignConfig', 'align_config', 'align_pool', 'AlignModel',
-           'build_align_model', 'align_target', 'align_loss', 'default_cache_dir', 'align_step', 'align']
+           'build_align_model', 'align_target', 'align_loss', 'default_cache_dir', 'align_step', 'cache_recipe',
+           'align_cache', 'align']
 
 # %% ../nbs/05_align.ipynb #44c8c536
 LOSSES, GRANULARITIES = ("fd", "cosine", "mse"), ("pooled", "tokens")
@@ -246,6 +247,53 @@ def _teacher_cache(cfg: AlignConfig, teacher, paths, view, dev):
     )
 
 
+_CACHE_RECIPE = (  # the AlignConfig fields that decide what a run's teacher cache holds
+    "teacher",
+    "teacher_pretrained",
+    "teacher_quick_gelu",
+    "pool_sources",
+    "exclude_split",
+    "include_test",
+    "pool_limit",
+    "image_size",
+    "min_scale",
+    "hflip",
+    "draft_factor",
+    "cache_views",
+    "view_seed",
+    "granularity",
+    "precision",
+    "device",
+)
+
+
+def cache_recipe(cfg: AlignConfig) -> dict:
+    "What decides the content of `cfg`'s teacher cache (a random-init teacher's: also the seed); equal recipes share."
+    recipe = {k: getattr(cfg, k) for k in _CACHE_RECIPE}
+    return dict(recipe, seed=cfg.seed) if cfg.teacher_pretrained is None else recipe
+
+
+def _pool_and_teacher(cfg: AlignConfig):
+    "The pool, and the teacher built after seeding with `cfg.seed` (a random-init teacher is the same every run)."
+    pool = align_pool(cfg)
+    torch.manual_seed(cfg.seed)
+    quick = {} if cfg.teacher_quick_gelu is None else dict(quick_gelu=cfg.teacher_quick_gelu)
+    return pool, clip_teacher(cfg.teacher, cfg.teacher_pretrained, **quick)
+
+
+def _pool_view(cfg: AlignConfig) -> SeededView:
+    return SeededView(cfg.image_size, (cfg.min_scale, 1.0), hflip=cfg.hflip, draft_factor=cfg.draft_factor)
+
+
+def align_cache(cfg: AlignConfig):
+    """Build the teacher-feature cache that `align(cfg)` will read, or check and reuse it: once, before several
+    phase-1 runs that share it start (two builds at once would write over each other)."""
+    if not cfg.cache:
+        raise ConfigError("align_cache: parameter 'cache' is false, so this phase-1 run reads no teacher cache")
+    pool, teacher = _pool_and_teacher(cfg)
+    return _teacher_cache(cfg, teacher, list(pool.paths), _pool_view(cfg), resolve_device(cfg))
+
+
 def _check_set(cfg: AlignConfig, ds: PoolViews, cache, teacher, dev):
     "The fixed alignment check: view 0 of `eval_images` evenly spaced pool images, with their targets."
     idx = torch.linspace(0, len(ds) - 1, min(cfg.eval_images, len(ds))).long().tolist()
@@ -286,13 +334,10 @@ def _align_results(cfg: AlignConfig, res, before: dict, n_images: int) -> dict:
 def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
     "Phase 1 as `cfg` says: flat metrics; the run goes to `cfg.run_dir` (weights: `encoder.*`, `projector.*`)."
     t0 = time.perf_counter()
-    pool = align_pool(cfg)
+    pool, teacher = _pool_and_teacher(cfg)
     paths = list(pool.paths)
-    torch.manual_seed(cfg.seed)
-    quick = {} if cfg.teacher_quick_gelu is None else dict(quick_gelu=cfg.teacher_quick_gelu)
-    teacher = clip_teacher(cfg.teacher, cfg.teacher_pretrained, **quick)
     model = model if model is not None else build_align_model(cfg, teacher)
-    view = SeededView(cfg.image_size, (cfg.min_scale, 1.0), hflip=cfg.hflip, draft_factor=cfg.draft_factor)
+    view = _pool_view(cfg)
     dev = resolve_device(cfg)
     t1 = time.perf_counter()
     cache = _teacher_cache(cfg, teacher, paths, view, dev)

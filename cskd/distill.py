@@ -20,8 +20,8 @@ from torch import nn
 
 from .config import ConfigError, param, register_phase
 from .data import UnlabeledPool, eval_transform, read_split, train_transform
-from .engine import find_weights, fit, load_weights
-from .iaa import FinetuneConfig, iaa_splits, predict, prediction_metrics
+from .engine import find_weights, fit, load_weights, resolve_device
+from .iaa import FinetuneConfig, iaa_splits, predict, prediction_metrics, run_autocast
 from .images import collate_skip_none
 from .trained import iaa_model_from_run
 from .losses import emd_loss, kl_loss
@@ -217,19 +217,24 @@ def _teacher_labels(cfg: DistillConfig) -> tuple[pd.DataFrame, int]:
     pool = _pool(cfg, eval_transform(tcfg.image_size, teacher.encoder.mean, teacher.encoder.std))
     key = _pool_key(find_weights(cfg.teacher_run), pool.ids, cfg.tta, tcfg.image_size)
     cache = Path(cfg.run_dir) / "teacher_predictions.csv" if cfg.run_dir else None
-    pseudo = pseudo_labels(teacher, pool, cache, key, cfg.tta, cfg.eval_batch_size, cfg.progress)
+    with run_autocast(cfg)():  # the teacher labels the pool in the run's precision
+        pseudo = pseudo_labels(
+            teacher.to(resolve_device(cfg)), pool, cache, key, cfg.tta, cfg.eval_batch_size, cfg.progress
+        )
     return confident(pseudo, cfg.confidence), len(pool)
 
 
 def _test_metrics(cfg: DistillConfig, model, student, data) -> dict:
     out = {}
     for split in ("val", "test"):
-        pred = predict(student, data[split], cfg.eval_batch_size)
+        with run_autocast(cfg)():  # as the engine's evaluations
+            pred = predict(student, data[split], cfg.eval_batch_size)
         out.update({f"{split}_{k}": v for k, v in prediction_metrics(pred).items()})
         if cfg.run_dir:
             pred.to_csv(Path(cfg.run_dir) / f"predictions_{split}.csv", index=False)
     if cfg.mutual:
-        peer = prediction_metrics(predict(model.b, data["test"], cfg.eval_batch_size))
+        with run_autocast(cfg)():
+            peer = prediction_metrics(predict(model.b, data["test"], cfg.eval_batch_size))
         out.update({f"peer_test_{k}": v for k, v in peer.items()})
     return out
 

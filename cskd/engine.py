@@ -34,10 +34,11 @@ with warnings.catch_warnings():  # tqdm.auto warns once when ipywidgets is missi
 __all__ = ['PRECISIONS', 'TrainConfig', 'lr_factor', 'mix_seed', 'StepBatchSampler', 'build_param_groups', 'find_checkpoint',
            'save_checkpoint', 'CheckpointWriteError', 'CheckpointError', 'load_checkpoint', 'find_weights',
            'load_weights', 'RunLockedError', 'is_main_process', 'NonFiniteLossError', 'TrainingInterrupted', 'StepInfo',
-           'TrainState', 'FitResult', 'resolve_device', 'resolve_precision', 'get_autocast', 'Hook', 'Fit', 'fit']
+           'TrainState', 'FitResult', 'resolve_device', 'native_bf16', 'resolve_precision', 'explicit_attention',
+           'get_autocast', 'Hook', 'Fit', 'fit']
 
 # %% ../nbs/04_engine.ipynb #2163bce3
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "native", "bf16", "fp32")
 
 
 @dataclass
@@ -59,7 +60,11 @@ class TrainConfig:
     min_lr: float = param(0.0, "floor of the cosine schedule for the base lr", min=0)
     grad_clip: Optional[float] = param(None, "max global gradient L2 norm; None or 0: no clipping", min=0)
     accum_steps: int = param(1, "micro-batches per optimizer step (gradient accumulation)", min=1)
-    precision: str = param("auto", "auto: bf16 autocast on a GPU that has it, else fp32", choices=PRECISIONS)
+    precision: str = param(
+        "auto",
+        "auto: bf16 autocast on a GPU that has it, else fp32; native: also on a CPU with bf16 instructions",
+        choices=PRECISIONS,
+    )
     channels_last: bool = param(False, "channels-last memory format for the model and 4-D inputs")
     compile: bool = param(False, "torch.compile the model")
     device: str = param("auto", "auto: this rank's GPU (LOCAL_RANK) if there is one, else cpu; or cpu, cuda:1, ...")
@@ -651,11 +656,33 @@ def resolve_device(cfg) -> torch.device:
     return torch.device("cuda", local) if dev.type == "cuda" and dev.index is None else dev
 
 
+def native_bf16(device: torch.device) -> bool:
+    "Whether `device` computes bf16 in hardware: a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX."
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (torch >= 2.3)
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    "'auto' is bf16 on a CUDA device that supports it, else fp32; 'bf16' and 'fp32' stay."
-    if precision != "auto":
-        return precision
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    """'auto' is bf16 on a CUDA device that supports it, else fp32; 'native' is bf16 on any device that computes
+    it in hardware (`native_bf16`: also such CPUs), else fp32; 'bf16' and 'fp32' stay."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and native_bf16(device) else "fp32"
+    if precision == "native":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def explicit_attention(model: nn.Module) -> int:
+    """Make timm's attention layers (those with a `fused_attn` flag) compute softmax(q k^T / sqrt(d)) v with plain
+    matmuls instead of PyTorch's fused kernel; returns how many layers it switched."""
+    layers = [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    for m in layers:
+        m.fused_attn = False
+    return len(layers)
 
 
 def get_autocast(precision: str, device: torch.device) -> Callable:
@@ -769,6 +796,8 @@ class Fit:
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if self.precision == "bf16" and self.device.type == "cpu":
+            explicit_attention(self.model)  # the CPU's fused attention is the slower one under bf16
         self.opt = _make_optimizer(build_param_groups(self.model, cfg, param_groups), cfg)
         self.net = self.model
         if self.world > 1:

@@ -29,7 +29,7 @@ from cskd.data import (
     score_scale,
     train_transform,
 )
-from .engine import TrainConfig, fit, load_weights
+from .engine import TrainConfig, fit, get_autocast, load_weights, resolve_device
 from .align import phase_param
 from .losses import emd_loss, score_loss
 from .metrics import iaa_metrics, mean_score
@@ -38,7 +38,7 @@ from .runs import write_text_atomic
 
 # %% auto #0
 __all__ = ['LABEL_FORMATS', 'FinetuneConfig', 'finetune_config', 'read_labels', 'iaa_splits', 'build_iaa_model', 'iaa_loss',
-           'predict', 'split_record', 'prediction_metrics', 'finetune', 'eval_target', 'evaluate_run']
+           'predict', 'split_record', 'prediction_metrics', 'run_autocast', 'finetune', 'eval_target', 'evaluate_run']
 
 # %% ../nbs/06_iaa.ipynb #27858f75
 LABEL_FORMATS = ("ava",) + tuple(k.lower() for k in CSV_MAPPINGS)
@@ -228,6 +228,11 @@ def prediction_metrics(pred: pd.DataFrame, threshold: float = 5.0) -> dict:
     return iaa_metrics(pred.pred_mean.to_numpy(), pred.true_mean.to_numpy(), *dists, threshold=threshold)
 
 # %% ../nbs/06_iaa.ipynb #ac05fc2a
+def run_autocast(cfg: TrainConfig):
+    "The autocast factory of `cfg`'s precision on its device: what `fit` trains and evaluates under."
+    return get_autocast(cfg.precision, resolve_device(cfg))
+
+
 def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
     """Fine-tune an IAA model as `cfg` says; returns flat metrics (`val_*`, `test_*`) and writes predictions to
     `cfg.run_dir`."""
@@ -249,7 +254,8 @@ def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
         load_weights(model, res.best_checkpoint)
     out = {}
     for split in ("val", "test"):
-        pred = predict(model, data[split], cfg.eval_batch_size, scores=_bin_scores(scale))
+        with run_autocast(cfg)():  # the precision of the engine's evaluations during training
+            pred = predict(model, data[split], cfg.eval_batch_size, scores=_bin_scores(scale))
         out.update({f"{split}_{k}": v for k, v in prediction_metrics(pred, scale.threshold).items()})
         if cfg.run_dir:
             pred.to_csv(Path(cfg.run_dir) / f"predictions_{split}.csv", index=False)

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from .config import PHASES, ConfigError, load_config, load_yaml, param, to_dict
+from .engine import PRECISIONS
 from .models import TOY, TOY_CLIP, TOY_LARGE, TOY_STUDENT
 from .runs import write_text_atomic
 
@@ -27,8 +28,8 @@ from .runs import write_text_atomic
 __all__ = ['KERNEL_NAME', 'KERNEL_DISPLAY_NAME', 'PAPERMILL_KERNEL', 'EXPERIMENTS', 'SCHEDULING', 'THREAD_VARIABLES', 'STEPS',
            'WIRING', 'AGREE', 'NOTEBOOK_PARAMETERS', 'PYIQA_BENCHMARK', 'PUBLISHED_AVA', 'PUBLISHED_AVA_NOT_COMPARABLE',
            'PipelineConfig', 'ProjectKernelManager', 'experiment_notebook', 'result_fingerprint', 'run_step',
-           'kernel_threads', 'run_parallel', 'resolve_steps', 'pipeline_jobs', 'parameters_cell', 'sync_parameters',
-           'cpu_latency', 'summarize', 'display_table']
+           'kernel_threads', 'run_parallel', 'resolve_steps', 'step_threads', 'pipeline_jobs', 'parameters_cell',
+           'sync_parameters', 'cpu_latency', 'summarize', 'display_table']
 
 # %% ../nbs/10_pipeline.ipynb #6a8fb33a
 @dataclasses.dataclass
@@ -71,6 +72,20 @@ class PipelineConfig:
     finetune_epochs: int = param(3, "fine-tuning epochs of a step whose phase config leaves epochs unset", min=1)
     distill_epochs: int = param(3, "distillation epochs of a step whose phase config leaves epochs unset", min=1)
     batch_size: int = param(64, "batch size of a step whose phase config leaves it unset", min=1)
+    precision: str = param(
+        "native",
+        "precision of a step whose phase config leaves it unset: native (bf16 where the hardware computes it, the "
+        "CPU included), auto (bf16 on a GPU only), bf16, fp32",
+        choices=PRECISIONS,
+    )
+    channels_last: bool = param(
+        True, "channels-last memory format (faster convolutions) where a phase config leaves it"
+    )
+    teacher_cache: bool = param(
+        True,
+        "phase 1 reads CLIP's features of K fixed views per pool image, computed once for every seed and both "
+        "encoders (in run_dir/cache); false: CLIP runs online in each phase-1 step",
+    )
     workers: int = param(
         2, "steps run at once, each kernel with (torch threads // workers) threads; 1: one after another", min=1
     )
@@ -326,7 +341,9 @@ def _step_plan(cfg, seed: int) -> dict:
     s = Path(cfg.run_dir) / f"seed{seed}"
     pool = dict(pool_sources=cfg.pool_sources or [str(Path(cfg.data_root) / "images")], pool_limit=cfg.pool_limit)
     common = dict(image_size=cfg.image_size, batch_size=cfg.batch_size, progress=False)
+    common.update(precision=cfg.precision, channels_last=cfg.channels_last)
     align = dict(common, **pool, teacher=cfg.clip, teacher_pretrained=cfg.clip_pretrained, epochs=cfg.align_epochs)
+    align["cache"] = cfg.teacher_cache
     align["teacher_quick_gelu"] = cfg.clip_quick_gelu
     ft = dict(common, data_root=cfg.data_root, n_train=cfg.n_labeled, epochs=cfg.finetune_epochs)
     dist = dict(ft, **pool, epochs=cfg.distill_epochs, encoder=cfg.student)
@@ -358,6 +375,15 @@ def _exclusions(cfg, path) -> list:
     return own + [str(x) for x in given if str(x) not in own]
 
 
+def _cache_dir(cfg, step_cfg) -> Path:
+    "A phase-1 step's teacher cache in the pipeline's folder, named by its recipe: steps of one recipe share it."
+    from cskd.align import cache_recipe, default_cache_dir
+
+    recipe = json.dumps(cache_recipe(step_cfg), sort_keys=True, default=str)
+    name = f"{default_cache_dir(step_cfg).name}-{hashlib.sha1(recipe.encode()).hexdigest()[:8]}"
+    return Path(cfg.run_dir) / "cache" / name
+
+
 def resolve_steps(cfg, seed: int | None = None) -> dict:
     """{step: its notebook's parameters} for `seed` (default: the first): every field of the step's phase
     config, resolved as the phase's defaults, the pipeline's values for what the phase YAML leaves unset, the
@@ -373,6 +399,8 @@ def resolve_steps(cfg, seed: int | None = None) -> dict:
         if phase == "align":
             wiring["exclude_split"] = _exclusions(cfg, path)
         c = load_config(PHASES[phase].config, path, wiring, source=f"pipeline step '{step}'", defaults=fill)
+        if phase == "align" and c.cache and c.cache_dir is None:
+            c.cache_dir = str(_cache_dir(cfg, c))
         for k in AGREE:
             if k in fill and getattr(c, k) != fill[k]:
                 raise ConfigError(
@@ -383,16 +411,50 @@ def resolve_steps(cfg, seed: int | None = None) -> dict:
     return out
 
 # %% ../nbs/10_pipeline.ipynb #a0368b3c
+from functools import partial
+
+
+def step_threads(workers: int) -> int:
+    "Torch threads of each step when `workers` steps share this process's cores."
+    return max(1, torch.get_num_threads() // workers)
+
+
+def _build_cache(params: dict, threads: int) -> str:
+    "A pipeline job: the teacher cache a phase-1 step reads, built (or checked) in this process with `threads`."
+    from cskd.align import AlignConfig, align_cache
+
+    fields = {f.name for f in dataclasses.fields(AlignConfig)}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return str(align_cache(AlignConfig(**{k: v for k, v in params.items() if k in fields})).path)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _cache_job(jobs: dict, recipes: dict, params: dict, step: str, threads: int) -> str:
+    "The name of the job that builds `params`' teacher cache, added to `jobs` for the first step reading it."
+    from cskd.align import AlignConfig, cache_recipe
+
+    fields = {f.name for f in dataclasses.fields(AlignConfig)}
+    recipe = cache_recipe(AlignConfig(**{k: v for k, v in params.items() if k in fields}))
+    name = f"cache:{params['cache_dir']}"
+    first, have = recipes.setdefault(name, (step, recipe))
+    if have != recipe:
+        differ = sorted(k for k in set(have) | set(recipe) if have.get(k) != recipe.get(k))
+        raise ConfigError(
+            f"steps {first} and {step} name one teacher cache, {params['cache_dir']}, with other settings ({differ}); "
+            "give them their own cache_dir, or leave it unset"
+        )
+    jobs.setdefault(name, (partial(_build_cache, params, threads), []))
+    return name
+
+
 def pipeline_jobs(cfg, extras: dict | None = None) -> dict:
     """`run_parallel` jobs of every seed's steps, step by step: {'seed<k>/<step>': (run it, the steps its wiring
-    reads)}; `extras` are parameters added to every step (the notebooks' own, such as `toy_images`)."""
-    from functools import partial
-
-    from cskd.align import AlignConfig, default_cache_dir
-
-    align_fields = [f.name for f in dataclasses.fields(AlignConfig)]
-
-    jobs, cache_builders = {}, {}
+    reads)}, after the job that builds each teacher cache of phase 1 ('cache:<folder>', before the steps reading
+    it); `extras` are parameters added to every step (the notebooks' own, such as `toy_images`)."""
+    jobs, recipes, threads = {}, {}, step_threads(cfg.workers)
     resolved = {seed: resolve_steps(cfg, seed) for seed in cfg.seeds}
     for step in STEPS:  # step by step across seeds: every seed's longest chain (align_large -> teacher ->
         for seed in cfg.seeds:  # cskd_student) starts first, so the jobs left when workers fall idle are short
@@ -404,10 +466,8 @@ def pipeline_jobs(cfg, extras: dict | None = None) -> dict:
             reads = [d for d in STEPS if str(s / d) in wired]
             run = partial(run_step, notebook, s / step, params, inputs=[s / d for d in reads])
             needs = [f"seed{seed}/{d}" for d in reads]
-            if notebook == "align" and params.get("cache"):  # one teacher cache, built by the first step using it
-                cache = str(default_cache_dir(AlignConfig(**{k: params[k] for k in align_fields})))
-                needs += [cache_builders[cache]] if cache in cache_builders else []
-                cache_builders.setdefault(cache, f"seed{seed}/{step}")
+            if notebook == "align" and params.get("cache"):
+                needs.append(_cache_job(jobs, recipes, params, f"seed{seed}/{step}", threads))
             jobs[f"seed{seed}/{step}"] = (run, needs)
     return jobs
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cskd.align import AlignConfig, align, align_config, align_pool
+import dataclasses
+
+from cskd.align import AlignConfig, align, align_cache, align_config, align_pool, cache_recipe
 from cskd.config import ConfigError, load_config
 from cskd.iaa import build_iaa_model, finetune_config, finetune
 from cskd.models import TEST_CLIP, clip_teacher
@@ -102,6 +104,23 @@ def test_cached_targets_match_online_teacher_and_cache_is_reused(toy, tmp_path, 
     assert "reusing" in capsys.readouterr().out
     align(tiny(toy, tmp_path / "run3", cache=True, cache_views=2, cache_dir=str(tmp_path / "cache"), epochs=1, seed=1))
     assert "building, because it was made for another teacher_weights" in capsys.readouterr().out
+
+
+def test_align_cache_builds_what_align_then_reads(toy, tmp_path, capsys):
+    "The pipeline builds a cache with align_cache before the phase-1 runs that share it start."
+    cfg = tiny(toy, tmp_path / "run", cache=True, cache_views=2, cache_dir=str(tmp_path / "cache"), epochs=1)
+    c = align_cache(cfg)
+    assert "building, because no cache" in capsys.readouterr().out
+    r = align(cfg)
+    assert "reusing" in capsys.readouterr().out and c.shape[:2] == (r["pool_images"], 2)
+    with pytest.raises(ConfigError, match="'cache' is false"):
+        align_cache(tiny(toy, None))
+    # what decides the content: views and pool yes, training settings no; a random teacher's seed too
+    assert cache_recipe(dataclasses.replace(cfg, lr=1.0, epochs=9, student="resnet18")) == cache_recipe(cfg)
+    assert cache_recipe(dataclasses.replace(cfg, min_scale=0.5)) != cache_recipe(cfg)
+    assert cache_recipe(dataclasses.replace(cfg, seed=1)) != cache_recipe(cfg)
+    given = dataclasses.replace(cfg, teacher_pretrained=str(tmp_path / "w.safetensors"))
+    assert cache_recipe(dataclasses.replace(given, seed=1)) == cache_recipe(given)
 
 
 def test_tokens_granularity_with_a_cnn_student(toy, tmp_path):
