@@ -21,7 +21,7 @@ from torch import nn
 from .config import ConfigError, param, register_phase
 from .data import UnlabeledPool, eval_transform, read_split, train_transform
 from .engine import find_weights, fit, load_weights, resolve_device
-from .iaa import FinetuneConfig, iaa_splits, predict, prediction_metrics, run_autocast
+from .iaa import FinetuneConfig, SplitScorer, iaa_splits, predict, prediction_metrics, run_autocast
 from .images import collate_skip_none
 from .trained import iaa_model_from_run
 from .losses import emd_loss, kl_loss
@@ -224,11 +224,13 @@ def _teacher_labels(cfg: DistillConfig) -> tuple[pd.DataFrame, int]:
     return confident(pseudo, cfg.confidence), len(pool)
 
 
-def _test_metrics(cfg: DistillConfig, model, student, data) -> dict:
+def _test_metrics(cfg: DistillConfig, model, student, data, val_pred) -> dict:
     out = {}
     for split in ("val", "test"):
-        with run_autocast(cfg)():  # as the engine's evaluations
-            pred = predict(student, data[split], cfg.eval_batch_size)
+        pred = val_pred if split == "val" else None  # val: the engine's last evaluation, when of the final weights
+        if pred is None:
+            with run_autocast(cfg)():  # as the engine's evaluations
+                pred = predict(student, data[split], cfg.eval_batch_size)
         out.update({f"{split}_{k}": v for k, v in prediction_metrics(pred).items()})
         if cfg.run_dir:
             pred.to_csv(Path(cfg.run_dir) / f"predictions_{split}.csv", index=False)
@@ -250,7 +252,7 @@ def distill(cfg: DistillConfig) -> dict:
     data = iaa_splits(cfg, enc.mean, enc.std)
     spool = _pool(cfg, train_transform(cfg.image_size, enc.mean, enc.std, scale=(cfg.crop_scale, 1.0)))
     train = SemiSupervised(data["train"], spool, kept)
-    val = lambda m: {f"val_{k}": v for k, v in prediction_metrics(predict(m, data["val"], cfg.eval_batch_size)).items()}
+    val = SplitScorer(data["val"], cfg.eval_batch_size)
     train_cfg = dataclasses.replace(cfg, head_prefixes=("a.head", "b.head")) if cfg.mutual else cfg
     step = lambda m, b, info: distill_step(m, b, info, cfg)
     eval_fn = lambda m: val(m.a if cfg.mutual else m)
@@ -258,7 +260,10 @@ def distill(cfg: DistillConfig) -> dict:
     if res.best_checkpoint is not None:
         load_weights(model, res.best_checkpoint)
     out = dict(
-        n_labeled=len(data["train"]), n_pseudo=len(kept), n_pool=n_pool, **_test_metrics(cfg, model, student, data)
+        n_labeled=len(data["train"]),
+        n_pseudo=len(kept),
+        n_pool=n_pool,
+        **_test_metrics(cfg, model, student, data, val.final(res)),
     )
     out.update(best_step=res.best_step, steps=res.global_step)
     if cfg.run_dir:

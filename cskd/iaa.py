@@ -38,7 +38,8 @@ from .runs import write_text_atomic
 
 # %% auto #0
 __all__ = ['LABEL_FORMATS', 'FinetuneConfig', 'finetune_config', 'read_labels', 'iaa_splits', 'build_iaa_model', 'iaa_loss',
-           'predict', 'split_record', 'prediction_metrics', 'run_autocast', 'finetune', 'eval_target', 'evaluate_run']
+           'predict', 'split_record', 'prediction_metrics', 'run_autocast', 'SplitScorer', 'finetune', 'eval_target',
+           'evaluate_run']
 
 # %% ../nbs/06_iaa.ipynb #27858f75
 LABEL_FORMATS = ("ava",) + tuple(k.lower() for k in CSV_MAPPINGS)
@@ -233,6 +234,23 @@ def run_autocast(cfg: TrainConfig):
     return get_autocast(cfg.precision, resolve_device(cfg))
 
 
+class SplitScorer:
+    """`fit`'s `eval_fn`: one split's metrics (`<prefix>_srcc`, ...), keeping the predictions. `fit` evaluates at
+    its end, so `final(res)` is the final weights' predictions (None when `fit` evaluated nothing, as a finished
+    run resumed, or loaded a best checkpoint after)."""
+
+    def __init__(self, dataset, batch_size: int, scores=None, threshold: float = 5.0, prefix: str = "val"):
+        self.dataset, self.batch_size, self.scores = dataset, batch_size, scores
+        self.threshold, self.prefix, self.last = threshold, prefix, None
+
+    def __call__(self, model) -> dict:
+        self.last = predict(model, self.dataset, self.batch_size, scores=self.scores)
+        return {f"{self.prefix}_{k}": v for k, v in prediction_metrics(self.last, self.threshold).items()}
+
+    def final(self, res) -> pd.DataFrame | None:
+        return self.last if res.best_checkpoint is None else None
+
+
 def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
     """Fine-tune an IAA model as `cfg` says; returns flat metrics (`val_*`, `test_*`) and writes predictions to
     `cfg.run_dir`."""
@@ -243,19 +261,18 @@ def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
     scale = score_scale(cfg.label_format)
     if cfg.run_dir:
         write_text_atomic(Path(cfg.run_dir) / "splits.json", json.dumps(split_record(cfg), indent=1) + "\n")
-    scored = lambda m, split: prediction_metrics(
-        predict(m, data[split], cfg.eval_batch_size, scores=_bin_scores(scale)), scale.threshold
-    )
-    eval_fn = lambda m: {f"val_{k}": v for k, v in scored(m, "val").items()}
+    val = SplitScorer(data["val"], cfg.eval_batch_size, _bin_scores(scale), scale.threshold)
     res = fit(
-        model, data["train"], lambda m, b: iaa_loss(m, b, cfg.loss), cfg, eval_fn=eval_fn, collate_fn=collate_skip_none
+        model, data["train"], lambda m, b: iaa_loss(m, b, cfg.loss), cfg, eval_fn=val, collate_fn=collate_skip_none
     )
     if res.best_checkpoint is not None:
         load_weights(model, res.best_checkpoint)
     out = {}
     for split in ("val", "test"):
-        with run_autocast(cfg)():  # the precision of the engine's evaluations during training
-            pred = predict(model, data[split], cfg.eval_batch_size, scores=_bin_scores(scale))
+        pred = val.final(res) if split == "val" else None
+        if pred is None:
+            with run_autocast(cfg)():  # the precision of the engine's evaluations during training
+                pred = predict(model, data[split], cfg.eval_batch_size, scores=_bin_scores(scale))
         out.update({f"{split}_{k}": v for k, v in prediction_metrics(pred, scale.threshold).items()})
         if cfg.run_dir:
             pred.to_csv(Path(cfg.run_dir) / f"predictions_{split}.csv", index=False)

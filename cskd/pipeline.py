@@ -419,25 +419,31 @@ def step_threads(workers: int) -> int:
     return max(1, torch.get_num_threads() // workers)
 
 
-def _build_cache(params: dict, threads: int) -> str:
-    "A pipeline job: the teacher cache a phase-1 step reads, built (or checked) in this process with `threads`."
-    from cskd.align import AlignConfig, align_cache
+def _align_config(params: dict):
+    "The `AlignConfig` of a phase-1 step's notebook parameters (without the notebook's own, such as `toy_images`)."
+    from cskd.align import AlignConfig
 
     fields = {f.name for f in dataclasses.fields(AlignConfig)}
+    return AlignConfig(**{k: v for k, v in params.items() if k in fields})
+
+
+def _build_cache(params: dict, threads: int) -> str:
+    "A pipeline job: the teacher cache a phase-1 step reads, built (or checked) in this process with `threads`."
+    from cskd.align import align_cache
+
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return str(align_cache(AlignConfig(**{k: v for k, v in params.items() if k in fields})).path)
+        return str(align_cache(_align_config(params)).path)
     finally:
         torch.set_num_threads(before)
 
 
 def _cache_job(jobs: dict, recipes: dict, params: dict, step: str, threads: int) -> str:
     "The name of the job that builds `params`' teacher cache, added to `jobs` for the first step reading it."
-    from cskd.align import AlignConfig, cache_recipe
+    from cskd.align import cache_recipe
 
-    fields = {f.name for f in dataclasses.fields(AlignConfig)}
-    recipe = cache_recipe(AlignConfig(**{k: v for k, v in params.items() if k in fields}))
+    recipe = cache_recipe(_align_config(params))
     name = f"cache:{params['cache_dir']}"
     first, have = recipes.setdefault(name, (step, recipe))
     if have != recipe:
