@@ -333,6 +333,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'cskd.engine._world': ('engine.html#_world', 'cskd/engine.py'),
                              'cskd.engine.build_param_groups': ('engine.html#build_param_groups', 'cskd/engine.py'),
                              'cskd.engine.explicit_attention': ('engine.html#explicit_attention', 'cskd/engine.py'),
+                             'cskd.engine.fast_attention': ('engine.html#fast_attention', 'cskd/engine.py'),
                              'cskd.engine.find_checkpoint': ('engine.html#find_checkpoint', 'cskd/engine.py'),
                              'cskd.engine.find_weights': ('engine.html#find_weights', 'cskd/engine.py'),
                              'cskd.engine.fit': ('engine.html#fit', 'cskd/engine.py'),

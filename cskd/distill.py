@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import ConfigError, param, register_phase
 from .data import UnlabeledPool, eval_transform, read_split, train_transform
-from .engine import find_weights, fit, load_weights, resolve_device
+from .engine import fast_attention, find_weights, fit, load_weights, resolve_device
 from .iaa import FinetuneConfig, SplitScorer, iaa_splits, predict, prediction_metrics, run_autocast
 from .images import collate_skip_none
 from .trained import iaa_model_from_run
@@ -217,10 +217,10 @@ def _teacher_labels(cfg: DistillConfig) -> tuple[pd.DataFrame, int]:
     pool = _pool(cfg, eval_transform(tcfg.image_size, teacher.encoder.mean, teacher.encoder.std))
     key = _pool_key(find_weights(cfg.teacher_run), pool.ids, cfg.tta, tcfg.image_size)
     cache = Path(cfg.run_dir) / "teacher_predictions.csv" if cfg.run_dir else None
+    dev = resolve_device(cfg)
+    teacher = fast_attention(teacher.to(dev), cfg.precision, dev)
     with run_autocast(cfg)():  # the teacher labels the pool in the run's precision
-        pseudo = pseudo_labels(
-            teacher.to(resolve_device(cfg)), pool, cache, key, cfg.tta, cfg.eval_batch_size, cfg.progress
-        )
+        pseudo = pseudo_labels(teacher, pool, cache, key, cfg.tta, cfg.eval_batch_size, cfg.progress)
     return confident(pseudo, cfg.confidence), len(pool)
 
 

@@ -35,7 +35,7 @@ __all__ = ['PRECISIONS', 'TrainConfig', 'lr_factor', 'mix_seed', 'StepBatchSampl
            'save_checkpoint', 'CheckpointWriteError', 'CheckpointError', 'load_checkpoint', 'find_weights',
            'load_weights', 'RunLockedError', 'is_main_process', 'NonFiniteLossError', 'TrainingInterrupted', 'StepInfo',
            'TrainState', 'FitResult', 'resolve_device', 'native_bf16', 'resolve_precision', 'explicit_attention',
-           'get_autocast', 'Hook', 'Fit', 'fit']
+           'fast_attention', 'get_autocast', 'Hook', 'Fit', 'fit']
 
 # %% ../nbs/04_engine.ipynb #2163bce3
 PRECISIONS = ("auto", "native", "bf16", "fp32")
@@ -685,6 +685,13 @@ def explicit_attention(model: nn.Module) -> int:
     return len(layers)
 
 
+def fast_attention(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
+    "`model` with `explicit_attention` where that is the faster kind: bf16 (as `precision` resolves) on a CPU."
+    if resolve_precision(precision, device) == "bf16" and device.type == "cpu":
+        explicit_attention(model)
+    return model
+
+
 def get_autocast(precision: str, device: torch.device) -> Callable:
     "A context-manager factory: bf16 autocast on `device`, or nothing for fp32."
     if resolve_precision(precision, device) == "bf16":
@@ -796,8 +803,7 @@ class Fit:
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        if self.precision == "bf16" and self.device.type == "cpu":
-            explicit_attention(self.model)  # the CPU's fused attention is the slower one under bf16
+        fast_attention(self.model, self.precision, self.device)
         self.opt = _make_optimizer(build_param_groups(self.model, cfg, param_groups), cfg)
         self.net = self.model
         if self.world > 1:

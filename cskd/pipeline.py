@@ -437,6 +437,8 @@ def _build_cache(params: dict, threads: int) -> str:
         return str(align_cache(_align_config(params)).path)
     finally:
         torch.set_num_threads(before)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the steps run in other processes: give the teacher's GPU memory back
 
 
 def _cache_job(jobs: dict, recipes: dict, params: dict, step: str, threads: int) -> str:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .engine import get_autocast, mix_seed, resolve_device, resolve_precision
+from .engine import fast_attention, get_autocast, mix_seed, resolve_device, resolve_precision
 from .runs import weights_fingerprint, write_text_atomic
 from .images import BadImageError, BadImageLog, load_image
 
@@ -476,7 +476,7 @@ def build_teacher_cache(
         shuffle=False,
         pin_memory=dev.type == "cuda",
     )
-    teacher, autocast = teacher.to(dev).eval(), get_autocast(prec, dev)
+    teacher, autocast = fast_attention(teacher.to(dev).eval(), prec, dev), get_autocast(prec, dev)
     bar = tqdm(total=part.total, initial=part.done, disable=not progress, desc="teacher cache", unit="view")
     with bar:
         for x, ok in loader:
