@@ -65,10 +65,10 @@ def main(argv=None):
                 runs[m, c].append(step_seconds(m, data, args.batch, **kw))
     native = resolve_precision("native", torch.device("cpu"))
     print(f"CPU, {args.threads} thread(s), batch {args.batch}, 64 px; native resolves to {native} here")
-    print(f"{'model':<18}" + "".join(f"{c + ' s/step':>18}" for c in CONFIGS) + f"{'speed-up':>10}")
+    print(f"{'model':<18}" + "".join(f"{c + ' s/step':>21}" for c in CONFIGS) + f"{'speed-up':>10}")
     med = {k: statistics.median(v) for k, v in runs.items()}
     for m in models:
-        row = "".join(f"{med[m, c]:>18.3f}" for c in CONFIGS)
+        row = "".join(f"{med[m, c]:>21.3f}" for c in CONFIGS)
         print(f"{m:<18}{row}{med[m, 'fp32'] / med[m, 'native + CL']:>10.2f}")
     fp32 = sum(med[m, "fp32"] for m in models)
     print(f"ratio: {fp32 / sum(med[m, 'native + CL'] for m in models):.3f}")
