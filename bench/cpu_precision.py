@@ -2,7 +2,8 @@
 memory (what the pipeline's steps use by default: `PipelineConfig.precision`, `PipelineConfig.channels_last`).
 
 Each model (the toy large ViT with its conv stem, the toy CNN student; 64 px, batch `--batch`) trains
-`--steps` optimizer steps through the engine's `fit` on random images per configuration and repetition;
+`--steps` + 1 optimizer steps on the CPU through the engine's `fit` on random images per configuration and
+repetition (the first, with the loader's start, is not timed);
 the configurations alternate within each repetition and the table gives the median seconds per step.
 `native` is bf16 autocast where the CPU computes bf16 in hardware (AVX512-BF16 or AMX), else fp32, so on a
 CPU without it the ratio measures channels-last alone; the table says what it resolved to.
@@ -38,7 +39,9 @@ def step_seconds(model_name: str, data: TensorDataset, batch: int, **cfg) -> flo
             times.append(now - self.t)
             self.t = now
 
-    fit(model, data, step, TrainConfig(epochs=1, batch_size=batch, progress=False, **cfg), hooks=[Clock()])
+    fit(
+        model, data, step, TrainConfig(epochs=1, batch_size=batch, device="cpu", progress=False, **cfg), hooks=[Clock()]
+    )
     return statistics.median(times[1:])
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import ConfigError, param, register_phase
 from .data import UnlabeledPool, eval_transform, read_split, train_transform
-from .engine import fast_attention, find_weights, fit, load_weights, resolve_device
+from .engine import fast_attention, find_weights, fit, load_weights, resolve_device, resolve_precision
 from .iaa import FinetuneConfig, SplitScorer, iaa_splits, predict, prediction_metrics, run_autocast
 from .images import collate_skip_none
 from .trained import iaa_model_from_run
@@ -64,10 +64,10 @@ class DistillConfig(FinetuneConfig):
             raise ConfigError("parameter 'teacher_run': the fine-tuned IAA teacher's run folder is required")
 
 # %% ../nbs/07_distill.ipynb #1a6971d4
-def _pool_key(teacher_file: Path, ids, tta: bool, size: int) -> str:
+def _pool_key(teacher_file: Path, ids, tta: bool, size: int, precision: str = "fp32") -> str:
     h = hashlib.sha256()
     st = teacher_file.stat()
-    h.update(f"{teacher_file.resolve()}|{st.st_size}|{st.st_mtime_ns}|{tta}|{size}|".encode())
+    h.update(f"{teacher_file.resolve()}|{st.st_size}|{st.st_mtime_ns}|{tta}|{size}|{precision}|".encode())
     h.update("\n".join(ids).encode())
     return h.hexdigest()[:16]
 
@@ -215,9 +215,10 @@ def _teacher_labels(cfg: DistillConfig) -> tuple[pd.DataFrame, int]:
     "The teacher's confident pseudo-labels on the pool (cached next to the student's run), and the pool's size."
     teacher, tcfg = iaa_model_from_run(cfg.teacher_run, "distillation's teacher_run")
     pool = _pool(cfg, eval_transform(tcfg.image_size, teacher.encoder.mean, teacher.encoder.std))
-    key = _pool_key(find_weights(cfg.teacher_run), pool.ids, cfg.tta, tcfg.image_size)
-    cache = Path(cfg.run_dir) / "teacher_predictions.csv" if cfg.run_dir else None
     dev = resolve_device(cfg)
+    precision = resolve_precision(cfg.precision, dev)  # the labels depend on it: part of their cache's key
+    key = _pool_key(find_weights(cfg.teacher_run), pool.ids, cfg.tta, tcfg.image_size, precision)
+    cache = Path(cfg.run_dir) / "teacher_predictions.csv" if cfg.run_dir else None
     teacher = fast_attention(teacher.to(dev), cfg.precision, dev)
     with run_autocast(cfg)():  # the teacher labels the pool in the run's precision
         pseudo = pseudo_labels(teacher, pool, cache, key, cfg.tta, cfg.eval_batch_size, cfg.progress)

@@ -659,7 +659,8 @@ def resolve_device(cfg) -> torch.device:
 def native_bf16(device: torch.device) -> bool:
     "Whether `device` computes bf16 in hardware: a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX."
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        with torch.cuda.device(device):  # emulated bf16 (V100, T4) is not native
+            return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type != "cpu":
         return False
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (torch >= 2.3)

@@ -235,17 +235,17 @@ def run_autocast(cfg: TrainConfig):
 
 
 class SplitScorer:
-    """`fit`'s `eval_fn`: one split's metrics (`<prefix>_srcc`, ...), keeping the predictions. `fit` evaluates at
+    """`fit`'s `eval_fn`: the validation split's metrics (`val_srcc`, ...), keeping the predictions. `fit` evaluates at
     its end, so `final(res)` is the final weights' predictions (None when `fit` evaluated nothing, as a finished
     run resumed, or loaded a best checkpoint after)."""
 
-    def __init__(self, dataset, batch_size: int, scores=None, threshold: float = 5.0, prefix: str = "val"):
+    def __init__(self, dataset, batch_size: int, scores=None, threshold: float = 5.0):
         self.dataset, self.batch_size, self.scores = dataset, batch_size, scores
-        self.threshold, self.prefix, self.last = threshold, prefix, None
+        self.threshold, self.last = threshold, None
 
     def __call__(self, model) -> dict:
         self.last = predict(model, self.dataset, self.batch_size, scores=self.scores)
-        return {f"{self.prefix}_{k}": v for k, v in prediction_metrics(self.last, self.threshold).items()}
+        return {f"val_{k}": v for k, v in prediction_metrics(self.last, self.threshold).items()}
 
     def final(self, res) -> pd.DataFrame | None:
         return self.last if res.best_checkpoint is None else None

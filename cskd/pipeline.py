@@ -411,6 +411,7 @@ def resolve_steps(cfg, seed: int | None = None) -> dict:
     return out
 
 # %% ../nbs/10_pipeline.ipynb #a0368b3c
+import threading
 from functools import partial
 
 
@@ -427,18 +428,22 @@ def _align_config(params: dict):
     return AlignConfig(**{k: v for k, v in params.items() if k in fields})
 
 
+_CACHE_BUILD = threading.Lock()  # one cache job at a time: they share this process's RNG and thread count
+
+
 def _build_cache(params: dict, threads: int) -> str:
     "A pipeline job: the teacher cache a phase-1 step reads, built (or checked) in this process with `threads`."
     from cskd.align import align_cache
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return str(align_cache(_align_config(params)).path)
-    finally:
-        torch.set_num_threads(before)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # the steps run in other processes: give the teacher's GPU memory back
+    with _CACHE_BUILD:  # a random-init teacher is built after torch.manual_seed: two at once would mix their seeds
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return str(align_cache(_align_config(params)).path)
+        finally:
+            torch.set_num_threads(before)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the steps run in other processes: give the teacher's GPU memory back
 
 
 def _cache_job(jobs: dict, recipes: dict, params: dict, step: str, threads: int) -> str:

@@ -1,14 +1,13 @@
 """Phase 1 (cskd.align) and its teacher-feature cache end to end: real toy JPEGs, real open_clip / timm
 models (tiny, random init), real run folders, the experiment notebook through papermill."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-
-import dataclasses
 
 from cskd.align import AlignConfig, align, align_cache, align_config, align_pool, cache_recipe
 from cskd.config import ConfigError, load_config
