@@ -128,7 +128,6 @@ def load_image(
         DECODED.put(key, im)
     return im
 
-
 # %% ../nbs/01_images.ipynb #dc0a1b02
 DECODE_CACHE_MB = 256  # decoded pixels kept per process; the environment variable CSKD_DECODE_CACHE_MB overrides it
 
@@ -191,7 +190,6 @@ class DecodedImages:
 
 
 DECODED = DecodedImages()  # the process's cache that load_image reads and fills
-
 
 # %% ../nbs/01_images.ipynb #a1b4b795
 class ImageTransform:
