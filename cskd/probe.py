@@ -12,6 +12,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import IAADataset, eval_transform, read_ava, read_split
+from .engine import PRECISIONS, fast_attention, get_autocast, resolve_precision
 from .images import collate_skip_none
 from .metrics import iaa_metrics, mean_score
 from .runs import atomic_path, weights_fingerprint
@@ -96,8 +98,8 @@ def images_key(dataset) -> str:
     return h.hexdigest()
 
 
-def cache_key(model, dataset, weights=None) -> dict:
-    "Everything an embedding depends on."
+def cache_key(model, dataset, weights=None, precision: str = "fp32") -> dict:
+    "Everything an embedding depends on; `precision` as it resolved on the device that computes it."
     return dict(
         format=1,
         model=model_name(model),
@@ -105,6 +107,7 @@ def cache_key(model, dataset, weights=None) -> dict:
         transform=repr(getattr(dataset, "transform", None)),
         images=images_key(dataset),
         n_images=len(dataset),
+        precision=precision,
     )
 
 # %% ../nbs/09b_probe.ipynb #8844b8f3
@@ -142,10 +145,12 @@ def _write_cache(stem: Path, key: dict, ids, X: np.ndarray, extra: dict):
 
 # %% ../nbs/09b_probe.ipynb #dc8fc7ed
 @torch.no_grad()
-def _compute(model, dataset, batch_size, num_workers, device, progress):
+def _compute(model, dataset, batch_size, num_workers, device, progress, precision="fp32"):
     from tqdm.auto import tqdm
 
-    dev = device or next(embed_module(model).parameters()).device
+    dev = torch.device(device or next(embed_module(model).parameters()).device)
+    fast_attention(embed_module(model), precision, dev)
+    autocast = get_autocast(precision, dev)
     fn, was = embed_fn(model), model.training
     model.eval()
     ids, feats = [], []
@@ -154,7 +159,8 @@ def _compute(model, dataset, batch_size, num_workers, device, progress):
         for batch in tqdm(loader, desc=f"embed {model_name(model)}", disable=not progress):
             if batch is None:
                 continue
-            feats.append(fn(batch[0].to(dev)).float().cpu().numpy())
+            with autocast():
+                feats.append(fn(batch[0].to(dev)).float().cpu().numpy())
             ids += [str(i) for i in batch[-1]]
     finally:
         model.train(was)
@@ -172,18 +178,25 @@ def embed(
     device=None,
     weights=None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> tuple[list[str], np.ndarray]:
-    "Pooled embeddings `(ids, X)` (X: float32 (N, D), float16 precision) of `dataset`, cached in `cache_dir` if given."
+    """Pooled embeddings `(ids, X)` (X: float32 (N, D), float16 precision) of `dataset`, cached in `cache_dir` if
+    given; the forward pass in `precision` (the engine's: fp32, bf16, auto, native)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: one of {PRECISIONS}")
+    dev = torch.device(device or next(embed_module(model).parameters()).device)
+    precision = resolve_precision(precision, dev)
+    compute = partial(_compute, model, dataset, batch_size, num_workers, dev, progress, precision)
     if cache_dir is None:
-        ids, X = _compute(model, dataset, batch_size, num_workers, device, progress)
+        ids, X = compute()
         return ids, X.astype(np.float16).astype(np.float32)
-    key = cache_key(model, dataset, weights)
+    key = cache_key(model, dataset, weights, precision)
     digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=8).hexdigest()
     stem = Path(cache_dir) / f"{_slug(key['model'])}-{digest}"
     hit = _read_cache(stem, key)
     if hit is not None:
         return hit
-    ids, X = _compute(model, dataset, batch_size, num_workers, device, progress)
+    ids, X = compute()
     X16 = X.astype(np.float16)
     if not np.isfinite(X16).all():
         X16 = X  # features beyond float16's range: keep float32

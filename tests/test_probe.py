@@ -110,7 +110,7 @@ def test_cache_reuse_and_invalidation(tmp_path, world, teacher):
     assert {os.path.splitext(p)[1] for p in files} == {".json", ".npy"}  # atomic writes leave no temp files
     assert len([p for p in files if p.endswith(".npy")]) == len([p for p in files if p.endswith(".json")]) == 5
     man = json.loads(next(cache.glob("*.json")).read_text())
-    assert set(man["key"]) == {"format", "model", "weights", "transform", "images", "n_images"}
+    assert set(man["key"]) == {"format", "model", "weights", "transform", "images", "n_images", "precision"}
     assert man["key"]["model"] == TEST_CLIP and man["key"]["weights"].startswith("hash:")
     assert all(np.load(f).dtype == np.float16 for f in cache.glob("*.npy"))
 
