@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import shutil
 import statistics
 import sys
@@ -24,12 +25,15 @@ from .engine import PRECISIONS
 from .models import TOY, TOY_CLIP, TOY_LARGE, TOY_STUDENT
 from .runs import write_text_atomic
 
+FORK_DEFAULT = "forked" if "forkserver" in multiprocessing.get_all_start_methods() else "fresh"  # a step kernel's start
+
 # %% auto #0
-__all__ = ['KERNEL_NAME', 'KERNEL_DISPLAY_NAME', 'PAPERMILL_KERNEL', 'EXPERIMENTS', 'SCHEDULING', 'THREAD_VARIABLES', 'STEPS',
-           'WIRING', 'AGREE', 'NOTEBOOK_PARAMETERS', 'PYIQA_BENCHMARK', 'PUBLISHED_AVA', 'PUBLISHED_AVA_NOT_COMPARABLE',
-           'PipelineConfig', 'ProjectKernelManager', 'experiment_notebook', 'result_fingerprint', 'run_step',
-           'kernel_threads', 'run_parallel', 'resolve_steps', 'step_threads', 'pipeline_jobs', 'parameters_cell',
-           'sync_parameters', 'cpu_latency', 'summarize', 'display_table']
+__all__ = ['FORK_DEFAULT', 'KERNEL_NAME', 'KERNEL_DISPLAY_NAME', 'PAPERMILL_KERNEL', 'FORK_PRELOAD', 'FORKED_PROVISIONER',
+           'KERNELS', 'EXPERIMENTS', 'SCHEDULING', 'THREAD_VARIABLES', 'STEPS', 'WIRING', 'AGREE',
+           'NOTEBOOK_PARAMETERS', 'PYIQA_BENCHMARK', 'PUBLISHED_AVA', 'PUBLISHED_AVA_NOT_COMPARABLE', 'PipelineConfig',
+           'ProjectKernelManager', 'ForkedProvisioner', 'ForkedKernelManager', 'experiment_notebook',
+           'result_fingerprint', 'run_step', 'kernel_threads', 'run_parallel', 'resolve_steps', 'step_threads',
+           'pipeline_jobs', 'parameters_cell', 'sync_parameters', 'cpu_latency', 'summarize', 'display_table']
 
 # %% ../nbs/10_pipeline.ipynb #6a8fb33a
 @dataclasses.dataclass
@@ -88,6 +92,11 @@ class PipelineConfig:
     )
     workers: int = param(
         2, "steps run at once, each kernel with (torch threads // workers) threads; 1: one after another", min=1
+    )
+    kernels: str = param(
+        FORK_DEFAULT,
+        "how each step's kernel starts: forked (from a process that imported torch & co. once) or fresh",
+        choices=("forked", "fresh"),
     )
     latency_repeats: int = param(20, "forward passes timed per model (median)", min=1)
     collapse: bool = param(True, "run the feature-collapse study on every seed's ViTs")
@@ -187,6 +196,111 @@ class ProjectKernelManager(AsyncKernelManager):
 
 PAPERMILL_KERNEL = dict(kernel_name=KERNEL_NAME, kernel_manager_class="cskd.pipeline.ProjectKernelManager")
 
+# %% ../nbs/10_pipeline.ipynb #f0a4e1d2
+import signal
+
+from jupyter_client.provisioning import LocalProvisioner
+
+FORK_PRELOAD = (  # what a step's first cell imports: a kernel forked from the warm process finds it imported
+    "torch",
+    "torchvision",
+    "timm",
+    "open_clip",
+    "pandas",
+    "matplotlib",
+    "cskd.align",
+    "cskd.iaa",
+    "cskd.distill",
+    "cskd.collapse",
+    "ipykernel.kernelapp",  # last: tqdm.auto, imported above, would take IPython for a notebook and warn
+)
+
+
+def _forked_kernel(argv: list, env: dict, cwd: str):
+    "A kernel's process, forked from the warm one: its own session, environment, folder and thread count."
+    os.setsid()  # a process group of its own: interrupts and kills reach the kernel and its children only
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    if env.get("OMP_NUM_THREADS", "").isdigit():
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))  # torch read the warm process's value at import
+    from ipykernel import kernelapp
+
+    argv = [
+        *argv,
+        f"--IPKernelApp.parent_handle={env['JPY_PARENT_PID']}",
+    ]  # ipykernel read it from the warm process's environment
+    sys.argv = [sys.argv[0], *argv]
+    kernelapp.launch_new_instance(argv=argv)
+
+
+class _ForkedProcess:
+    "The `subprocess.Popen` calls that jupyter_client makes on a kernel's process, for a forked kernel."
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, process: multiprocessing.Process):
+        self._process, self.pid = process, process.pid
+
+    @property
+    def returncode(self):
+        return self._process.exitcode
+
+    def poll(self):
+        return None if self._process.is_alive() else self._process.exitcode
+
+    def wait(self, timeout=None):
+        self._process.join(timeout)
+        return self._process.exitcode
+
+    def send_signal(self, signum: int):
+        os.kill(self.pid, signum)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self):
+        self.send_signal(signal.SIGTERM)
+
+
+def _warm_context():
+    "multiprocessing's forkserver, its preload set once: the first kernel started here starts it (a few seconds)."
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(FORK_PRELOAD))
+    return ctx
+
+
+class ForkedProvisioner(LocalProvisioner):
+    """Starts the kernel by forking a warm process that has imported `FORK_PRELOAD` already (multiprocessing's
+    forkserver, one per process that starts kernels), instead of a new interpreter that imports them again."""
+
+    async def launch_kernel(self, cmd: list, **kwargs):
+        argv = cmd[cmd.index("ipykernel_launcher") + 1 :]
+        env, cwd = dict(kwargs.get("env") or os.environ), str(kwargs.get("cwd") or os.getcwd())
+        env["JPY_PARENT_PID"] = str(os.getpid())  # as jupyter_client's launcher sets it for a kernel it starts
+        process = _warm_context().Process(target=_forked_kernel, args=(argv, env, cwd), name="cskd-kernel")
+        process.start()
+        self.process = _ForkedProcess(process)
+        self.pid, self.pgid, self.cwd = process.pid, process.pid, cwd  # the group the kernel makes (os.setsid)
+        return self.connection_info
+
+
+class ForkedKernelManager(ProjectKernelManager):
+    "`ProjectKernelManager` whose kernels are forked by `ForkedProvisioner`."
+
+    @property
+    def kernel_spec(self) -> KernelSpec:
+        spec = super().kernel_spec
+        spec.metadata = {"kernel_provisioner": {"provisioner_name": FORKED_PROVISIONER}}
+        return spec
+
+
+FORKED_PROVISIONER = "cskd-forked"  # its entry point (pyproject.toml, jupyter_client.kernel_provisioners)
+KERNELS = {  # run_step's `kernels`: how a step's kernel starts
+    "fresh": PAPERMILL_KERNEL,
+    "forked": dict(kernel_name=KERNEL_NAME, kernel_manager_class="cskd.pipeline.ForkedKernelManager"),
+}
+
 # %% ../nbs/10_pipeline.ipynb #19eefe9d
 EXPERIMENTS = (
     Path(__file__).resolve().parents[1] / "nbs" / "experiments"
@@ -206,7 +320,7 @@ def experiment_notebook(name: str) -> Path:
     return nb
 
 
-SCHEDULING = ("workers",)  # parameters that change how a step runs, not what it computes: not in its record
+SCHEDULING = ("workers", "kernels")  # what changes how a step runs, not what it computes: not in its record
 
 
 def result_fingerprint(run_dir) -> str:
@@ -219,12 +333,20 @@ def result_fingerprint(run_dir) -> str:
 
 
 def run_step(
-    name: str, run_dir, parameters: dict, force: bool = False, log=print, stream: bool = False, inputs=()
+    name: str,
+    run_dir,
+    parameters: dict,
+    force: bool = False,
+    log=print,
+    stream: bool = False,
+    inputs=(),
+    kernels: str = "fresh",
 ) -> dict:
     """Execute experiment notebook `name` with `parameters` into `run_dir` (the executed notebook is
     `<run_dir>/<name>.ipynb`); returns its `metrics.json`. Skipped when `run_dir` already holds the
     metrics of the same notebook and parameters (`step.json`) made from the same `inputs` (the run folders of
-    earlier steps it reads: their results' fingerprints are recorded). `stream`: print what the notebook prints."""
+    earlier steps it reads: their results' fingerprints are recorded). `stream`: print what the notebook prints;
+    `kernels`: how its kernel starts (`KERNELS`: a new interpreter, or forked from a warm process)."""
     import papermill as pm
 
     notebook = experiment_notebook(name)
@@ -249,7 +371,7 @@ def run_step(
         str(run / f"{name}.ipynb"),
         parameters=parameters,
         cwd=str(Path.cwd()),
-        **PAPERMILL_KERNEL,
+        **KERNELS[kernels],
         progress_bar=False,
         stdout_file=sys.stdout if stream else None,
     )
@@ -477,7 +599,7 @@ def pipeline_jobs(cfg, extras: dict | None = None) -> dict:
             params = dict(params, **(extras or {}), **(dict(data_root=cfg.data_root) if notebook == "align" else {}))
             wired = {params.get("init"), params.get("teacher_run")}
             reads = [d for d in STEPS if str(s / d) in wired]
-            run = partial(run_step, notebook, s / step, params, inputs=[s / d for d in reads])
+            run = partial(run_step, notebook, s / step, params, inputs=[s / d for d in reads], kernels=cfg.kernels)
             needs = [f"seed{seed}/{d}" for d in reads]
             if notebook == "align" and params.get("cache"):
                 needs.append(_cache_job(jobs, recipes, params, f"seed{seed}/{step}", threads))

@@ -287,3 +287,43 @@ def test_a_step_runs_again_when_a_step_it_reads_ran_again(toy, tmp_path):
     assert recorded == {str(first): result_fingerprint(first)}
     with pytest.raises(FileNotFoundError, match="no finished step there"):
         run_step("finetune", tmp_path / "third", quick, inputs=[tmp_path / "nowhere"])
+
+
+def test_forked_kernels_are_processes_of_their_own(tmp_path, monkeypatch):
+    """Kernels forked from the warm process (the pipeline's steps): each is its own process and session, with the
+    environment, folder and thread count it was started with, and the warm process's imports but none of another
+    kernel's state; an error in the notebook is papermill's error as with a fresh kernel; none outlives its run."""
+    import nbformat
+
+    from cskd.pipeline import KERNELS, kernel_threads, run_parallel
+
+    code = (
+        "import json, os, torch, cskd.images\n"
+        "cskd.images.DECODED.put(('probe',), __import__('PIL.Image').Image.new('RGB', (4, 4)))\n"
+        "print(json.dumps(dict(pid=os.getpid(), group=os.getpgid(0), threads=torch.get_num_threads(),\n"
+        "    probe=os.environ.get('CSKD_PROBE'), cwd=os.getcwd(), decoded=len(cskd.images.DECODED._images),\n"
+        "    warm='torchvision' in __import__('sys').modules)))"
+    )
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    nb.metadata["kernelspec"] = dict(name="cskd", display_name="Python (cskd)", language="python")
+    nbformat.write(nb, tmp_path / "probe.ipynb")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CSKD_PROBE", "seen")
+
+    def run(k):
+        return lambda: pm.execute_notebook("probe.ipynb", f"out{k}.ipynb", **KERNELS["forked"], progress_bar=False)
+
+    with kernel_threads(1):
+        done = run_parallel({k: (run(k), []) for k in range(3)}, workers=2)
+    seen = [json.loads(out.cells[0].outputs[0]["text"]) for out in done.values()]
+    assert len({s["pid"] for s in seen}) == 3 and all(s["group"] == s["pid"] for s in seen), seen
+    assert all(s["threads"] == 1 and s["probe"] == "seen" and s["cwd"] == str(tmp_path) for s in seen), seen
+    assert all(s["decoded"] == 1 and s["warm"] for s in seen), seen  # the imports are shared, the state is not
+    for s in seen:
+        with pytest.raises(ProcessLookupError):
+            os.kill(s["pid"], 0)
+    bad = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("raise ValueError('step broke')")])
+    bad.metadata["kernelspec"] = nb.metadata["kernelspec"]
+    nbformat.write(bad, tmp_path / "bad.ipynb")
+    with pytest.raises(pm.PapermillExecutionError, match="step broke"):
+        pm.execute_notebook("bad.ipynb", "bad-out.ipynb", **KERNELS["forked"], progress_bar=False)
