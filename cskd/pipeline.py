@@ -226,10 +226,8 @@ def _forked_kernel(argv: list, env: dict, cwd: str):
         torch.set_num_threads(int(env["OMP_NUM_THREADS"]))  # torch read the warm process's value at import
     from ipykernel import kernelapp
 
-    argv = [
-        *argv,
-        f"--IPKernelApp.parent_handle={env['JPY_PARENT_PID']}",
-    ]  # ipykernel read it from the warm process's environment
+    # the parent ipykernel watches: the forkserver, which ends with the process that started the kernels
+    argv = [*argv, f"--IPKernelApp.parent_handle={os.getppid()}"]
     sys.argv = [sys.argv[0], *argv]
     kernelapp.launch_new_instance(argv=argv)
 

@@ -327,3 +327,37 @@ def test_forked_kernels_are_processes_of_their_own(tmp_path, monkeypatch):
     nbformat.write(bad, tmp_path / "bad.ipynb")
     with pytest.raises(pm.PapermillExecutionError, match="step broke"):
         pm.execute_notebook("bad.ipynb", "bad-out.ipynb", **KERNELS["forked"], progress_bar=False)
+
+
+def _state(pid: int) -> str:
+    "The process's state letter from /proc (R, S, Z, ...), or 'gone'."
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
+
+
+def test_a_forked_kernel_exits_when_its_forkserver_is_gone(tmp_path):
+    """A pipeline killed mid-run takes its forkserver with it; the kernels forked from it watch it as their
+    parent and exit instead of living on as orphans."""
+    import asyncio
+    import signal
+    import time
+
+    from cskd.pipeline import ForkedKernelManager
+
+    async def start():
+        km = ForkedKernelManager()
+        await km.start_kernel(cwd=str(tmp_path))
+        return km
+
+    km = asyncio.run(start())
+    kernel = km.provisioner.pid
+    server = int(Path(f"/proc/{kernel}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
+    assert _state(kernel) not in ("Z", "gone")
+    os.kill(server, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _state(kernel) not in ("Z", "gone") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _state(kernel) in ("Z", "gone"), f"kernel {kernel} still running without its forkserver"
+    asyncio.run(km.cleanup_resources())
