@@ -139,7 +139,7 @@ def decode_budget() -> int:
         mb = float(value)
     except ValueError:
         mb = float("nan")
-    if not mb >= 0:  # also NaN
+    if not 0 <= mb < float("inf"):  # also NaN
         raise ValueError(f"environment variable CSKD_DECODE_CACHE_MB={value!r}: MiB of decoded images, >= 0 (0: off)")
     return int(mb * 2**20)
 

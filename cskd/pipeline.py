@@ -28,12 +28,12 @@ from .runs import write_text_atomic
 FORK_DEFAULT = "forked" if "forkserver" in multiprocessing.get_all_start_methods() else "fresh"  # a step kernel's start
 
 # %% auto #0
-__all__ = ['FORK_DEFAULT', 'KERNEL_NAME', 'KERNEL_DISPLAY_NAME', 'PAPERMILL_KERNEL', 'FORK_PRELOAD', 'FORKED_PROVISIONER',
-           'KERNELS', 'EXPERIMENTS', 'SCHEDULING', 'THREAD_VARIABLES', 'STEPS', 'WIRING', 'AGREE',
-           'NOTEBOOK_PARAMETERS', 'PYIQA_BENCHMARK', 'PUBLISHED_AVA', 'PUBLISHED_AVA_NOT_COMPARABLE', 'PipelineConfig',
-           'ProjectKernelManager', 'ForkedProvisioner', 'ForkedKernelManager', 'experiment_notebook',
-           'result_fingerprint', 'run_step', 'kernel_threads', 'run_parallel', 'resolve_steps', 'step_threads',
-           'pipeline_jobs', 'parameters_cell', 'sync_parameters', 'cpu_latency', 'summarize', 'display_table']
+__all__ = ['FORK_DEFAULT', 'KERNEL_NAME', 'KERNEL_DISPLAY_NAME', 'PAPERMILL_KERNEL', 'FORK_PRELOAD', 'INLINE_BACKEND', 'KERNELS',
+           'EXPERIMENTS', 'SCHEDULING', 'THREAD_VARIABLES', 'STEPS', 'WIRING', 'AGREE', 'NOTEBOOK_PARAMETERS',
+           'PYIQA_BENCHMARK', 'PUBLISHED_AVA', 'PUBLISHED_AVA_NOT_COMPARABLE', 'PipelineConfig', 'ProjectKernelManager',
+           'ForkedProvisioner', 'ForkedKernelManager', 'experiment_notebook', 'result_fingerprint', 'run_step',
+           'kernel_threads', 'run_parallel', 'resolve_steps', 'step_threads', 'pipeline_jobs', 'parameters_cell',
+           'sync_parameters', 'cpu_latency', 'summarize', 'display_table']
 
 # %% ../nbs/10_pipeline.ipynb #6a8fb33a
 @dataclasses.dataclass
@@ -197,7 +197,10 @@ class ProjectKernelManager(AsyncKernelManager):
 PAPERMILL_KERNEL = dict(kernel_name=KERNEL_NAME, kernel_manager_class="cskd.pipeline.ProjectKernelManager")
 
 # %% ../nbs/10_pipeline.ipynb #f0a4e1d2
+import atexit
 import signal
+import threading
+import uuid
 
 from jupyter_client.provisioning import LocalProvisioner
 
@@ -214,22 +217,52 @@ FORK_PRELOAD = (  # what a step's first cell imports: a kernel forked from the w
     "cskd.collapse",
     "ipykernel.kernelapp",  # last: tqdm.auto, imported above, would take IPython for a notebook and warn
 )
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"  # what ipykernel makes a kernel's default
 
 
-def _forked_kernel(argv: list, env: dict, cwd: str):
-    "A kernel's process, forked from the warm one: its own session, environment, folder and thread count."
+def _as_started_fresh(env: dict, cwd: str):
+    "What a new interpreter would read at start and the warm process read at import: environment, folder, threads."
+    import matplotlib
+
     os.setsid()  # a process group of its own: interrupts and kills reach the kernel and its children only
     os.environ.clear()
     os.environ.update(env)
+    os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
+    matplotlib.rcParams["backend"] = os.environ["MPLBACKEND"]  # matplotlib read MPLBACKEND at import
     os.chdir(cwd)
-    if env.get("OMP_NUM_THREADS", "").isdigit():
-        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))  # torch read the warm process's value at import
+    torch.set_num_threads(int(env["OMP_NUM_THREADS"]))  # torch read the warm process's value at import
+
+
+def _exit_with(parent: int):
+    "End this process once `parent` (the forkserver, which ends with the process that started the kernels) is gone."
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _watch_forkserver():
+    "From the kernel's first moment (ipykernel's own parent poller starts once the kernel is up): exit with it."
+    from multiprocessing import forkserver
+
+    # multiprocessing hands every child the pipe that keeps the forkserver alive (for children that start processes
+    # through it); a kernel that kept it open would keep its forkserver alive, and wait for it forever
+    os.close(forkserver._forkserver._forkserver_alive_fd)
+    forkserver._forkserver._forkserver_alive_fd = None
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True, name="cskd-forkserver-watch").start()
+
+
+def _forked_kernel(argv: list, env: dict, cwd: str):
+    "A kernel's process, forked from the warm one; exit handlers run as at a normal interpreter exit."
     from ipykernel import kernelapp
 
-    # the parent ipykernel watches: the forkserver, which ends with the process that started the kernels
-    argv = [*argv, f"--IPKernelApp.parent_handle={os.getppid()}"]
+    _watch_forkserver()
+    _as_started_fresh(env, cwd)
+    argv = [*argv, f"--IPKernelApp.parent_handle={os.getppid()}"]  # a kernel with a parent prints no banner
     sys.argv = [sys.argv[0], *argv]
-    kernelapp.launch_new_instance(argv=argv)
+    try:
+        kernelapp.launch_new_instance(argv=argv)
+    finally:
+        atexit._run_exitfuncs()  # multiprocessing ends its children with os._exit, which skips them
 
 
 class _ForkedProcess:
@@ -252,7 +285,8 @@ class _ForkedProcess:
         return self._process.exitcode
 
     def send_signal(self, signum: int):
-        os.kill(self.pid, signum)
+        if self.poll() is None:  # the forkserver reaps an ended kernel at once: its pid may be another's now
+            os.kill(self.pid, signum)
 
     def kill(self):
         self.send_signal(signal.SIGKILL)
@@ -276,24 +310,32 @@ class ForkedProvisioner(LocalProvisioner):
         argv = cmd[cmd.index("ipykernel_launcher") + 1 :]
         env, cwd = dict(kwargs.get("env") or os.environ), str(kwargs.get("cwd") or os.getcwd())
         env["JPY_PARENT_PID"] = str(os.getpid())  # as jupyter_client's launcher sets it for a kernel it starts
+        env.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))  # a fresh kernel's torch: this machine's
         process = _warm_context().Process(target=_forked_kernel, args=(argv, env, cwd), name="cskd-kernel")
         process.start()
+        # not one of multiprocessing's children to wait for at exit: the kernel ends with the forkserver instead
+        multiprocessing.process._children.discard(process)
         self.process = _ForkedProcess(process)
         self.pid, self.pgid, self.cwd = process.pid, process.pid, cwd  # the group the kernel makes (os.setsid)
         return self.connection_info
 
+    async def send_signal(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:  # not to a reaped kernel's pid or group
+            await super().send_signal(signum)
+
 
 class ForkedKernelManager(ProjectKernelManager):
-    "`ProjectKernelManager` whose kernels are forked by `ForkedProvisioner`."
+    "`ProjectKernelManager` whose kernels `ForkedProvisioner` starts (given directly: no entry point to look up)."
 
-    @property
-    def kernel_spec(self) -> KernelSpec:
-        spec = super().kernel_spec
-        spec.metadata = {"kernel_provisioner": {"provisioner_name": FORKED_PROVISIONER}}
-        return spec
+    async def _async_pre_start_kernel(self, **kw):
+        self.kernel_id = self.kernel_id or kw.pop("kernel_id", str(uuid.uuid4()))
+        if self.provisioner is None:  # not None on restarts
+            self.provisioner = ForkedProvisioner(kernel_id=self.kernel_id, kernel_spec=self.kernel_spec, parent=self)
+        return await super()._async_pre_start_kernel(**kw)
+
+    pre_start_kernel = _async_pre_start_kernel
 
 
-FORKED_PROVISIONER = "cskd-forked"  # its entry point (pyproject.toml, jupyter_client.kernel_provisioners)
 KERNELS = {  # run_step's `kernels`: how a step's kernel starts
     "fresh": PAPERMILL_KERNEL,
     "forked": dict(kernel_name=KERNEL_NAME, kernel_manager_class="cskd.pipeline.ForkedKernelManager"),

@@ -149,6 +149,8 @@ def _compute(model, dataset, batch_size, num_workers, device, progress, precisio
     from tqdm.auto import tqdm
 
     dev = torch.device(device or next(embed_module(model).parameters()).device)
+    attention = [m for m in embed_module(model).modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    fused = [m.fused_attn for m in attention]
     fast_attention(embed_module(model), precision, dev)
     autocast = get_autocast(precision, dev)
     fn, was = embed_fn(model), model.training
@@ -164,6 +166,8 @@ def _compute(model, dataset, batch_size, num_workers, device, progress, precisio
             ids += [str(i) for i in batch[-1]]
     finally:
         model.train(was)
+        for m, f in zip(attention, fused):  # the caller's model as it was: explicit attention was for this call
+            m.fused_attn = f
     if not feats:
         raise ValueError(f"embed: no readable images in the dataset ({len(dataset)} items)")
     return ids, np.concatenate(feats)
@@ -180,8 +184,8 @@ def embed(
     progress: bool = True,
     precision: str = "fp32",
 ) -> tuple[list[str], np.ndarray]:
-    """Pooled embeddings `(ids, X)` (X: float32 (N, D), float16 precision) of `dataset`, cached in `cache_dir` if
-    given; the forward pass in `precision` (the engine's: fp32, bf16, auto, native)."""
+    """Pooled embeddings `(ids, X)` (X: float32 (N, D), rounded to float16 as stored) of `dataset`, cached in
+    `cache_dir` if given; the forward pass in `precision` (the engine's: fp32, bf16, auto, native)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: one of {PRECISIONS}")
     dev = torch.device(device or next(embed_module(model).parameters()).device)
