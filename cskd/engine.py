@@ -8,7 +8,7 @@ JSON-lines metrics, SIGINT/SIGTERM handling and DDP under `torchrun`; features p
 from __future__ import annotations
 
 import dataclasses, gc, inspect, json, math, os, random, shutil, signal, socket, sys, threading, time, warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Union
@@ -35,7 +35,7 @@ __all__ = ['PRECISIONS', 'TrainConfig', 'lr_factor', 'mix_seed', 'StepBatchSampl
            'save_checkpoint', 'CheckpointWriteError', 'CheckpointError', 'load_checkpoint', 'find_weights',
            'load_weights', 'RunLockedError', 'is_main_process', 'NonFiniteLossError', 'TrainingInterrupted', 'StepInfo',
            'TrainState', 'FitResult', 'resolve_device', 'native_bf16', 'resolve_precision', 'explicit_attention',
-           'fast_attention', 'get_autocast', 'Hook', 'Fit', 'fit']
+           'fast_attention', 'fast_attention_during', 'get_autocast', 'Hook', 'Fit', 'fit']
 
 # %% ../nbs/04_engine.ipynb #2163bce3
 PRECISIONS = ("auto", "native", "bf16", "fp32")
@@ -677,10 +677,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def _attention_layers(model: nn.Module) -> list:
+    "timm's attention layers: those with a `fused_attn` flag."
+    return [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+
+
 def explicit_attention(model: nn.Module) -> int:
     """Make timm's attention layers (those with a `fused_attn` flag) compute softmax(q k^T / sqrt(d)) v with plain
     matmuls instead of PyTorch's fused kernel; returns how many layers it switched."""
-    layers = [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    layers = _attention_layers(model)
     for m in layers:
         m.fused_attn = False
     return len(layers)
@@ -691,6 +696,19 @@ def fast_attention(model: nn.Module, precision: str, device: torch.device) -> nn
     if resolve_precision(precision, device) == "bf16" and device.type == "cpu":
         explicit_attention(model)
     return model
+
+
+@contextmanager
+def fast_attention_during(model: nn.Module, precision: str, device: torch.device):
+    "`fast_attention` inside the `with` block only: a model that is not ours keeps its attention kind afterwards."
+    layers = _attention_layers(model)
+    kinds = [m.fused_attn for m in layers]
+    fast_attention(model, precision, device)
+    try:
+        yield model
+    finally:
+        for m, kind in zip(layers, kinds):
+            m.fused_attn = kind
 
 
 def get_autocast(precision: str, device: torch.device) -> Callable:

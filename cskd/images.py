@@ -181,10 +181,6 @@ class DecodedImages:
         self._images[key] = im.copy()
         self.held += size
 
-    def clear(self):
-        self._images.clear()
-        self.held = 0
-
     def __repr__(self):
         return f"DecodedImages({len(self._images)} images, {self.held / 2**20:.1f} of {self.budget / 2**20:.0f} MiB)"
 

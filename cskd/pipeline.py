@@ -285,8 +285,7 @@ class _ForkedProcess:
         return self._process.exitcode
 
     def send_signal(self, signum: int):
-        if self.poll() is None:  # the forkserver reaps an ended kernel at once: its pid may be another's now
-            os.kill(self.pid, signum)
+        os.kill(self.pid, signum)  # only through ForkedProvisioner.send_signal, which checks the kernel still runs
 
     def kill(self):
         self.send_signal(signal.SIGKILL)
@@ -320,7 +319,8 @@ class ForkedProvisioner(LocalProvisioner):
         return self.connection_info
 
     async def send_signal(self, signum: int) -> None:
-        if self.process is not None and self.process.poll() is None:  # not to a reaped kernel's pid or group
+        # the forkserver reaps an ended kernel at once: its pid (and group) may be another process's by now
+        if self.process is not None and self.process.poll() is None:
             await super().send_signal(signum)
 
 

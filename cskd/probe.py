@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import IAADataset, eval_transform, read_ava, read_split
-from .engine import PRECISIONS, fast_attention, get_autocast, resolve_precision
+from .engine import PRECISIONS, fast_attention_during, get_autocast, resolve_precision
 from .images import collate_skip_none
 from .metrics import iaa_metrics, mean_score
 from .runs import atomic_path, weights_fingerprint
@@ -145,29 +145,24 @@ def _write_cache(stem: Path, key: dict, ids, X: np.ndarray, extra: dict):
 
 # %% ../nbs/09b_probe.ipynb #dc8fc7ed
 @torch.no_grad()
-def _compute(model, dataset, batch_size, num_workers, device, progress, precision="fp32"):
+def _compute(model, dataset, batch_size, num_workers, dev: torch.device, progress, precision: str):
     from tqdm.auto import tqdm
 
-    dev = torch.device(device or next(embed_module(model).parameters()).device)
-    attention = [m for m in embed_module(model).modules() if isinstance(getattr(m, "fused_attn", None), bool)]
-    fused = [m.fused_attn for m in attention]
-    fast_attention(embed_module(model), precision, dev)
     autocast = get_autocast(precision, dev)
     fn, was = embed_fn(model), model.training
     model.eval()
     ids, feats = [], []
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_none)
-    try:
-        for batch in tqdm(loader, desc=f"embed {model_name(model)}", disable=not progress):
-            if batch is None:
-                continue
-            with autocast():
-                feats.append(fn(batch[0].to(dev)).float().cpu().numpy())
-            ids += [str(i) for i in batch[-1]]
+    try:  # the caller's model keeps its attention kind: explicit attention is for this call only
+        with fast_attention_during(embed_module(model), precision, dev):
+            for batch in tqdm(loader, desc=f"embed {model_name(model)}", disable=not progress):
+                if batch is None:
+                    continue
+                with autocast():
+                    feats.append(fn(batch[0].to(dev)).float().cpu().numpy())
+                ids += [str(i) for i in batch[-1]]
     finally:
         model.train(was)
-        for m, f in zip(attention, fused):  # the caller's model as it was: explicit attention was for this call
-            m.fused_attn = f
     if not feats:
         raise ValueError(f"embed: no readable images in the dataset ({len(dataset)} items)")
     return ids, np.concatenate(feats)
