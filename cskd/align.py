@@ -34,13 +34,12 @@ __all__ = ['LOSSES', 'GRANULARITIES', 'phase_param', 'AlignConfig', 'align_confi
 # %% ../nbs/05_align.ipynb #44c8c536
 LOSSES, GRANULARITIES = ("fd", "cosine", "mse"), ("pooled", "tokens")
 
-
 def phase_param(name: str, default, base=TrainConfig):
     "The field `name` of `base` (its help text, choices and bounds) with a phase's own `default`."
     m = base.__dataclass_fields__[name].metadata
     return param(default, m["help"], m["choices"], m["min"], m["max"], m["above"])
 
-
+# %% ../nbs/05_align.ipynb #99b4c5ca
 @dataclass
 class AlignConfig(TrainConfig):
     epochs: int = phase_param("epochs", 3)
@@ -110,7 +109,7 @@ class AlignConfig(TrainConfig):
         if not self.pool_sources:
             raise ConfigError("parameter 'pool_sources' is empty: give at least one image folder or file list")
 
-
+# %% ../nbs/05_align.ipynb #9bd41f4d
 def align_config(**kw) -> AlignConfig:
     "An `AlignConfig`: the phase's defaults (its fields), then `kw`."
     return AlignConfig(**kw)
@@ -224,7 +223,6 @@ def align_step(cfg: AlignConfig, teacher, cached: bool) -> Callable:
 
     return step
 
-
 def _teacher_cache(cfg: AlignConfig, teacher, paths, view, dev):
     "The teacher-feature cache of the pool's fixed views (built once), or None when the teacher runs online."
     if not cfg.cache:
@@ -246,7 +244,6 @@ def _teacher_cache(cfg: AlignConfig, teacher, paths, view, dev):
         on_error=cfg.on_bad_image,
     )
 
-
 _CACHE_RECIPE = (  # the AlignConfig fields that decide what a run's teacher cache holds
     "teacher",
     "teacher_pretrained",
@@ -266,13 +263,12 @@ _CACHE_RECIPE = (  # the AlignConfig fields that decide what a run's teacher cac
     "device",
 )
 
-
 def cache_recipe(cfg: AlignConfig) -> dict:
     "What decides the content of `cfg`'s teacher cache (a random-init teacher's: also the seed); equal recipes share."
     recipe = {k: getattr(cfg, k) for k in _CACHE_RECIPE}
     return dict(recipe, seed=cfg.seed) if cfg.teacher_pretrained is None else recipe
 
-
+# %% ../nbs/05_align.ipynb #b22ca6e2
 def _pool_and_teacher(cfg: AlignConfig):
     "The pool, and the teacher built after seeding with `cfg.seed` (a random-init teacher is the same every run)."
     pool = align_pool(cfg)
@@ -280,10 +276,8 @@ def _pool_and_teacher(cfg: AlignConfig):
     quick = {} if cfg.teacher_quick_gelu is None else dict(quick_gelu=cfg.teacher_quick_gelu)
     return pool, clip_teacher(cfg.teacher, cfg.teacher_pretrained, **quick)
 
-
 def _pool_view(cfg: AlignConfig) -> SeededView:
     return SeededView(cfg.image_size, (cfg.min_scale, 1.0), hflip=cfg.hflip, draft_factor=cfg.draft_factor)
-
 
 def align_cache(cfg: AlignConfig):
     """Build the teacher-feature cache that `align(cfg)` will read, or check and reuse it: once, before several
@@ -292,7 +286,6 @@ def align_cache(cfg: AlignConfig):
         raise ConfigError("align_cache: parameter 'cache' is false, so this phase-1 run reads no teacher cache")
     pool, teacher = _pool_and_teacher(cfg)
     return _teacher_cache(cfg, teacher, list(pool.paths), _pool_view(cfg), resolve_device(cfg))
-
 
 def _check_set(cfg: AlignConfig, ds: PoolViews, cache, teacher, dev):
     "The fixed alignment check: view 0 of `eval_images` evenly spaced pool images, with their targets."
@@ -306,7 +299,6 @@ def _check_set(cfg: AlignConfig, ds: PoolViews, cache, teacher, dev):
         return views, torch.stack([cached(i) for _, i in items])
     chunks = [views[s : s + 64].to(dev) for s in range(0, len(views), 64)]
     return views, torch.cat([teacher_targets(teacher, c, cfg.granularity).float().cpu() for c in chunks])
-
 
 def _align_results(cfg: AlignConfig, res, before: dict, n_images: int) -> dict:
     "The phase's flat metrics: the loss curve's ends and the alignment check before and after."
@@ -330,7 +322,7 @@ def _align_results(cfg: AlignConfig, res, before: dict, n_images: int) -> dict:
         )
     return out
 
-
+# %% ../nbs/05_align.ipynb #6f098b5b
 def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
     "Phase 1 as `cfg` says: flat metrics; the run goes to `cfg.run_dir` (weights: `encoder.*`, `projector.*`)."
     t0 = time.perf_counter()
@@ -368,7 +360,6 @@ def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
     if len(pool.bad_log):
         pool.bad_log.warn()
     return out
-
 
 register_phase(
     "align",

@@ -65,7 +65,6 @@ def attention_spec(model: nn.Module) -> tuple[int, tuple[int, int], int]:
 # %% ../nbs/08_attention.ipynb #884d0b3d
 _MHA_POSITIONAL = ("key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
 
-
 def _attention_modules(vit: nn.Module, family: str) -> list[nn.Module]:
     "The per-layer attention modules, checked to be ones we can read maps from."
     if family == "open_clip":
@@ -91,7 +90,7 @@ def _attention_modules(vit: nn.Module, family: str) -> list[nn.Module]:
         mods.append(a)
     return mods
 
-
+# %% ../nbs/08_attention.ipynb #73aa199f
 class AttentionCapture:
     "Context manager recording softmax attention `(B, heads, T, T)` of every layer of a ViT."
 
@@ -226,7 +225,6 @@ def _square_grid(n: int) -> tuple[int, int]:
         )
     return s, s
 
-
 def _check_grid(grid, n: int) -> tuple[int, int]:
     if grid is None:
         return _square_grid(n)
@@ -234,7 +232,6 @@ def _check_grid(grid, n: int) -> tuple[int, int]:
     if len(g) != 2 or g[0] * g[1] != n:
         raise ValueError(f"`grid`={grid} does not hold the {n} patch tokens (T - num_prefix_tokens)")
     return g
-
 
 def _patch_attention(attn: torch.Tensor, num_prefix_tokens: int, grid=None):
     "Patch-to-patch attention, rows renormalised, and its grid."
@@ -254,7 +251,6 @@ def _patch_attention(attn: torch.Tensor, num_prefix_tokens: int, grid=None):
         raise ValueError(f"{int((mass <= 0).sum())} query rows of `attn` put no mass on patch keys: cannot renormalise")
     return a / mass, g
 
-
 @functools.lru_cache(maxsize=16)
 def _grid_distances(grid: tuple[int, int], patch_size: float) -> torch.Tensor:
     "Pixel distance between patch centres (float64, CPU), patches in row-major order."
@@ -262,15 +258,12 @@ def _grid_distances(grid: tuple[int, int], patch_size: float) -> torch.Tensor:
     pts = torch.stack([r.flatten(), c.flatten()], -1).double()
     return ((pts[:, None] - pts[None]) ** 2).sum(-1).sqrt() * float(patch_size)
 
-
 def _distance_matrix(grid, patch_size, device, dtype) -> torch.Tensor:
     return _grid_distances(tuple(grid), float(patch_size)).to(device=device, dtype=dtype)
-
 
 def _check_patch_size(patch_size):
     if not isinstance(patch_size, (int, float)) or isinstance(patch_size, bool) or not patch_size > 0:
         raise ValueError(f"`patch_size` must be a positive number of pixels, got {patch_size!r}")
-
 
 def per_image_metrics(
     attn: torch.Tensor, patch_size: float, num_prefix_tokens: int = 1, grid=None
@@ -282,11 +275,10 @@ def per_image_metrics(
     e = -torch.xlogy(a, a).sum(-1).double().mean(-1)  # xlogy(0, 0) = 0
     return d, e
 
-
+# %% ../nbs/08_attention.ipynb #47c52973
 def attention_distance(attn: torch.Tensor, patch_size: float, num_prefix_tokens: int = 1, grid=None) -> torch.Tensor:
     "Mean attention distance in pixels per head, `(heads,)` float64 (as docs/method.md defines it)."
     return per_image_metrics(attn, patch_size, num_prefix_tokens, grid)[0].mean(0)
-
 
 def attention_entropy(attn: torch.Tensor, num_prefix_tokens: int = 1, grid=None) -> torch.Tensor:
     "Mean attention entropy in nats per head, `(heads,)` float64 (as docs/method.md defines it)."
@@ -294,7 +286,6 @@ def attention_entropy(attn: torch.Tensor, num_prefix_tokens: int = 1, grid=None)
 
 # %% ../nbs/08_attention.ipynb #77d1aa05
 STATS_COLUMNS = ["layer", "head", "distance", "entropy", "n_images"]
-
 
 class AttentionStats:
     "Running per-layer, per-head sums of attention distance and entropy (float64, bounded memory)."
@@ -326,9 +317,7 @@ class AttentionStats:
         ]
         return pd.DataFrame(rows, columns=STATS_COLUMNS)
 
-
 _IMAGE_KEYS = ("image", "images", "pixel_values", "img")
-
 
 def _batch_images(batch, i: int) -> torch.Tensor:
     if torch.is_tensor(batch):
@@ -344,7 +333,6 @@ def _batch_images(batch, i: int) -> torch.Tensor:
         f"{_IMAGE_KEYS}); got {type(batch).__name__}"
     )
 
-
 def _batches(src, batch_size: int) -> Iterable[torch.Tensor]:
     if torch.is_tensor(src):
         if src.ndim != 4:
@@ -354,7 +342,7 @@ def _batches(src, batch_size: int) -> Iterable[torch.Tensor]:
         for i, b in enumerate(src):
             yield _batch_images(b, i)
 
-
+# %% ../nbs/08_attention.ipynb #9a5ff1fb
 def _total(src, max_images):
     "Number of images for the progress bar, when known."
     try:
@@ -362,7 +350,6 @@ def _total(src, max_images):
     except (AttributeError, TypeError):
         n = None  # a list of batches, an iterable dataset
     return min(n, max_images) if (n and max_images) else (n or max_images)
-
 
 def attention_stats(
     model: nn.Module,
@@ -430,14 +417,12 @@ def collapse_summary(df: pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/08_attention.ipynb #c8626378
 from .runs import save_figure  # PNG + PDF, atomic; `path=None` writes nothing
 
-
 def _as_dict(stats) -> dict:
     if isinstance(stats, pd.DataFrame):
         return {"": stats}
     if not isinstance(stats, Mapping) or not stats:
         raise ValueError("`stats` must be a non-empty {label: DataFrame} dict")
     return {str(k): _check_stats(v, f"stats[{k!r}]") for k, v in stats.items()}
-
 
 def plot_attention_stats(stats: Mapping[str, pd.DataFrame], path=None):
     "One dot per head per layer: distance (top) and entropy (bottom), one column per model."
@@ -474,7 +459,7 @@ def plot_attention_stats(stats: Mapping[str, pd.DataFrame], path=None):
     save_figure(fig, path)
     return fig
 
-
+# %% ../nbs/08_attention.ipynb #781d8235
 def plot_collapse_summary(stats: Mapping[str, pd.DataFrame], path=None, spread: str = "std"):
     "Spread across heads (`std` or `range`) of distance and entropy per layer, one line per model."
     from matplotlib.figure import Figure
@@ -500,7 +485,6 @@ def plot_collapse_summary(stats: Mapping[str, pd.DataFrame], path=None, spread: 
     save_figure(fig, path)
     return fig
 
-
 def _query_index(query, grid) -> int:
     gh, gw = grid
     if isinstance(query, str) and query == "center":
@@ -512,7 +496,6 @@ def _query_index(query, grid) -> int:
     raise ValueError(
         f"`query` must be 'center', a patch index in [0, {gh * gw}) or (row, col) on the {gh}x{gw} grid; got {query!r}"
     )
-
 
 def _display_images(images: torch.Tensor, mean=None, std=None) -> np.ndarray:
     "(B, H, W, 3) floats in [0, 1]: un-normalised with `mean`/`std`, else min-max per image."
@@ -527,7 +510,7 @@ def _display_images(images: torch.Tensor, mean=None, std=None) -> np.ndarray:
         x = (x - lo) / (hi - lo).clamp_min(1e-12)
     return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
-
+# %% ../nbs/08_attention.ipynb #6bd7ee4d
 def plot_attention_gallery(
     model: nn.Module,
     images: torch.Tensor,

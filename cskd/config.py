@@ -48,7 +48,6 @@ def _base_types(tp) -> tuple:
 # %% ../nbs/04b_config.ipynb #9c00593e
 _TRUE, _FALSE, _NONE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}, {"none", "null", "~"}
 
-
 def _coerce(name, value, tp, source):
     allowed = _base_types(tp)
     low = value.strip().lower() if isinstance(value, str) else None
@@ -77,15 +76,12 @@ def _coerce(name, value, tp, source):
         raise ConfigError(f"parameter '{name}' ({source}): got {value!r}, expected {_type_name(tp)}")
     return value
 
-
 def _type_name(tp) -> str:
     return " or ".join("None" if t is type(None) else getattr(t, "__name__", str(t)) for t in _base_types(tp))
-
 
 def _allowed(v, choices) -> bool:
     "Membership that keeps `True` and `1` apart (`resume` allows False, True and 'auto', not 1)."
     return any(v is c if isinstance(c, bool) or isinstance(v, bool) else v == c for c in choices)
-
 
 def check_value(cls, name: str, v, source: str = "config"):
     "Check one field's value against its metadata constraints (choices, min, max, above)."
@@ -101,7 +97,7 @@ def check_value(cls, name: str, v, source: str = "config"):
     if m.get("max") is not None and v > m["max"]:
         raise ConfigError(f"parameter '{name}' ({source}): {v!r} is above the maximum {m['max']}")
 
-
+# %% ../nbs/04b_config.ipynb #1aa0f64f
 def check_fields(cfg, source: str | None = None):
     """Check every field of a constructed config: its type (an int is taken as a float where a float is
     expected), then its constraints. Called from `__post_init__`, so direct construction is checked too."""
@@ -147,10 +143,8 @@ def from_dict(cls, values: dict, source: str = "parameters", strict: bool = True
         cfg.validate()
     return cfg
 
-
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
-
 
 def load_yaml(path) -> dict:
     "A flat YAML mapping; errors name the file and the line."
@@ -172,7 +166,6 @@ def load_yaml(path) -> dict:
         raise ConfigError(f"config file {path}: parameters are flat; {nested} hold mappings")
     return YamlParams(data, lines=_key_lines(path.read_text()))
 
-
 class YamlParams(dict):
     "The parameters of a YAML file, with `lines`: the line number of each key (for errors that say `file:line`)."
 
@@ -180,14 +173,13 @@ class YamlParams(dict):
         super().__init__(*a, **kw)
         self.lines = dict(lines or {})
 
-
+# %% ../nbs/04b_config.ipynb #09e12246
 def _key_lines(text: str) -> dict:
     "Line (1-based) of each top-level key of a YAML mapping, from the parser's node marks."
     node = yaml.compose(text, Loader=yaml.SafeLoader)
     if not isinstance(node, yaml.MappingNode):
         return {}
     return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
-
 
 def load_config(
     cls, yaml_path=None, overrides: dict | None = None, source: str = "overrides", defaults: dict | None = None

@@ -117,7 +117,6 @@ def _ava_fields(path: Path, counts: np.ndarray) -> pd.DataFrame:
         raw = raw.reindex(range(len(counts)))  # trailing whitespace-only lines
     return raw.iloc[: len(counts)]
 
-
 def _ava_problems(raw: pd.DataFrame, counts: np.ndarray) -> tuple[dict, dict]:
     "The bad lines (line number -> the first reason found) and the numeric fields of every line."
     blank, lineno, bad = counts == 0, np.arange(1, len(counts) + 1), {}
@@ -142,7 +141,7 @@ def _ava_problems(raw: pd.DataFrame, counts: np.ndarray) -> tuple[dict, dict]:
     )
     return bad, num
 
-
+# %% ../nbs/01_data.ipynb #ea835af9
 def read_ava(path, on_bad: str = "raise") -> pd.DataFrame:
     "Read an AVA.txt-format file: `image_id`, `votes_1..votes_10`, `mean`, `tag1`, `tag2`, `challenge`."
     _check_on_bad(on_bad)
@@ -293,8 +292,8 @@ class CSVMapping:
     bins: tuple | None = None  # the score of each distribution column; None: 1, 2, .., len(dist_cols)
     dir_col: str | None = None  # a column of sub-folders: the file is `<dir>/<image>` (PARA's sessions)
 
-
 PARA_BINS = SCALES["para"].bins
+
 CSV_MAPPINGS = {
     "AADB": CSVMapping("ImageFile", "score", (0.0, 1.0), to_range=None),
     "PARA": CSVMapping(
@@ -309,14 +308,12 @@ CSV_MAPPINGS = {
     "TAD66K": CSVMapping("image", "score", (1.0, 10.0), to_range=None),
 }
 
-
 def _csv_mapping(mapping) -> CSVMapping:
     if isinstance(mapping, str):
         if mapping not in CSV_MAPPINGS:
             raise KeyError(f"unknown CSV mapping {mapping!r}; known: {list(CSV_MAPPINGS)}")
         return CSV_MAPPINGS[mapping]
     return CSVMapping(**mapping) if isinstance(mapping, dict) else mapping
-
 
 def _csv_files(path, raw, m: CSVMapping) -> pd.Series:
     "The image column (with its sub-folder column, if any) as relative paths; an empty name is an error."
@@ -329,7 +326,7 @@ def _csv_files(path, raw, m: CSVMapping) -> pd.Series:
         files = raw[m.dir_col].astype(str) + "/" + files
     return files
 
-
+# %% ../nbs/01_data.ipynb #5bd71234
 def _csv_dists(path, raw, m: CSVMapping, df: pd.DataFrame):
     "Add `votes_1 .. votes_K` from `m.dist_cols` and the bin values to `df.attrs['bins']`."
     bins = tuple(float(b) for b in (m.bins or range(1, len(m.dist_cols) + 1)))
@@ -343,7 +340,6 @@ def _csv_dists(path, raw, m: CSVMapping, df: pd.DataFrame):
     for k in range(len(bins)):
         df[f"votes_{k + 1}"] = v[:, k]
     df.attrs["bins"] = list(bins)
-
 
 def read_csv_labels(path, mapping) -> pd.DataFrame:
     "Labels from a CSV file: `image_id`, `file`, `score_raw`, `mean`, and `votes_1 .. votes_K` if `dist_cols`."
@@ -480,7 +476,6 @@ class IAADataset(_ImageItems):
 # %% ../nbs/01_data.ipynb #4e5406dc
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
-
 def _source_paths(src, exts):
     "(paths, ids) of one source."
     if hasattr(src, "paths") and hasattr(src, "ids"):
@@ -499,7 +494,7 @@ def _source_paths(src, exts):
         raise FileNotFoundError(f"pool source {p} is neither a folder nor a file list")
     return paths, [q.stem for q in paths]
 
-
+# %% ../nbs/01_data.ipynb #050821ba
 class UnlabeledPool(_ImageItems):
     "Deduplicated union of image sources minus excluded ids; items `(image, image_id)`."
 
@@ -646,7 +641,6 @@ def _official_ava(root: Path) -> OfficialLists:
         ),
     )
 
-
 def _mat_strings(a, path, key) -> list:
     "Strings of a MATLAB cell array as scipy loads it (an object array of 1-element string arrays)."
     out = []
@@ -658,7 +652,7 @@ def _mat_strings(a, path, key) -> list:
         out.append(x.strip())
     return out
 
-
+# %% ../nbs/01_data.ipynb #5e36d4e3
 def _read_aadb_mat(path: Path) -> dict:
     "`{'train': (names, scores), 'test': (names, scores)}` from AADBinfo.mat; malformed content names the field."
     from scipy.io import loadmat
@@ -690,7 +684,6 @@ def _read_aadb_mat(path: Path) -> dict:
 # %% ../nbs/01_data.ipynb #5c976da9
 AADB_FOLDERS = {"train": "datasetImages_originalSize", "test": "AADB_newtest_originalSize"}
 
-
 def _aadb_path(root: Path, name: str, part: str) -> str:
     "Where an AADB image lies: its part's folder of the distribution first, then the other, then `images/`."
     order = [AADB_FOLDERS[part]] + [f for f in AADB_FOLDERS.values() if f != AADB_FOLDERS[part]] + ["images"]
@@ -698,7 +691,6 @@ def _aadb_path(root: Path, name: str, part: str) -> str:
         if (root / folder / name).is_file():
             return f"{folder}/{name}"
     return f"{order[0]}/{name}"
-
 
 def _official_aadb(root: Path) -> OfficialLists:
     "AADB: the train and test name lists of `AADBinfo.mat`."
@@ -720,7 +712,6 @@ def _official_aadb(root: Path) -> OfficialLists:
         pd.DataFrame({"ImageFile": labels.path, "score": labels.score_raw}),
     )
 
-
 def _two_csvs(root: Path, names: dict, mapping: str, what: str):
     "The train and test label tables of a dataset shipped as two CSV files, with the (id, 'file:line') lists."
     files = {p: _first_file(root, n, f"{what} {p} labels") for p, n in names.items()}
@@ -730,7 +721,6 @@ def _two_csvs(root: Path, names: dict, mapping: str, what: str):
             raise LabelFileError(f"{files[p]}: no label rows")
     lists = {p: [(i, f"{files[p]}:{k + 2}") for k, i in enumerate(t.image_id)] for p, t in tables.items()}
     return files, pd.concat(list(tables.values()), ignore_index=True), lists
-
 
 def _official_para(root: Path) -> OfficialLists:
     "PARA: `PARA-GiaaTrain.csv` and `PARA-GiaaTest.csv`; images under `imgs/<sessionId>/`."
@@ -752,14 +742,13 @@ def _official_para(root: Path) -> OfficialLists:
         merged,
     )
 
-
+# %% ../nbs/01_data.ipynb #acf60396
 def _image_folder(root: Path, folders, files, probe: int = 100) -> str:
     "The first of `folders` (under `root`) that holds one of the first `probe` `files`; the first folder if none does."
     for folder in folders:
         if any((root / folder / f).is_file() for f in list(files)[:probe]):
             return folder
     return folders[0]
-
 
 def _official_tad66k(root: Path) -> OfficialLists:
     "TAD66K: `merge/train.csv` and `merge/test.csv` (columns `image,score`); images under `images/`."
@@ -776,7 +765,6 @@ def _official_tad66k(root: Path) -> OfficialLists:
         {p: str(f.relative_to(root)) for p, f in files.items()},
         pd.DataFrame({"image": labels.file, "score": labels.score_raw}),
     )
-
 
 OFFICIAL = {"ava": _official_ava, "aadb": _official_aadb, "para": _official_para, "tad66k": _official_tad66k}
 
@@ -857,7 +845,6 @@ def _split_report(key, root, lists: OfficialLists, named, checked, val_fraction,
         config=dict(data_root=str(root), **lists.config, **{f"{s}_split": f"splits/{s}.txt" for s in SPLITS}),
     )
 
-
 def official_split(name: str, root, val_fraction: float = 0.05, seed: int = 0, decode: bool = False) -> dict:
     """Write `root/splits/{train,val,test}.txt` from dataset `name`'s own files (`ava`, `aadb`, `para`, `tad66k`)
     and the report `root/splits/report.json` (returned): the ids each list named, missing or unreadable images by
@@ -893,7 +880,7 @@ def official_split(name: str, root, val_fraction: float = 0.05, seed: int = 0, d
     _write_all({root / f: t for f, t in texts.items()})
     return report
 
-
+# %% ../nbs/01_data.ipynb #bf346886
 def format_split_report(report: dict, show: int = 10) -> str:
     "The report of `official_split` as text (the first `show` ids of each problem)."
     ids = lambda xs: ", ".join(list(xs)[:show]) + (f", ... ({len(xs)} in all)" if len(xs) > show else "")

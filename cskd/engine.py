@@ -40,7 +40,7 @@ __all__ = ['PRECISIONS', 'TrainConfig', 'lr_factor', 'mix_seed', 'StepBatchSampl
 # %% ../nbs/04_engine.ipynb #2163bce3
 PRECISIONS = ("auto", "native", "bf16", "fp32")
 
-
+# %% ../nbs/04_engine.ipynb #9fc48b36
 @dataclass
 class TrainConfig:
     "Everything a run needs besides model, data and loss. Phases set fields; they never copy the loop."
@@ -130,12 +130,10 @@ def mix_seed(*xs) -> int:
     "A 63-bit seed from non-negative ints: distinct tuples give unrelated streams."
     return int(np.random.SeedSequence([int(x) for x in xs]).generate_state(1, np.uint64)[0] >> 1)
 
-
 class _Batch(list):
     "The indices of one micro-batch and the seed its data worker uses (a picklable list)."
 
     seed: int = 0
-
 
 class StepBatchSampler:
     "Yields this rank's micro-batches of indices for one epoch, from optimizer step `start` on."
@@ -178,7 +176,7 @@ class StepBatchSampler:
                 b.seed = mix_seed(self.seed, self.epoch, k, m, self.rank)
                 yield b
 
-
+# %% ../nbs/04_engine.ipynb #cd682efe
 class _SeededFetch(Dataset):
     "Wraps a map-style dataset: in a data worker, seed the RNGs from the micro-batch before loading it."
 
@@ -261,7 +259,6 @@ def _fsync(path: Path):
     finally:
         os.close(fd)
 
-
 def _atomic_dir(final: Path, write: Callable[[Path], None]):
     "Create folder `final` through `write(tmp_folder)` so that readers never see it half written."
     final = Path(final)
@@ -284,7 +281,6 @@ def _atomic_dir(final: Path, write: Callable[[Path], None]):
     _fsync(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
-
 def find_checkpoint(path) -> Optional[Path]:
     "The complete checkpoint folder at `path`, or the `.old-` copy a kill between two renames left; None if neither."
     path = Path(path)
@@ -295,14 +291,12 @@ def find_checkpoint(path) -> Optional[Path]:
     )
     return olds[-1] if olds else None
 
-
 def _link_or_copy(src: Path, dst: Path):
     "Checkpoint files are never modified after writing, so `best` can share them with `last` through hard links."
     try:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
 
 def _recover_checkpoints(ckdir: Path):
     "After a kill between two renames: put the `.old-` copy back in place; drop temporary folders."
@@ -315,7 +309,7 @@ def _recover_checkpoints(ckdir: Path):
     for junk in [*ckdir.glob("*.tmp-*"), *ckdir.glob("*.old-*")]:
         shutil.rmtree(junk, ignore_errors=True)
 
-
+# %% ../nbs/04_engine.ipynb #1180fec1
 def save_checkpoint(path, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, **state) -> Path:
     "Atomically write `path/model.safetensors` and `path/state.pt` (optimizer state + `state`: plain values, tensors)."
     path = Path(path)
@@ -338,7 +332,6 @@ def save_checkpoint(path, model: nn.Module, optimizer: Optional[torch.optim.Opti
     _atomic_dir(path, write)
     return path
 
-
 class CheckpointWriteError(RuntimeError):
     "Writing a checkpoint failed (a full disk, a quota, a file-size limit...); the previous checkpoint is untouched."
 
@@ -356,10 +349,8 @@ class CheckpointWriteError(RuntimeError):
             + (f"the previous checkpoint {prev} is intact and loadable" if prev else "there is no previous checkpoint")
         )
 
-
 class CheckpointError(ValueError):
     "A checkpoint file that cannot be read: damaged, not a checkpoint, or holding code (refused)."
-
 
 def _load_state(f: Path, map_location):
     "torch.load(weights_only=True) of a state.pt, with errors that name the file and never suggest weights_only=False."
@@ -373,7 +364,7 @@ def _load_state(f: Path, map_location):
             f"state.pt and runs no code from it: the file is damaged, or was not written by cskd"
         ) from None
 
-
+# %% ../nbs/04_engine.ipynb #b51c072f
 def load_checkpoint(path, model: Optional[nn.Module] = None, optimizer=None, map_location="cpu") -> dict:
     "Load a checkpoint folder's weights into `model`, its optimizer state into `optimizer`; return the state dict."
     found = find_checkpoint(path)
@@ -386,7 +377,6 @@ def load_checkpoint(path, model: Optional[nn.Module] = None, optimizer=None, map
         optimizer.load_state_dict(state["optimizer"])
     return state
 
-
 def find_weights(path) -> Path:
     "The weights file of a file, a checkpoint folder or a run folder (its `best` checkpoint, else `last`; `.old-` too)."
     p = Path(path)
@@ -398,7 +388,6 @@ def find_weights(path) -> Path:
             return found / "model.safetensors"
     raise FileNotFoundError(f"no model.safetensors in {p} (looked in it, in checkpoints/best and in checkpoints/last)")
 
-
 def _file_shapes(f: Path) -> dict:
     try:
         with safe_open(str(f), framework="pt") as sf:
@@ -406,17 +395,15 @@ def _file_shapes(f: Path) -> dict:
     except Exception as e:
         raise CheckpointError(f"{f}: not a valid safetensors file ({str(e).strip()})") from None
 
-
 def _model_name(model: nn.Module) -> str:
     name = getattr(model, "name", None)
     return f"{type(model).__name__} ({name})" if isinstance(name, str) and name else type(model).__name__
-
 
 def _listed(keys, n: int = 10) -> str:
     keys = sorted(keys)
     return f"{keys[:n]}{' ...' if len(keys) > n else ''}"
 
-
+# %% ../nbs/04_engine.ipynb #0ef645ed
 def load_weights(model: nn.Module, path, prefix: str = "", strict: bool = True) -> nn.Module:
     """Load safetensors weights into `model`: a file, a checkpoint folder or a run folder (see `find_weights`).
     With `prefix`, only the keys under it (`encoder.` of a phase-1 run), without it. Mismatches are named."""
@@ -510,7 +497,6 @@ def _rng_state() -> dict:
         cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
     )
 
-
 def _set_rng_state(s: dict):
     v, st, gauss = s["python"]
     random.setstate((v, tuple(st), gauss))
@@ -520,19 +506,16 @@ def _set_rng_state(s: dict):
     if s.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
 
-
 def _seed_all(seed: int):
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
 
 def is_main_process() -> bool:
     "True on rank 0 of a distributed run (or when not distributed): the process that logs and saves."
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
     return int(os.environ.get("RANK", "0")) == 0
-
 
 def _init_distributed() -> bool:
     "Initialise the process group when started by torchrun with more than one process; True if we created it."
@@ -543,7 +526,6 @@ def _init_distributed() -> bool:
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return True
 
-
 def _end_distributed(owns_pg: bool, ok: bool):
     "Tear down the process group `fit` created; ranks that finished normally first meet at a barrier."
     if not owns_pg:
@@ -552,10 +534,8 @@ def _end_distributed(owns_pg: bool, ok: bool):
         dist.barrier()
     dist.destroy_process_group()
 
-
 def _world() -> tuple:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-
 
 def _share(obj, world: int):
     "Rank 0's `obj` on every rank."
@@ -565,7 +545,7 @@ def _share(obj, world: int):
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
-
+# %% ../nbs/04_engine.ipynb #21f6acd3
 def _gather(obj, world: int) -> list:
     if world == 1:
         return [obj]
@@ -585,7 +565,6 @@ class NonFiniteLossError(FloatingPointError):
             f"training stopped; {saved}"
         )
 
-
 class TrainingInterrupted(KeyboardInterrupt):
     "SIGINT or SIGTERM stopped a run after a complete optimizer step; `checkpoint` holds that step."
 
@@ -595,7 +574,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         then = "rerun the same command to resume" if checkpoint else "there is no run folder, so nothing was saved"
         super().__init__(f"interrupted at step {step}; {then}")
 
-
 class StepInfo(NamedTuple):
     "Where training is, for a `step_fn(model, batch, info)` that needs it."
 
@@ -603,7 +581,6 @@ class StepInfo(NamedTuple):
     epoch: int
     epoch_float: float  # fractional epochs done
     total_steps: int
-
 
 @dataclass
 class TrainState:
@@ -614,7 +591,6 @@ class TrainState:
     global_step: int = 0
     best: dict = dataclasses.field(default_factory=dict)  # metric, mode, value, step, stale
     eval: dict = dataclasses.field(default_factory=dict)  # the last evaluation: {"eval/<name>": value}
-
 
 @dataclass
 class FitResult:
@@ -631,7 +607,7 @@ class FitResult:
     resumed_from: Optional[int]  # the global step loaded at start, None for a fresh run
     seconds: float
 
-
+# %% ../nbs/04_engine.ipynb #1145d4aa
 def _to_device(x, device, channels_last=False):
     if isinstance(x, torch.Tensor):
         x = x.to(device, non_blocking=True)
@@ -645,7 +621,6 @@ def _to_device(x, device, channels_last=False):
         return type(x)(_to_device(v, device, channels_last) for v in x)
     return x
 
-
 def resolve_device(cfg) -> torch.device:
     "The device of `cfg.device` (or a device or its name): 'auto' and a bare 'cuda' mean this rank's GPU (LOCAL_RANK)."
     name = cfg if isinstance(cfg, (str, torch.device)) else cfg.device
@@ -654,7 +629,6 @@ def resolve_device(cfg) -> torch.device:
         return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     dev = torch.device(name)
     return torch.device("cuda", local) if dev.type == "cuda" and dev.index is None else dev
-
 
 def native_bf16(device: torch.device) -> bool:
     "Whether `device` computes bf16 in hardware: a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX."
@@ -666,7 +640,6 @@ def native_bf16(device: torch.device) -> bool:
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (torch >= 2.3)
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' is bf16 on a CUDA device that supports it, else fp32; 'native' is bf16 on any device that computes
     it in hardware (`native_bf16`: also such CPUs), else fp32; 'bf16' and 'fp32' stay."""
@@ -676,11 +649,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "bf16" if native_bf16(device) else "fp32"
     return precision
 
-
 def _attention_layers(model: nn.Module) -> list:
     "timm's attention layers: those with a `fused_attn` flag."
     return [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
-
 
 def explicit_attention(model: nn.Module) -> int:
     """Make timm's attention layers (those with a `fused_attn` flag) compute softmax(q k^T / sqrt(d)) v with plain
@@ -690,14 +661,13 @@ def explicit_attention(model: nn.Module) -> int:
         m.fused_attn = False
     return len(layers)
 
-
 def fast_attention(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
     "`model` with `explicit_attention` where that is the faster kind: bf16 (as `precision` resolves) on a CPU."
     if resolve_precision(precision, device) == "bf16" and device.type == "cpu":
         explicit_attention(model)
     return model
 
-
+# %% ../nbs/04_engine.ipynb #10f4b1df
 @contextmanager
 def fast_attention_during(model: nn.Module, precision: str, device: torch.device):
     "`fast_attention` inside the `with` block only: a model that is not ours keeps its attention kind afterwards."
@@ -710,24 +680,20 @@ def fast_attention_during(model: nn.Module, precision: str, device: torch.device
         for m, kind in zip(layers, kinds):
             m.fused_attn = kind
 
-
 def get_autocast(precision: str, device: torch.device) -> Callable:
     "A context-manager factory: bf16 autocast on `device`, or nothing for fp32."
     if resolve_precision(precision, device) == "bf16":
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext
 
-
 def _scalar(v):
     "A metric value as a float tensor (no device sync) or a float."
     return v.detach().float() if isinstance(v, torch.Tensor) else float(v)
-
 
 def _floats(d: dict, where: str) -> dict:
     if not isinstance(d, dict):
         raise TypeError(f"{where} must return a dict of scalars, got {type(d).__name__}")
     return {str(k): float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v) for k, v in d.items()}
-
 
 def _trim_metrics(path: Path, max_step: int):
     "Keep the metrics lines of steps <= max_step (a resumed run re-does the later ones); drop a torn last line."
@@ -742,7 +708,6 @@ def _trim_metrics(path: Path, max_step: int):
         if rec.get("step", 0) <= max_step:
             keep.append(line)
     write_text_atomic(path, "".join(line + "\n" for line in keep))
-
 
 _RESUME_SENSITIVE = (
     "epochs", "batch_size", "lr", "head_lr", "weight_decay", "optimizer", "momentum", "betas",
@@ -761,7 +726,7 @@ class Hook:
     def after_epoch(self, f: "Fit"): ...
     def after_fit(self, f: "Fit"): ...  # always runs, after an error too: release what before_fit took
 
-
+# %% ../nbs/04_engine.ipynb #dcc250a6
 class Fit:
     "One call of `fit`: the model, data, optimizer and `TrainState` that its stages and hooks share."
 
@@ -845,7 +810,6 @@ def restore(self: Fit):
     if self.run and self.main:
         self._open_files(fresh=ckpt is None)
 
-
 @patch
 def announce(self: Fit):
     "After `before_fit` (which knows whether early stopping has ended the run): say what a rerun does."
@@ -855,7 +819,6 @@ def announce(self: Fit):
     news = "is finished; nothing to train" if done >= total or self.stop else "resuming"
     print(f"{self.run}: {news} (step {done} of {total})", file=sys.stderr, flush=True)
 
-
 @patch
 def _resume_checkpoint(self: Fit) -> Optional[Path]:
     last = self.ckdir / "last" if self.run else None
@@ -863,7 +826,6 @@ def _resume_checkpoint(self: Fit) -> Optional[Path]:
     if self.cfg.resume is True and found is None:
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {last or 'run_dir=None'}")
     return found
-
 
 @patch
 def _load(self: Fit, ckpt: Path):
@@ -885,7 +847,7 @@ def _load(self: Fit, ckpt: Path):
     if changed and self.main:
         warnings.warn(f"resuming {ckpt} with changed settings {changed}: the run will not match an uninterrupted one")
 
-
+# %% ../nbs/04_engine.ipynb #adfe04cd
 @patch
 def _open_files(self: Fit, fresh: bool):
     "config.json (as resolved); metrics.jsonl started over, or cut back to the checkpoint's step."
@@ -899,7 +861,6 @@ def _open_files(self: Fit, fresh: bool):
     else:
         _trim_metrics(metrics, self.state.global_step)
     self.log_file = open(metrics, "a")
-
 
 @patch
 def log(self: Fit, record: dict):
@@ -923,7 +884,6 @@ def begin_epoch(self: Fit, epoch: int):
     self.micro, self.improved = 0, False
     self.call("before_epoch")
 
-
 @patch
 def micro_step(self: Fit, batch) -> bool:
     "Forward and backward of one micro-batch; True when it completes an optimizer step's accumulation."
@@ -935,7 +895,6 @@ def micro_step(self: Fit, batch) -> bool:
             self.step_metrics[k] = self.step_metrics.get(k, 0.0) + _scalar(v) / accum
     self.micro = 0 if last else self.micro + 1
     return last
-
 
 @patch
 def _forward_backward(self: Fit, batch, last_micro: bool):
@@ -949,7 +908,7 @@ def _forward_backward(self: Fit, batch, last_micro: bool):
         (loss / accum).backward()
     return loss, extras
 
-
+# %% ../nbs/04_engine.ipynb #6b8d501e
 @patch
 def optimizer_step(self: Fit):
     "Check the loss (a NaN never reaches the weights), clip, set the learning rate, step; then the hooks."
@@ -974,7 +933,6 @@ def optimizer_step(self: Fit):
     self.call("after_step")
     self.step_metrics = {}
 
-
 @patch
 def evaluate(self: Fit, eval_fn: Callable) -> dict:
     "`eval_fn` on rank 0 (eval mode, no grad, the run's autocast), leaving the training RNG streams untouched."
@@ -990,7 +948,7 @@ def evaluate(self: Fit, eval_fn: Callable) -> dict:
             _set_rng_state(states)
     return _share(out, self.world)
 
-
+# %% ../nbs/04_engine.ipynb #5df54e69
 @patch
 def save(self: Fit, best: bool = False):
     "Save `last` (and `best` as a copy); collective under DDP: every rank hands rank 0 its RNG states."
@@ -1016,7 +974,6 @@ def save(self: Fit, best: bool = False):
     if self.world > 1:
         dist.barrier()
 
-
 @patch
 def finish(self: Fit) -> FitResult:
     "The hooks' `after_fit`, the dataset's one summary of skipped files, and the result."
@@ -1039,7 +996,7 @@ def finish(self: Fit) -> FitResult:
         time.perf_counter() - self.t_start,
     )
 
-
+# %% ../nbs/04_engine.ipynb #8225bbcd
 @patch
 def close_hooks(self: Fit):
     "Every hook's `after_fit`, once, even when one of them fails (the first error is raised after all ran)."
@@ -1053,7 +1010,6 @@ def close_hooks(self: Fit):
             first = first or e
     if first is not None:
         raise first
-
 
 @patch
 def close(self: Fit):
@@ -1115,7 +1071,7 @@ class _Progress(Hook):
         if hasattr(self, "bar"):
             self.bar.close()
 
-
+# %% ../nbs/04_engine.ipynb #b6e09cc5
 class _Evaluate(Hook):
     "`eval_fn` every `eval_every` epochs and at the end; `best_metric` tracking; early stopping after `patience`."
 
@@ -1157,7 +1113,7 @@ class _Evaluate(Hook):
             if f.main:
                 tqdm.write(f"early stop: no better {cfg.best_metric} for {cfg.patience} evaluations")
 
-
+# %% ../nbs/04_engine.ipynb #b1381ea3
 class _Checkpoints(Hook):
     "`last` every `ckpt_every` steps, every `ckpt_minutes` of training, and at each epoch's end (`best` too)."
 
@@ -1184,13 +1140,12 @@ class _Checkpoints(Hook):
         f.save(best)
         self.saved_at = time.monotonic()
 
-
 def _ignore_interrupts(worker_id: int):
     "In data workers: Ctrl-C reaches the whole process group; only the main process handles it."
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-
+# %% ../nbs/04_engine.ipynb #26e2354a
 class _Interrupts(Hook):
     "SIGINT / SIGTERM: finish the current step, save `last`, say how to resume, raise `TrainingInterrupted`."
 

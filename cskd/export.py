@@ -89,13 +89,11 @@ def _check_format(fmt: str) -> str:
     )
     raise ValueError(f"unknown export format {fmt!r}{why}; choose one of {', '.join(FORMATS)}")
 
-
 def _format_of(path: Path, fmt: str | None = None) -> str:
     "The format asked for, else the one of `path`'s suffix."
     return _check_format(
         fmt or {v: k for k, v in FORMATS.items()}.get(path.suffix.lower(), path.suffix.lstrip(".") or "?")
     )
-
 
 def _export_onnx(module, x, path: Path, meta: dict):
     try:
@@ -124,12 +122,11 @@ def _export_onnx(module, x, path: Path, meta: dict):
     onnx.helper.set_model_props(m, {"cskd": json.dumps(meta)})
     onnx.save(m, str(path))
 
-
 def _export_pt2(module, x, path: Path, meta: dict):
     ep = torch.export.export(module, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(ep, str(path), extra_files={"cskd.json": json.dumps(meta)})
 
-
+# %% ../nbs/13_export.ipynb #bbfc3fa0
 def _write(model, path, fmt, trained_on, check: bool):
     path = Path(path)
     fmt = _format_of(path, fmt)
@@ -147,12 +144,10 @@ def _write(model, path, fmt, trained_on, check: bool):
                 raise RuntimeError(f"{path}: exported outputs differ from PyTorch by {parity} (> {PARITY_ATOL})")
     return path, parity
 
-
 def export_scorer(model, path, fmt: str | None = None, trained_on: str | None = None) -> Path:
     """Write `model` (an `IAAModel`) with its preprocessing metadata to `path` as ONNX or a `torch.export`
     program (`fmt` from the suffix if None); `trained_on`: the toy world it was trained on, if any."""
     return _write(model, path, fmt, trained_on, check=False)[0]
-
 
 def export_checked(model, path, fmt: str | None = None, trained_on: str | None = None) -> tuple[Path, dict]:
     """`export_scorer`, but the file gets its name only once its outputs match PyTorch's (`check_parity`
@@ -176,7 +171,6 @@ def _rgb(im: Image.Image) -> Image.Image:
         return Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), "L").convert("RGB")
     return im.convert("RGB")
 
-
 def decode_image(src, draft_size: int | None) -> Image.Image:
     "An image file (JPEGs decoded in draft mode at >= `draft_size`) or a PIL image, as RGB."
     if isinstance(src, Image.Image):
@@ -189,7 +183,6 @@ def decode_image(src, draft_size: int | None) -> Image.Image:
     except Exception as e:
         raise ValueError(f"{src}: cannot decode the image ({type(e).__name__}: {e})") from None
     return _rgb(im)
-
 
 def preprocess_image(im: Image.Image, meta: dict) -> np.ndarray:
     "`(3, S, S)` float32 model input of an RGB image, as the metadata's `resize` says (torchvision's rounding)."
@@ -204,11 +197,9 @@ def preprocess_image(im: Image.Image, meta: dict) -> np.ndarray:
     a = (a - np.asarray(meta["mean"], np.float32)) / np.asarray(meta["std"], np.float32)
     return np.ascontiguousarray(a.transpose(2, 0, 1))
 
-
 def _is_image_input(x) -> bool:
     one = (str, os.PathLike, Image.Image)
     return isinstance(x, one) or (isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], one))
-
 
 def _is_under(path, root) -> bool:
     try:
@@ -216,7 +207,6 @@ def _is_under(path, root) -> bool:
     except ValueError:
         return False
     return True
-
 
 def toy_world_warning(world, others) -> str:
     "The one warning of a scorer trained on the toy world that scores `others`, files from elsewhere."
@@ -303,7 +293,7 @@ class ExportedScorer:
     def __repr__(self):
         return f"ExportedScorer({self.path.name}, {self.format}, {self.meta['encoder']}, {self.meta['image_size']} px)"
 
-
+# %% ../nbs/13_export.ipynb #2572135a
 def load_exported(path, threads: int | None = None) -> ExportedScorer:
     "A scorer from a file written by `export_scorer`: call it on image paths, PIL images or normalised tensors."
     return ExportedScorer(path, threads)

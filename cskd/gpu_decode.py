@@ -76,7 +76,6 @@ class EncodedView:
     box: tuple | None = None  # (left, top, width, height, flip) in full-resolution pixels
     ready: torch.Tensor | None = None  # (3, S, S) uint8: a file the device decoder does not take, decoded on the CPU
 
-
 def _decode_all(datas: list, device) -> list:
     "Decoded (3, H, W) uint8 images, one batched call; if it fails, one call per file (None where a file fails)."
     if not datas:
@@ -92,7 +91,7 @@ def _decode_all(datas: list, device) -> list:
                 out.append(None)
         return out
 
-
+# %% ../nbs/05c_gpu_decode.ipynb #08a848ac
 class EncodedBatch:
     """The views of one micro-batch, still encoded; `decode(device)` gives them as one `uint8` (B', 3, S, S) tensor
     there, and the mask of the B items it kept. Not a tensor, list or dict: the engine hands it to the step as is."""

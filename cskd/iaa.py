@@ -165,7 +165,6 @@ def iaa_loss(model, batch, loss: str = "emd"):
         return emd_loss(out.softmax(-1), y)
     return score_loss(out, y.float(), kind=loss)
 
-
 @torch.no_grad()
 def predict(
     model: IAAModel,
@@ -208,11 +207,9 @@ def predict(
         model.train(was)
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["image_id", "pred_mean"])
 
-
 def _bin_scores(scale):
     "The bin values to give `predict`: None for 1..K (the default), else the dataset's."
     return None if scale.bins is None or scale.default_bins else list(scale.bins)
-
 
 def split_record(cfg) -> dict:
     "The label and split files of `cfg`, each with its sha1: which data a run used."
@@ -220,7 +217,7 @@ def split_record(cfg) -> dict:
     files = dict(labels=cfg.labels, **{f"{s}_split": getattr(cfg, f"{s}_split") for s in ("train", "val", "test")})
     return {k: dict(file=str(root / f), sha1=file_sha1(root / f)) for k, f in files.items()}
 
-
+# %% ../nbs/06_iaa.ipynb #d3c6a2bb
 def prediction_metrics(pred: pd.DataFrame, threshold: float = 5.0) -> dict:
     "Every IAA metric of a predictions table (EMD when it holds both distributions)."
     pcols = [c for c in pred.columns if c[0] == "p" and c[1:].isdigit()]
@@ -289,8 +286,8 @@ register_phase("finetune", FinetuneConfig, finetune, "IAA fine-tuning: an encode
 
 # %% ../nbs/06_iaa.ipynb #c894b87c
 _LAYOUTS = {"ava": ("AVA.txt", "images"), "aadb": ("splits/labels.csv", "."), "para": ("splits/labels.csv", "imgs")}
-_LAYOUTS["tad66k"] = ("splits/labels.csv", "images")
 
+_LAYOUTS["tad66k"] = ("splits/labels.csv", "images")
 
 def eval_target(data_root, split: str = "test", dataset: str | None = None) -> tuple[dict, Path]:
     """`({labels, label_format, images}, split file)` of a dataset folder: from the `splits/report.json` that
@@ -316,7 +313,7 @@ def eval_target(data_root, split: str = "test", dataset: str | None = None) -> t
         raise FileNotFoundError(f"split file {split_file} does not exist")
     return conf, split_file
 
-
+# %% ../nbs/06_iaa.ipynb #89812788
 def evaluate_run(
     run,
     data_root,

@@ -250,7 +250,7 @@ def _remove_if_owner(path, pid, _getpid=os.getpid, _remove=os.remove):
         except OSError:
             pass
 
-
+# %% ../nbs/01_images.ipynb #ce4e010b
 class BadImageLog:
     "Records bad images from any process (file-backed) and summarises them."
 

@@ -159,7 +159,6 @@ class TeacherOutput(NamedTuple):
     pooled: torch.Tensor  # (B, embed_dim) image embedding after projection
     tokens: Optional[torch.Tensor]  # (B, N, width) patch tokens of the last block, after ln_post
 
-
 def _check_clip_name(name: str):
     if name.startswith(("hf-hub:", "local-dir:")):
         return
@@ -167,7 +166,6 @@ def _check_clip_name(name: str):
         raise UnknownModelError(
             f"unknown open_clip model '{name}'; close matches: {_close_matches(name, open_clip.list_models())}"
         )
-
 
 def _merge_cfg(name, overrides):
     "Deep-merge `vision_cfg`/`text_cfg` overrides into the named config (open_clip would replace them whole)."
@@ -178,7 +176,6 @@ def _merge_cfg(name, overrides):
         if k in overrides and k in base:
             overrides[k] = {**base[k], **overrides[k]}
     return overrides
-
 
 def _quick_gelu_warning(name: str, file, overrides: dict) -> str | None:
     """Why a bare weights file may load into the wrong activation: open_clip sets QuickGELU from a *tag*'s
@@ -199,7 +196,7 @@ def _quick_gelu_warning(name: str, file, overrides: dict) -> str | None:
         f"pass quick_gelu=False to silence this warning"
     )
 
-
+# %% ../nbs/03_models.ipynb #ed2ac00c
 def _create_clip(name, pretrained, overrides):
     "open_clip model (and preprocess cfg) with weights errors turned into `WeightsUnavailableError`."
     _check_clip_name(name)
@@ -236,7 +233,6 @@ def _create_clip(name, pretrained, overrides):
         raise _weights_error("open_clip", name, pretrained, e, how) from e
     return model
 
-
 def _normalizer(mean, std):
     def normalize(x: torch.Tensor) -> torch.Tensor:
         m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
@@ -244,7 +240,6 @@ def _normalizer(mean, std):
         return (x - m) / s
 
     return normalize
-
 
 def _square(t):
     t = tuple(t) if isinstance(t, (tuple, list)) else (t, t)
@@ -358,13 +353,12 @@ class Encoder(nn.Module):
                 raise ValueError(f"{self.name}: cannot infer a grid for {n} tokens")
         return f, (h, w)
 
-
 def _check_timm_name(name: str):
     if name.startswith(("hf-hub:", "local-dir:")) or timm.is_model(name):
         return
     raise UnknownModelError(f"unknown timm model '{name}'; close matches: {_close_matches(name, timm.list_models())}")
 
-
+# %% ../nbs/03_models.ipynb #0a8e1536
 def encoder(model_name: str, pretrained=False, drop_path_rate: float = 0.0, img_size=None, **kw) -> Encoder:
     "An `Encoder` around `timm.create_model(model_name, num_classes=0, ...)`; `pretrained`: False, True or a file."
     _check_timm_name(model_name)
@@ -395,7 +389,6 @@ def encoder(model_name: str, pretrained=False, drop_path_rate: float = 0.0, img_
     dc = resolve_data_config({}, model=model)
     image_size = _square(img_size) if img_size else _square(dc["input_size"][1:])
     return timm_encoder(model, model_name, dc["mean"], dc["std"], image_size)
-
 
 def timm_encoder(model: nn.Module, name: str, mean, std, image_size) -> Encoder:
     "An `Encoder` around a timm model without its classifier: pooled and token sizes, patch size, prefix tokens."
@@ -524,7 +517,6 @@ class ToyCNN(nn.Module):
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
 
-
 class ConvStemPatchEmbed(PatchEmbed):
     "timm's `PatchEmbed` with its patchify replaced by a `ToyCNN`'s convolutions down to the grid, then a 1x1 conv."
 
@@ -535,9 +527,10 @@ class ConvStemPatchEmbed(PatchEmbed):
         stem = ToyCNN(stem_widths, num_classes=0, in_chans=kw.get("in_chans", 3))
         self.proj = nn.Sequential(*stem.features, nn.Conv2d(stem.num_features, self.proj.out_channels, 1))
 
-
 TOY_LARGE, TOY_STUDENT = "cskd_toy_vit_p8", "cskd_toy_cnn"  # the toy world's timm models
+
 _TOY_CFG = dict(input_size=(3, 64, 64), num_classes=8, pool_size=None, crop_pct=1.0, interpolation="bilinear")
+
 default_cfgs = {  # read by timm's register_model: the toy models' pretrained configs
     "cskd_toy_vit_p8": dict(
         _TOY_CFG, mean=(0.5,) * 3, std=(0.5,) * 3, classifier="head", first_conv="patch_embed.proj.0"
@@ -547,13 +540,12 @@ default_cfgs = {  # read by timm's register_model: the toy models' pretrained co
     ),
 }
 
-
+# %% ../nbs/03_models.ipynb #d35cfc68
 @register_model
 def cskd_toy_vit_p8(pretrained: bool = False, **kw):
     "The toy world's large ViT: 64 px, 8x8 grid (conv stem), 6 blocks of width 128, 4 heads."
     arch = dict(img_size=64, patch_size=8, embed_dim=128, depth=6, num_heads=4, embed_layer=ConvStemPatchEmbed)
     return _create_vision_transformer("cskd_toy_vit_p8", pretrained, **dict(arch, **kw))
-
 
 @register_model
 def cskd_toy_cnn(pretrained: bool = False, **kw):

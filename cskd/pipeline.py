@@ -198,8 +198,11 @@ PAPERMILL_KERNEL = dict(kernel_name=KERNEL_NAME, kernel_manager_class="cskd.pipe
 
 # %% ../nbs/10_pipeline.ipynb #f0a4e1d2
 import atexit
+
 import signal
+
 import threading
+
 import uuid
 
 from jupyter_client.provisioning import LocalProvisioner
@@ -217,8 +220,8 @@ FORK_PRELOAD = (  # what a step's first cell imports: a kernel forked from the w
     "cskd.collapse",
     "ipykernel.kernelapp",  # last: tqdm.auto, imported above, would take IPython for a notebook and warn
 )
-INLINE_BACKEND = "module://matplotlib_inline.backend_inline"  # what ipykernel makes a kernel's default
 
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"  # what ipykernel makes a kernel's default
 
 def _as_started_fresh(env: dict, cwd: str):
     "What a new interpreter would read at start and the warm process read at import: environment, folder, threads."
@@ -232,13 +235,11 @@ def _as_started_fresh(env: dict, cwd: str):
     os.chdir(cwd)
     torch.set_num_threads(int(env["OMP_NUM_THREADS"]))  # torch read the warm process's value at import
 
-
 def _exit_with(parent: int):
     "End this process once `parent` (the forkserver, which ends with the process that started the kernels) is gone."
     while os.getppid() == parent:
         time.sleep(0.5)
     os._exit(1)
-
 
 def _watch_forkserver():
     "From the kernel's first moment (ipykernel's own parent poller starts once the kernel is up): exit with it."
@@ -250,7 +251,7 @@ def _watch_forkserver():
     forkserver._forkserver._forkserver_alive_fd = None
     threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True, name="cskd-forkserver-watch").start()
 
-
+# %% ../nbs/10_pipeline.ipynb #58906ea7
 def _forked_kernel(argv: list, env: dict, cwd: str):
     "A kernel's process, forked from the warm one; exit handlers run as at a normal interpreter exit."
     from ipykernel import kernelapp
@@ -263,7 +264,6 @@ def _forked_kernel(argv: list, env: dict, cwd: str):
         kernelapp.launch_new_instance(argv=argv)
     finally:
         atexit._run_exitfuncs()  # multiprocessing ends its children with os._exit, which skips them
-
 
 class _ForkedProcess:
     "The `subprocess.Popen` calls that jupyter_client makes on a kernel's process, for a forked kernel."
@@ -293,14 +293,13 @@ class _ForkedProcess:
     def terminate(self):
         self.send_signal(signal.SIGTERM)
 
-
 def _warm_context():
     "multiprocessing's forkserver, its preload set once: the first kernel started here starts it (a few seconds)."
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(list(FORK_PRELOAD))
     return ctx
 
-
+# %% ../nbs/10_pipeline.ipynb #75401f57
 class ForkedProvisioner(LocalProvisioner):
     """Starts the kernel by forking a warm process that has imported `FORK_PRELOAD` already (multiprocessing's
     forkserver, one per process that starts kernels), instead of a new interpreter that imports them again."""
@@ -323,7 +322,6 @@ class ForkedProvisioner(LocalProvisioner):
         if self.process is not None and self.process.poll() is None:
             await super().send_signal(signum)
 
-
 class ForkedKernelManager(ProjectKernelManager):
     "`ProjectKernelManager` whose kernels `ForkedProvisioner` starts (given directly: no entry point to look up)."
 
@@ -334,7 +332,6 @@ class ForkedKernelManager(ProjectKernelManager):
         return await super()._async_pre_start_kernel(**kw)
 
     pre_start_kernel = _async_pre_start_kernel
-
 
 KERNELS = {  # run_step's `kernels`: how a step's kernel starts
     "fresh": PAPERMILL_KERNEL,
@@ -348,7 +345,6 @@ EXPERIMENTS = (
     else Path("experiments").resolve()
 )
 
-
 def experiment_notebook(name: str) -> Path:
     "The path of `nbs/experiments/<name>.ipynb` (in a source checkout: the notebooks are not in the wheel)."
     nb = EXPERIMENTS / f"{name}.ipynb"
@@ -359,9 +355,7 @@ def experiment_notebook(name: str) -> Path:
         )
     return nb
 
-
 SCHEDULING = ("workers", "kernels")  # what changes how a step runs, not what it computes: not in its record
-
 
 def result_fingerprint(run_dir) -> str:
     "A short hash of a finished step's record and result (`step.json`, `metrics.json`): what a later step read."
@@ -371,7 +365,7 @@ def result_fingerprint(run_dir) -> str:
         raise FileNotFoundError(f"{run}: no finished step there ({', '.join(missing)} missing)")
     return hashlib.sha1((run / "step.json").read_bytes() + (run / "metrics.json").read_bytes()).hexdigest()[:12]
 
-
+# %% ../nbs/10_pipeline.ipynb #649015c8
 def run_step(
     name: str,
     run_dir,
@@ -420,10 +414,10 @@ def run_step(
 
 # %% ../nbs/10_pipeline.ipynb #daab41bd
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
 from contextlib import contextmanager
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
 
 @contextmanager
 def kernel_threads(threads: int):
@@ -439,12 +433,10 @@ def kernel_threads(threads: int):
             else:
                 os.environ[k] = v
 
-
 def _submit_ready(pool, jobs, pending, done, running, workers):
     for name in [n for n in pending if all(d in done for d in jobs[n][1])][: workers - len(running)]:
         pending.remove(name)
         running[pool.submit(jobs[name][0])] = name
-
 
 def run_parallel(jobs: dict, workers: int = 1) -> dict:
     """Run `jobs` ({name: (function, [names it needs])}, in priority order) with at most `workers` at once, each
@@ -492,9 +484,10 @@ STEPS = {  # step -> (experiment notebook = phase, the PipelineConfig field nami
     "clip_direct": ("finetune", "clip_direct_config"),
     "student_clip_teacher": ("distill", "distill_config"),
 }
-WIRING = ("run_dir", "seed", "init", "teacher_run", "exclude_split")  # what the pipeline sets over a phase YAML
-AGREE = ("teacher", "teacher_pretrained", "student", "student_pretrained", "encoder", "pretrained", "data_root")
 
+WIRING = ("run_dir", "seed", "init", "teacher_run", "exclude_split")  # what the pipeline sets over a phase YAML
+
+AGREE = ("teacher", "teacher_pretrained", "student", "student_pretrained", "encoder", "pretrained", "data_root")
 
 def _step_plan(cfg, seed: int) -> dict:
     "Per step: (the pipeline's values for what its phase YAML leaves unset, the wiring)."
@@ -528,7 +521,6 @@ def _step_plan(cfg, seed: int) -> dict:
         "student_clip_teacher": (dist, dict(init=student, teacher_run=str(s / "clip_direct"))),
     }
 
-
 def _exclusions(cfg, path) -> list:
     "data_root's test and val splits, then the other split files the phase YAML keeps out of the pool."
     own = [str(Path(cfg.data_root) / "splits" / f"{x}.txt") for x in ("test", "val")]
@@ -536,7 +528,7 @@ def _exclusions(cfg, path) -> list:
     given = [given] if isinstance(given, str) else list(given or [])
     return own + [str(x) for x in given if str(x) not in own]
 
-
+# %% ../nbs/10_pipeline.ipynb #bf35ac6e
 def _cache_dir(cfg, step_cfg) -> Path:
     "A phase-1 step's teacher cache in the pipeline's folder, named by its recipe: steps of one recipe share it."
     from cskd.align import cache_recipe, default_cache_dir
@@ -544,7 +536,6 @@ def _cache_dir(cfg, step_cfg) -> Path:
     recipe = json.dumps(cache_recipe(step_cfg), sort_keys=True, default=str)
     name = f"{default_cache_dir(step_cfg).name}-{hashlib.sha1(recipe.encode()).hexdigest()[:8]}"
     return Path(cfg.run_dir) / "cache" / name
-
 
 def resolve_steps(cfg, seed: int | None = None) -> dict:
     """{step: its notebook's parameters} for `seed` (default: the first): every field of the step's phase
@@ -574,13 +565,12 @@ def resolve_steps(cfg, seed: int | None = None) -> dict:
 
 # %% ../nbs/10_pipeline.ipynb #a0368b3c
 import threading
-from functools import partial
 
+from functools import partial
 
 def step_threads(workers: int) -> int:
     "Torch threads of each step when `workers` steps share this process's cores."
     return max(1, torch.get_num_threads() // workers)
-
 
 def _align_config(params: dict):
     "The `AlignConfig` of a phase-1 step's notebook parameters (without the notebook's own, such as `toy_images`)."
@@ -589,9 +579,7 @@ def _align_config(params: dict):
     fields = {f.name for f in dataclasses.fields(AlignConfig)}
     return AlignConfig(**{k: v for k, v in params.items() if k in fields})
 
-
 _CACHE_BUILD = threading.Lock()  # one cache job at a time: they share this process's RNG and thread count
-
 
 def _build_cache(params: dict, threads: int) -> str:
     "A pipeline job: the teacher cache a phase-1 step reads, built (or checked) in this process with `threads`."
@@ -606,7 +594,6 @@ def _build_cache(params: dict, threads: int) -> str:
             torch.set_num_threads(before)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # the steps run in other processes: give the teacher's GPU memory back
-
 
 def _cache_job(jobs: dict, recipes: dict, params: dict, step: str, threads: int) -> str:
     "The name of the job that builds `params`' teacher cache, added to `jobs` for the first step reading it."
@@ -624,7 +611,7 @@ def _cache_job(jobs: dict, recipes: dict, params: dict, step: str, threads: int)
     jobs.setdefault(name, (partial(_build_cache, params, threads), []))
     return name
 
-
+# %% ../nbs/10_pipeline.ipynb #e40dc973
 def pipeline_jobs(cfg, extras: dict | None = None) -> dict:
     """`run_parallel` jobs of every seed's steps, step by step: {'seed<k>/<step>': (run it, the steps its wiring
     reads)}, after the job that builds each teacher cache of phase 1 ('cache:<folder>', before the steps reading
@@ -702,7 +689,7 @@ NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own line
     "claims": ("cskd.claims:ClaimsConfig", {}),
 }
 
-
+# %% ../nbs/10_pipeline.ipynb #02ec5eb6
 def _literal(v) -> str:
     "`v` as ruff formats a Python literal (double-quoted strings)."
     if isinstance(v, str):
@@ -713,7 +700,6 @@ def _literal(v) -> str:
     if isinstance(v, dict):
         return "{" + ", ".join(f"{_literal(k)}: {_literal(x)}" for k, x in v.items()) + "}"
     return repr(v)
-
 
 def _assignment(name: str, value, comment: str, width: int = 120) -> str:
     """`name = value  # comment`, the comment continued on `# ...` lines beyond `width` characters. Papermill
@@ -729,7 +715,6 @@ def _assignment(name: str, value, comment: str, width: int = 120) -> str:
         cur += " " + w
     return "\n".join(out + [cur])
 
-
 def parameters_cell(notebook: str) -> str:
     "The `parameters` cell of experiment notebook `notebook`, generated from its config class."
     import importlib
@@ -743,7 +728,6 @@ def parameters_cell(notebook: str) -> str:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             lines.append(_assignment(f.name, default, f.metadata.get("help") or f.name))
     return "\n".join(lines)
-
 
 def sync_parameters(check: bool = False, notebooks=None) -> list:
     """Rewrite the `parameters` cell of each experiment notebook from its config (`check`: only compare);

@@ -108,7 +108,6 @@ class ScoreImages(_ImageItems):
         img = self._image(i)
         return None if img is None else (img, i)
 
-
 class _TorchScorer:
     "The scorer interface around an `IAAModel`."
 
@@ -128,11 +127,9 @@ class _TorchScorer:
         p = out.softmax(-1)
         return mean_score(p).cpu().numpy(), p.cpu().numpy()
 
-
 def as_scorer(model, device=None):
     "A scorer (`preprocessing`, `score_batch`) from an `IAAModel` or an already made scorer."
     return model if hasattr(model, "score_batch") else _TorchScorer(model, device)
-
 
 def _score_all(scorer, ds, batch_size, num_workers, progress):
     "Mean scores `(n,)` and distributions `(n, bins)` or None; NaN rows for the images that were not read."
@@ -154,17 +151,15 @@ def _score_all(scorer, ds, batch_size, num_workers, progress):
                 dists[idx.numpy()] = p
     return means, dists
 
-
 def _write_csv(df: pd.DataFrame, out) -> Path:
     "The CSV written through a temporary file and a rename; the temporary file is removed on any failure."
     return write_text_atomic(out, df.to_csv(index=False))
 
-
+# %% ../nbs/12_predict.ipynb #bf15c84d
 def training_world(cfg) -> str | None:
     "The toy world a run's config trained on (its `data_root` holds cskd's `world.json`), else None."
     root = getattr(cfg, "data_root", None)
     return str(Path(root).resolve()) if root and (Path(root) / "world.json").is_file() else None
-
 
 def score_images(
     model,
@@ -201,7 +196,6 @@ def score_images(
     if out is not None:
         _write_csv(df, out)
     return df
-
 
 def score_summary(df: pd.DataFrame) -> str:
     "How many images were scored, and each unreadable one with its reason."

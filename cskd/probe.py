@@ -167,7 +167,6 @@ def _compute(model, dataset, batch_size, num_workers, dev: torch.device, progres
         raise ValueError(f"embed: no readable images in the dataset ({len(dataset)} items)")
     return ids, np.concatenate(feats)
 
-
 def embed(
     model,
     dataset,
@@ -202,7 +201,7 @@ def embed(
     _write_cache(stem, key, ids, X16, dict(pretrained=str(getattr(model, "pretrained", None))))
     return ids, X16.astype(np.float32)
 
-
+# %% ../nbs/09b_probe.ipynb #de1b9b72
 def dataset_targets(dataset, ids=None) -> np.ndarray:
     "Mean scores (float64) of a labeled dataset's items, in the order of `ids` (default: the dataset's)."
     t = getattr(dataset, "targets", None)
@@ -272,13 +271,11 @@ def ridge_path(X, y, alphas) -> np.ndarray:
 # %% ../nbs/09b_probe.ipynb #1cf6a998
 ALPHAS = np.logspace(-3, 6, 19)
 
-
 def _check_alphas(alphas) -> np.ndarray:
     a = np.asarray(ALPHAS if alphas is None else alphas, dtype=np.float64).reshape(-1)
     if a.size == 0 or not np.isfinite(a).all() or (a < 0).any():
         raise ValueError(f"`alphas` must be a non-empty list of finite non-negative numbers, got {alphas!r}")
     return a
-
 
 def cv_ridge(X, y, alphas=None, folds: int = 5, seed: int = 0) -> pd.DataFrame:
     "K-fold CV of ridge over `alphas`: DataFrame `alpha`, `mse` (mean held-out MSE), `mse_sd` (over folds)."
@@ -298,7 +295,6 @@ def cv_ridge(X, y, alphas=None, folds: int = 5, seed: int = 0) -> pd.DataFrame:
     sizes = np.array([len(p) for p in parts], dtype=np.float64)
     return pd.DataFrame(dict(alpha=alphas, mse=sizes @ err / sizes.sum(), mse_sd=err.std(0)))
 
-
 @dataclass
 class LinearProbe:
     "A fitted probe: `predict(X) = standardizer.transform(X) @ coef + intercept`."
@@ -313,7 +309,7 @@ class LinearProbe:
     def predict(self, X) -> np.ndarray:
         return self.standardizer.transform(X) @ self.coef + self.intercept
 
-
+# %% ../nbs/09b_probe.ipynb #fb8cf2c7
 def fit_probe(X, y, method: str = "ridge", alphas=None, folds: int = 5, seed: int = 0) -> LinearProbe:
     "Standardise `X` and fit OLS or ridge (alpha chosen by `folds`-fold CV over `alphas`) on `y`."
     if method not in ("ridge", "ols"):
@@ -341,7 +337,6 @@ def fit_probe(X, y, method: str = "ridge", alphas=None, folds: int = 5, seed: in
     st = Standardizer().fit(X)
     coef = ridge_path(st.transform(X), y - y.mean(), [alpha])[:, 0]
     return LinearProbe(st, coef, float(y.mean()), alpha, method, cv)
-
 
 def linear_probe(
     train_X,
@@ -393,7 +388,7 @@ def probe_datasets(
         out[s] = IAADataset(root / images, lab.loc[ids].reset_index(drop=True), tfm, target="mean")
     return out
 
-
+# %% ../nbs/09b_probe.ipynb #e8c983e7
 def probe_backbone(
     model,
     splits_datasets: dict,

@@ -37,13 +37,11 @@ def atomic_path(path, suffix: str = "") -> Iterator[Path]:
         if tmp.exists():
             tmp.unlink()
 
-
 def write_text_atomic(path, text: str) -> Path:
     "Write `text` to `path` atomically (through `atomic_path`)."
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
-
 
 def weights_fingerprint(module) -> str:
     "SHA-1 of a module's parameters and buffers (names, shapes, dtypes, bytes): the one weights hash of cskd."
@@ -53,7 +51,6 @@ def weights_fingerprint(module) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
 
 def read_metrics(run_dir) -> pd.DataFrame:
     "The run's `metrics.jsonl` as a table (one row per logged line; missing values are NaN)."
@@ -70,7 +67,7 @@ def read_metrics(run_dir) -> pd.DataFrame:
             raise ValueError(f"{path}:{n}: not a JSON line ({e.msg})") from None
     return pd.DataFrame(rows)
 
-
+# %% ../nbs/04c_runs.ipynb #67380273
 def write_metrics(run_dir, metrics: dict, name: str = "metrics.json") -> Path:
     "Write a flat mapping of metric names to numbers, atomically; non-numbers are an error naming the key."
     out = {}
@@ -127,7 +124,6 @@ def save_figure(fig, path) -> list[Path]:
         out.append(dest)
     return out
 
-
 def plot_curves(run_dir, path=None, title: str | None = None):
     "Training loss per step and evaluation metrics per epoch of a run."
     import matplotlib.pyplot as plt
@@ -151,7 +147,6 @@ def plot_curves(run_dir, path=None, title: str | None = None):
     fig.tight_layout()
     save_figure(fig, path)
     return fig
-
 
 def plot_predictions(pred: pd.DataFrame, path=None, title: str = "test split"):
     "Predicted vs true mean score, with SRCC / PLCC / accuracy in the title."

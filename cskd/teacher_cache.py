@@ -213,15 +213,12 @@ class PoolViews(Dataset):
 # %% ../nbs/05b_teacher_cache.ipynb #c5a66047
 CACHE_FORMAT = 1
 
-
 class CacheError(RuntimeError):
     "A teacher-feature cache that is missing, incomplete, truncated or made for something else."
-
 
 def image_list_hash(paths) -> str:
     "SHA-1 of the ordered list of image paths (as given)."
     return hashlib.sha1("\n".join(str(p) for p in paths).encode()).hexdigest()
-
 
 def cache_key(
     teacher,
@@ -257,10 +254,8 @@ def cache_key(
         dtype="float16",
     )
 
-
 def _key_diff(have: dict, want: dict) -> list:
     return [k for k in want if have.get(k) != want[k]]
-
 
 def _describe_change(name, have, want) -> str:
     "'name (cache: a, wanted: b)', listing only the changed entries of dicts."
@@ -271,11 +266,10 @@ def _describe_change(name, have, want) -> str:
         )
     return f"{name} (cache: {json.dumps(have)}, wanted: {json.dumps(want)})"
 
-
 def _write_json(path: Path, obj: dict):
     write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
 
-
+# %% ../nbs/05b_teacher_cache.ipynb #258d33f9
 def _npy_layout(path: Path):
     "(shape, dtype, data offset) from a .npy header."
     with open(path, "rb") as f:
@@ -363,7 +357,6 @@ class _AllViews(Dataset):
             else (x, True)
         )
 
-
 def _resume_point(pmf: Path, pff: Path, key: dict, shape: tuple) -> tuple[int, list]:
     "Views already written by an interrupted build of the same key (and their bad images), else (0, [])."
     if not (pmf.exists() and pff.exists()):
@@ -375,7 +368,6 @@ def _resume_point(pmf: Path, pff: Path, key: dict, shape: tuple) -> tuple[int, l
     except Exception:
         pass  # an unreadable partial manifest: start over
     return 0, []
-
 
 def _checked_targets(teacher, x, ok, granularity: str, first: int) -> np.ndarray:
     "The teacher's float16 targets of a batch of views; unreadable views are NaN; bad outputs are errors."
@@ -390,7 +382,7 @@ def _checked_targets(teacher, x, ok, granularity: str, first: int) -> np.ndarray
         raise OverflowError(f"teacher outputs exceed float16's range (max |y| = {float(y.abs().max()):.4g})")
     return y.cpu().numpy().astype(np.float16)
 
-
+# %% ../nbs/05b_teacher_cache.ipynb #92d094ee
 class _PartialCache:
     "The files of a cache build in progress: memory-mapped features and a manifest saying how far it got."
 
@@ -438,7 +430,7 @@ class _PartialCache:
         self.pmf.unlink(missing_ok=True)
         return manifest
 
-
+# %% ../nbs/05b_teacher_cache.ipynb #5f15cf8f
 def build_teacher_cache(
     path,
     teacher,
@@ -492,7 +484,7 @@ def build_teacher_cache(
                 raise KeyboardInterrupt("stopped on request (test)")
     return TeacherCache(path, part.finish(time.perf_counter() - t0))
 
-
+# %% ../nbs/05b_teacher_cache.ipynb #122a97b8
 def ensure_teacher_cache(
     path,
     teacher,

@@ -27,16 +27,17 @@ __all__ = ['CLASSES', 'FACTORS', 'WEIGHTS', 'SCORE_MEAN', 'SCORE_SPREAD', 'TASTE
 
 # %% ../nbs/00_toy.ipynb #fb84e674
 CLASSES = ("circle", "square", "triangle", "star", "ring", "cross", "diamond", "hexagon")
+
 FACTORS = ("sharpness", "harmony", "composition", "exposure", "noise")
+
 # Weights of each factor's *quality* (1 = best) in the aesthetic latent; we choose them so that no single
 # factor explains more than about a third of the variance.
 WEIGHTS = dict(sharpness=1.0, harmony=0.8, composition=0.8, exposure=1.0, noise=0.8, sharp_x_exposure=0.6)
-SCORE_MEAN, SCORE_SPREAD, TASTE_NOISE = 5.39, 0.62, 0.32  # AVA sample: mean 5.39, sd of means 0.73
 
+SCORE_MEAN, SCORE_SPREAD, TASTE_NOISE = 5.39, 0.62, 0.32  # AVA sample: mean 5.39, sd of means 0.73
 
 def _image_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
-
 
 def sample_factors(rng: np.random.Generator) -> dict:
     "Draw one image's content and style factors (raw values, not qualities)."
@@ -55,7 +56,6 @@ def sample_factors(rng: np.random.Generator) -> dict:
         hue_side=float(rng.choice([-1.0, 1.0])),
     )
 
-
 def composition_quality(cx, cy):
     "1 when the subject sits on a rule-of-thirds point, 0 at the farthest reachable point (a corner)."
     thirds = np.array([1 / 3, 2 / 3])
@@ -65,7 +65,6 @@ def composition_quality(cx, cy):
         if np.ndim(d)
         else float(1 - d / math.hypot(1 / 3 - 0.15, 1 / 3 - 0.15))
     )
-
 
 def factor_qualities(f) -> dict:
     "Map raw factors (a dict of scalars or arrays) to qualities in [0, 1], 1 being best."
@@ -77,12 +76,11 @@ def factor_qualities(f) -> dict:
         noise=1 - np.asarray(f["noise"]),
     )
 
-
 def raw_latent(f):
     q = factor_qualities(f)
     return sum(WEIGHTS[k] * q[k] for k in FACTORS) + WEIGHTS["sharp_x_exposure"] * q["sharpness"] * q["exposure"]
 
-
+# %% ../nbs/00_toy.ipynb #9ca5c298
 def _latent_standardiser(n=200_000):
     "Mean and sd of the raw latent under the factor distribution, by a fixed Monte Carlo (not from the world itself)."
     rng = np.random.default_rng(12345)
@@ -97,9 +95,7 @@ def _latent_standardiser(n=200_000):
     z = raw_latent(f)
     return float(z.mean()), float(z.std())
 
-
 _Z_MEAN, _Z_SD = _latent_standardiser()
-
 
 def aesthetic_latent(f):
     "The noise-free aesthetic latent, standardised to mean 0 and sd 1 over the factor distribution."
@@ -115,7 +111,6 @@ def vote_counts(true_mean: float, spread: float, n_voters: int, rng: np.random.G
 # %% ../nbs/00_toy.ipynb #4d394104
 def _rgb(h, s, v):
     return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h % 1.0, s, v))
-
 
 def _shape_polygon(kind, cx, cy, r):
     def regular(n, phase=0.0, radius=r):
@@ -151,7 +146,7 @@ def _shape_polygon(kind, cx, cy, r):
         ]
     raise ValueError(kind)
 
-
+# %% ../nbs/00_toy.ipynb #9032d2e1
 def render(f: dict, image_size: int, rng: np.random.Generator) -> Image.Image:
     "Render one image from its factors."
     S = 2 * image_size
@@ -252,7 +247,6 @@ def _make_one(args):
         caption=caption(f, latent, rng),
     )
 
-
 def _render_world(root: Path, settings: dict, workers: int):
     "Write every file of the world of `settings` into the (new) folder `root`."
     n_images, seed = settings["n_images"], settings["seed"]
@@ -280,7 +274,6 @@ def _render_world(root: Path, settings: dict, workers: int):
         write_text_atomic(root / "splits" / f"{name}.txt", "".join(f"{df.image_id[j]}\n" for j in sorted(order[lo:hi])))
     write_text_atomic(root / "world.json", json.dumps(dict(settings, reference=toy_reference(root)), indent=1))
 
-
 def _world_settings(root: Path, keys) -> dict | None:
     "The settings of the world at `root` (a world without a version is version 1), or None when there is none."
     meta = root / "world.json"
@@ -289,7 +282,7 @@ def _world_settings(root: Path, keys) -> dict | None:
     have = json.loads(meta.read_text())
     return {k: have.get(k, 1 if k == "version" else None) for k in keys}
 
-
+# %% ../nbs/00_toy.ipynb #ebb72b9f
 def _publish(part: Path, root: Path):
     "Move the entries of the finished world `part` into `root`, over what is there (`world.json` out first, in last)."
     old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
@@ -301,7 +294,6 @@ def _publish(part: Path, root: Path):
         entry.rename(root / entry.name)
     shutil.rmtree(old)
     part.rmdir()
-
 
 def make_toy_world(
     root,

@@ -79,6 +79,7 @@ GENERIC_CLASSES = (
 
 CLASS_LISTS = {"generic": GENERIC_CLASSES, "toy": tuple(TOY_CLASSES)}
 
+# %% ../nbs/09_zeroshot.ipynb #849a4816
 DEFAULT_PROMPTS = {
     "paper": dict(
         bad=["A atrocious picture", "A horrible picture"], good=["A outstanding picture", "A smashing picture"]
@@ -115,6 +116,7 @@ DEFAULT_PROMPTS = {
         ensemble=True,
     ),
 }
+
 DEFAULT_PROMPT_SET = "paper"
 
 # %% ../nbs/09_zeroshot.ipynb #f7bb08db
@@ -241,7 +243,6 @@ def _read_prompt_file(path: Path):
     if isinstance(spec, dict):
         spec.setdefault("name", path.stem)
     return spec
-
 
 def load_prompts(src=None, classes=None, ensemble: bool | None = None) -> PromptSet:
     """A `PromptSet` from a shipped set's name (default 'paper'), a YAML/JSON/TXT file, a dict, (bad, good) pairs or a
