@@ -15,9 +15,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 # %% auto #0
-__all__ = ['DECODE_CACHE_MB', 'DECODED', 'BadImageError', 'load_image', 'decode_budget', 'DecodedImages', 'ImageTransform',
-           'ToNormalized', 'train_transform', 'eval_transform', 'BadImageLog', 'collate_skip_none', 'scan',
-           'preresize_images']
+__all__ = ['BadImageError', 'load_image', 'ImageTransform', 'ToNormalized', 'train_transform', 'eval_transform', 'BadImageLog',
+           'collate_skip_none', 'scan', 'preresize_images']
 
 # %% ../nbs/01_images.ipynb #a4ecc6f0
 class BadImageError(
@@ -73,9 +72,9 @@ def _decode(data: bytes, path, draft_size, max_pixels):
 
 # %% ../nbs/01_images.ipynb #01234598
 def _decode_checked(data: bytes, path: Path, draft_size, max_pixels, allow_truncated: bool):
-    "`(image, repaired)` of the file's bytes, or `BadImageError` naming the file and what is wrong."
+    "The decoded image of the file's bytes, or `BadImageError` naming the file and what is wrong."
     try:
-        return _decode(data, path, draft_size, max_pixels), False
+        return _decode(data, path, draft_size, max_pixels)
     except BadImageError:
         raise
     except Image.UnidentifiedImageError:
@@ -92,7 +91,7 @@ def _decode_checked(data: bytes, path: Path, draft_size, max_pixels, allow_trunc
         except Exception as e2:
             raise BadImageError(path, f"truncated JPEG, repair failed ({e2})") from None
         warnings.warn(f"{path}: truncated JPEG decoded with missing rows filled grey", stacklevel=3)
-        return im, True
+        return im
     except Exception as e:  # decoders raise assorted types (EOFError, struct.error, ...) on corrupt data
         raise BadImageError(path, f"corrupt image data ({type(e).__name__}: {e})") from None
 
@@ -100,15 +99,10 @@ def _decode_checked(data: bytes, path: Path, draft_size, max_pixels, allow_trunc
 def load_image(
     path, draft_size: int | None = None, allow_truncated: bool = False, max_pixels: int | None = -1
 ) -> Image.Image:
-    """Decode `path` into an RGB `PIL.Image` or raise `BadImageError(path, reason)`; `max_pixels` -1: PIL's, None:
-    none. An image decoded before in this process, from the same file unchanged, comes from `DECODED`."""
+    "Decode `path` into an RGB `PIL.Image` or raise `BadImageError(path, reason)`; `max_pixels` -1: PIL's, None: none."
     path = Path(path)
     if max_pixels == -1:
         max_pixels = Image.MAX_IMAGE_PIXELS  # read at call time so tests/users can lower it
-    key = DECODED.key(path, draft_size, max_pixels)
-    im = DECODED.get(key)
-    if im is not None:
-        return im
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -119,73 +113,11 @@ def load_image(
         raise BadImageError(path, f"cannot read file ({e})") from None
     if not data:
         raise BadImageError(path, "empty file (0 bytes)")
-    im, repaired = _decode_checked(data, path, draft_size, max_pixels, allow_truncated)
+    im = _decode_checked(data, path, draft_size, max_pixels, allow_truncated)
     try:
-        im = _to_rgb(im)
+        return _to_rgb(im)
     except Exception as e:
         raise BadImageError(path, f"cannot convert mode {im.mode} to RGB ({e})") from None
-    if not repaired:  # a repaired file warns on every load: it is never kept
-        DECODED.put(key, im)
-    return im
-
-# %% ../nbs/01_images.ipynb #dc0a1b02
-DECODE_CACHE_MB = 256  # decoded pixels kept per process; the environment variable CSKD_DECODE_CACHE_MB overrides it
-
-
-def decode_budget() -> int:
-    "Bytes of decoded pixels each process keeps: `CSKD_DECODE_CACHE_MB` (MiB) if set, else `DECODE_CACHE_MB`."
-    value = os.environ.get("CSKD_DECODE_CACHE_MB", str(DECODE_CACHE_MB))
-    try:
-        mb = float(value)
-    except ValueError:
-        mb = float("nan")
-    if not 0 <= mb < float("inf"):  # also NaN
-        raise ValueError(f"environment variable CSKD_DECODE_CACHE_MB={value!r}: MiB of decoded images, >= 0 (0: off)")
-    return int(mb * 2**20)
-
-
-class DecodedImages:
-    "Decoded RGB images of one process, added until `budget` bytes are held (None: `decode_budget()` at first use)."
-
-    def __init__(self, budget: int | None = None):
-        self._budget, self.held, self.hits, self.misses = budget, 0, 0, 0
-        self._images = {}
-
-    @property
-    def budget(self) -> int:
-        if self._budget is None:
-            self._budget = decode_budget()
-        return self._budget
-
-    @staticmethod
-    def key(path: Path, *settings):
-        "The file as it is now, and the decode settings; None when it cannot be stat'ed (the reader reports why)."
-        try:
-            st = path.stat()
-        except OSError:
-            return None
-        return (str(path), st.st_size, st.st_mtime_ns, st.st_ino, *settings)
-
-    def get(self, key):
-        im = self._images.get(key) if key is not None else None
-        if im is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return im.copy()
-
-    def put(self, key, im: Image.Image):
-        size = im.width * im.height * len(im.getbands())
-        if key is None or key in self._images or self.held + size > self.budget:
-            return
-        self._images[key] = im.copy()
-        self.held += size
-
-    def __repr__(self):
-        return f"DecodedImages({len(self._images)} images, {self.held / 2**20:.1f} of {self.budget / 2**20:.0f} MiB)"
-
-
-DECODED = DecodedImages()  # the process's cache that load_image reads and fills
 
 # %% ../nbs/01_images.ipynb #a1b4b795
 class ImageTransform:

@@ -300,10 +300,10 @@ def test_forked_kernels_are_processes_of_their_own(tmp_path, monkeypatch):
 
     code = (
         "import atexit, json, os, torch, matplotlib, cskd.images\n"
-        "cskd.images.DECODED.put(('probe',), __import__('PIL.Image').Image.new('RGB', (4, 4)))\n"
+        "cskd.images.probe_state = getattr(cskd.images, 'probe_state', 0) + 1  # module state set in this kernel\n"
         "atexit.register(lambda: open(f'exited-{os.getpid()}', 'w').close())\n"
         "print(json.dumps(dict(pid=os.getpid(), group=os.getpgid(0), threads=torch.get_num_threads(),\n"
-        "    probe=os.environ.get('CSKD_PROBE'), cwd=os.getcwd(), decoded=len(cskd.images.DECODED._images),\n"
+        "    probe=os.environ.get('CSKD_PROBE'), cwd=os.getcwd(), state=cskd.images.probe_state,\n"
         "    warm='torchvision' in __import__('sys').modules, backend=matplotlib.get_backend())))"
     )
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
@@ -321,7 +321,7 @@ def test_forked_kernels_are_processes_of_their_own(tmp_path, monkeypatch):
     seen = [json.loads(out.cells[0].outputs[0]["text"]) for out in done.values()]
     assert len({s["pid"] for s in seen}) == 3 and all(s["group"] == s["pid"] for s in seen), seen
     assert all(s["threads"] == 1 and s["probe"] == "seen" and s["cwd"] == str(tmp_path) for s in seen), seen
-    assert all(s["decoded"] == 1 and s["warm"] for s in seen), seen  # the imports are shared, the state is not
+    assert all(s["state"] == 1 and s["warm"] for s in seen), seen  # the imports are shared, the state is not
     assert all(s["backend"] == fresh["backend"] and s["threads"] == fresh["threads"] for s in seen), (seen, fresh)
     for s in seen:
         assert (tmp_path / f"exited-{s['pid']}").exists()  # its exit handlers ran
