@@ -12,7 +12,7 @@ Pipelines (one image per call, single process, as one data-loader worker does):
   draft_factor=1.0)`: JPEG draft-mode decoding at >= 224 px, i.e. an 800 x 600 JPEG decodes at 400 x 300
   (DCT-domain downscale by 2). With the default `draft_factor=2.0` (448 px) such an image is NOT reduced, so
   that row shows no decoding gain.
-- cskd align view: what phase 1 uses (`cskd.teacher_cache.SeededView(224, draft_factor=1.0)`): draft-mode
+- cskd align view: what phase 1 uses (`cskd.views.SeededView(224, draft_factor=1.0)`): draft-mode
   decoding, crop + resize in one PIL call, flip, `uint8` tensor out; normalisation happens on the device in
   the training step, so it is not part of the worker's cost.
 - cskd align view, pre-resized copy: the same view read from a one-off copy of each JPEG with its short
@@ -37,7 +37,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from cskd.images import load_image, preresize_images, train_transform
-from cskd.teacher_cache import SeededView, view_seed
+from cskd.views import SeededView, view_seed
 
 PHOTOS = [
     "astronaut.png",

@@ -18,36 +18,43 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ConfigError, param, register_phase
+from .config import ConfigError, param, phase_param, register_phase
 from .data import UnlabeledPool, read_split
 from .gpu_decode import DECODERS, on_device, pool_dataset
 from .runs import read_metrics, write_text_atomic
 from .engine import TrainConfig, fit, get_autocast, resolve_device
 from .models import TOY_CLIP, Projector, build_encoder, clip_teacher
-from .teacher_cache import PoolViews, SeededView, ensure_teacher_cache, teacher_targets, to_unit
+from .teacher_cache import PoolViews, ensure_teacher_cache, teacher_targets, to_unit
+from .views import SeededView
 
 # %% auto #0
-__all__ = ['LOSSES', 'GRANULARITIES', 'phase_param', 'AlignConfig', 'align_config', 'align_pool', 'AlignModel',
-           'build_align_model', 'align_target', 'align_loss', 'default_cache_dir', 'align_step', 'cache_recipe',
-           'align_cache', 'align']
+__all__ = ['LOSSES', 'GRANULARITIES', 'AlignConfig', 'align_config', 'align_pool', 'AlignModel', 'build_align_model',
+           'align_target', 'align_loss', 'default_cache_dir', 'align_step', 'cache_recipe', 'align_cache', 'align']
 
 # %% ../nbs/05_align.ipynb #44c8c536
 LOSSES, GRANULARITIES = ("fd", "cosine", "mse"), ("pooled", "tokens")
 
-def phase_param(name: str, default, base=TrainConfig):
-    "The field `name` of `base` (its help text, choices and bounds) with a phase's own `default`."
-    m = base.__dataclass_fields__[name].metadata
-    return param(default, m["help"], m["choices"], m["min"], m["max"], m["above"])
+
+def _as_list(value):
+    "A single path or file name given where a list is expected (YAML, a papermill parameter), as a list of one."
+    return [str(value)] if isinstance(value, (str, os.PathLike)) else value
+
+
+def _weights_flag(value):
+    "`student_pretrained` given as text: 'true' / 'false' / 'none' / '' as True / False / None, any other text kept."
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "none", ""):
+        return {"true": True, "false": False}.get(value.strip().lower())
+    return value
 
 # %% ../nbs/05_align.ipynb #99b4c5ca
 @dataclass
 class AlignConfig(TrainConfig):
-    epochs: int = phase_param("epochs", 3)
-    batch_size: int = phase_param("batch_size", 64)
-    lr: float = phase_param("lr", 1e-3)
-    warmup_epochs: float = phase_param("warmup_epochs", 0.5)
-    grad_clip: float | None = phase_param("grad_clip", 3.0)
-    log_every: int = phase_param("log_every", 5)
+    epochs: int = phase_param(TrainConfig, "epochs", 3)
+    batch_size: int = phase_param(TrainConfig, "batch_size", 64)
+    lr: float = phase_param(TrainConfig, "lr", 1e-3)
+    warmup_epochs: float = phase_param(TrainConfig, "warmup_epochs", 0.5)
+    grad_clip: float | None = phase_param(TrainConfig, "grad_clip", 3.0)
+    log_every: int = phase_param(TrainConfig, "log_every", 5)
     pool_sources: list = param(
         ["data/toy/images"], "unlabeled pool: image folders and/or files listing image paths (one per line)"
     )
@@ -95,17 +102,8 @@ class AlignConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.pool_sources, (str, os.PathLike)):
-            self.pool_sources = [str(self.pool_sources)]
-        if isinstance(self.exclude_split, (str, os.PathLike)):
-            self.exclude_split = [str(self.exclude_split)]
-        if isinstance(self.student_pretrained, str) and self.student_pretrained.strip().lower() in (
-            "true",
-            "false",
-            "none",
-            "",
-        ):
-            self.student_pretrained = {"true": True, "false": False}.get(self.student_pretrained.strip().lower())
+        self.pool_sources, self.exclude_split = _as_list(self.pool_sources), _as_list(self.exclude_split)
+        self.student_pretrained = _weights_flag(self.student_pretrained)
         if not self.pool_sources:
             raise ConfigError("parameter 'pool_sources' is empty: give at least one image folder or file list")
 
@@ -223,6 +221,7 @@ def align_step(cfg: AlignConfig, teacher, cached: bool) -> Callable:
 
     return step
 
+
 def _teacher_cache(cfg: AlignConfig, teacher, paths, view, dev):
     "The teacher-feature cache of the pool's fixed views (built once), or None when the teacher runs online."
     if not cfg.cache:
@@ -244,6 +243,7 @@ def _teacher_cache(cfg: AlignConfig, teacher, paths, view, dev):
         on_error=cfg.on_bad_image,
     )
 
+
 _CACHE_RECIPE = (  # the AlignConfig fields that decide what a run's teacher cache holds
     "teacher",
     "teacher_pretrained",
@@ -263,6 +263,7 @@ _CACHE_RECIPE = (  # the AlignConfig fields that decide what a run's teacher cac
     "device",
 )
 
+
 def cache_recipe(cfg: AlignConfig) -> dict:
     "What decides the content of `cfg`'s teacher cache (a random-init teacher's: also the seed); equal recipes share."
     recipe = {k: getattr(cfg, k) for k in _CACHE_RECIPE}
@@ -276,8 +277,10 @@ def _pool_and_teacher(cfg: AlignConfig):
     quick = {} if cfg.teacher_quick_gelu is None else dict(quick_gelu=cfg.teacher_quick_gelu)
     return pool, clip_teacher(cfg.teacher, cfg.teacher_pretrained, **quick)
 
+
 def _pool_view(cfg: AlignConfig) -> SeededView:
     return SeededView(cfg.image_size, (cfg.min_scale, 1.0), hflip=cfg.hflip, draft_factor=cfg.draft_factor)
+
 
 def align_cache(cfg: AlignConfig):
     """Build the teacher-feature cache that `align(cfg)` will read, or check and reuse it: once, before several
@@ -286,6 +289,7 @@ def align_cache(cfg: AlignConfig):
         raise ConfigError("align_cache: parameter 'cache' is false, so this phase-1 run reads no teacher cache")
     pool, teacher = _pool_and_teacher(cfg)
     return _teacher_cache(cfg, teacher, list(pool.paths), _pool_view(cfg), resolve_device(cfg))
+
 
 def _check_set(cfg: AlignConfig, ds: PoolViews, cache, teacher, dev):
     "The fixed alignment check: view 0 of `eval_images` evenly spaced pool images, with their targets."
@@ -299,6 +303,7 @@ def _check_set(cfg: AlignConfig, ds: PoolViews, cache, teacher, dev):
         return views, torch.stack([cached(i) for _, i in items])
     chunks = [views[s : s + 64].to(dev) for s in range(0, len(views), 64)]
     return views, torch.cat([teacher_targets(teacher, c, cfg.granularity).float().cpu() for c in chunks])
+
 
 def _align_results(cfg: AlignConfig, res, before: dict, n_images: int) -> dict:
     "The phase's flat metrics: the loss curve's ends and the alignment check before and after."
@@ -360,6 +365,7 @@ def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
     if len(pool.bad_log):
         pool.bad_log.warn()
     return out
+
 
 register_phase(
     "align",

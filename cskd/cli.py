@@ -315,7 +315,7 @@ def _add_data_commands(sub):
         "evaluate",
         help="evaluate a trained run on a split of any dataset (cross-dataset transfer)",
         description="Score a fine-tuning or distillation run on a dataset's split; predictions are rescaled linearly "
-        "from the run's score range onto the target's (see cskd.iaa.evaluate_run).",
+        "from the run's score range onto the target's (see cskd.trained.evaluate_run).",
     )
     v.add_argument("--run", required=True, help="a fine-tuning or distillation run folder")
     v.add_argument("--data-root", required=True, help="the dataset folder (with splits/ from `cskd splits`)")
@@ -339,7 +339,7 @@ def _splits(args) -> int:
 
 # %% ../nbs/90_cli.ipynb #6c2d3985
 def _evaluate(args) -> int:
-    from cskd.iaa import evaluate_run
+    from cskd.trained import evaluate_run
 
     _check_positive(batch_size=args.batch_size, num_workers=args.num_workers)
     r = evaluate_run(

@@ -17,8 +17,8 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['PHASES', 'ConfigError', 'param', 'check_value', 'check_fields', 'from_dict', 'to_dict', 'load_yaml', 'YamlParams',
-           'load_config', 'from_namespace', 'notebook_parameters', 'add_arguments', 'register_phase']
+__all__ = ['PHASES', 'ConfigError', 'param', 'phase_param', 'check_value', 'check_fields', 'from_dict', 'to_dict', 'load_yaml',
+           'YamlParams', 'load_config', 'from_namespace', 'notebook_parameters', 'add_arguments', 'register_phase']
 
 # %% ../nbs/04b_config.ipynb #111e4aca
 class ConfigError(ValueError):
@@ -31,6 +31,12 @@ def param(default, help: str = "", choices=None, min=None, max=None, above=None)
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def phase_param(base, name: str, default):
+    "The field `name` of config class `base` (its help text, choices and bounds) with a phase's own `default`."
+    m = base.__dataclass_fields__[name].metadata
+    return param(default, m["help"], m["choices"], m["min"], m["max"], m["above"])
 
 
 def _field_types(cls) -> dict:
@@ -47,6 +53,7 @@ def _base_types(tp) -> tuple:
 
 # %% ../nbs/04b_config.ipynb #9c00593e
 _TRUE, _FALSE, _NONE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}, {"none", "null", "~"}
+
 
 def _coerce(name, value, tp, source):
     allowed = _base_types(tp)
@@ -76,12 +83,15 @@ def _coerce(name, value, tp, source):
         raise ConfigError(f"parameter '{name}' ({source}): got {value!r}, expected {_type_name(tp)}")
     return value
 
+
 def _type_name(tp) -> str:
     return " or ".join("None" if t is type(None) else getattr(t, "__name__", str(t)) for t in _base_types(tp))
+
 
 def _allowed(v, choices) -> bool:
     "Membership that keeps `True` and `1` apart (`resume` allows False, True and 'auto', not 1)."
     return any(v is c if isinstance(c, bool) or isinstance(v, bool) else v == c for c in choices)
+
 
 def check_value(cls, name: str, v, source: str = "config"):
     "Check one field's value against its metadata constraints (choices, min, max, above)."
@@ -143,8 +153,10 @@ def from_dict(cls, values: dict, source: str = "parameters", strict: bool = True
         cfg.validate()
     return cfg
 
+
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
 
 def load_yaml(path) -> dict:
     "A flat YAML mapping; errors name the file and the line."
@@ -166,6 +178,7 @@ def load_yaml(path) -> dict:
         raise ConfigError(f"config file {path}: parameters are flat; {nested} hold mappings")
     return YamlParams(data, lines=_key_lines(path.read_text()))
 
+
 class YamlParams(dict):
     "The parameters of a YAML file, with `lines`: the line number of each key (for errors that say `file:line`)."
 
@@ -180,6 +193,7 @@ def _key_lines(text: str) -> dict:
     if not isinstance(node, yaml.MappingNode):
         return {}
     return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+
 
 def load_config(
     cls, yaml_path=None, overrides: dict | None = None, source: str = "overrides", defaults: dict | None = None

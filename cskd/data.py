@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torchvision import transforms as T
-from .runs import write_text_atomic
+from .runs import file_sha1, write_text_atomic
 from cskd.images import (  # noqa: F401 (re-exported: the data chapter is where users look for them)
     load_image,
     BadImageError,
@@ -29,9 +29,8 @@ from cskd.images import (  # noqa: F401 (re-exported: the data chapter is where 
 __all__ = ['VOTE_COLS', 'AVA_FIELDS', 'SCALES', 'PARA_BINS', 'CSV_MAPPINGS', 'IMG_EXTS', 'SPLITS', 'AADB_FOLDERS', 'OFFICIAL',
            'LabelFileError', 'read_ava', 'ScoreScale', 'score_scale', 'rescale', 'vote_cols', 'votes_to_dist',
            'read_split', 'write_split', 'random_split', 'CSVMapping', 'read_csv_labels', 'IAADataset', 'UnlabeledPool',
-           'file_sha1', 'OfficialLists', 'official_split', 'format_split_report', 'make_loader', 'load_image',
-           'BadImageError', 'BadImageLog', 'collate_skip_none', 'train_transform', 'eval_transform', 'scan',
-           'ImageTransform']
+           'OfficialLists', 'official_split', 'format_split_report', 'make_loader', 'load_image', 'BadImageError',
+           'BadImageLog', 'collate_skip_none', 'train_transform', 'eval_transform', 'scan', 'ImageTransform']
 
 # %% ../nbs/01_data.ipynb #cf32495b
 _all_ = [
@@ -116,6 +115,7 @@ def _ava_fields(path: Path, counts: np.ndarray) -> pd.DataFrame:
     if len(raw) < len(counts):
         raw = raw.reindex(range(len(counts)))  # trailing whitespace-only lines
     return raw.iloc[: len(counts)]
+
 
 def _ava_problems(raw: pd.DataFrame, counts: np.ndarray) -> tuple[dict, dict]:
     "The bad lines (line number -> the first reason found) and the numeric fields of every line."
@@ -292,6 +292,7 @@ class CSVMapping:
     bins: tuple | None = None  # the score of each distribution column; None: 1, 2, .., len(dist_cols)
     dir_col: str | None = None  # a column of sub-folders: the file is `<dir>/<image>` (PARA's sessions)
 
+
 PARA_BINS = SCALES["para"].bins
 
 CSV_MAPPINGS = {
@@ -308,12 +309,14 @@ CSV_MAPPINGS = {
     "TAD66K": CSVMapping("image", "score", (1.0, 10.0), to_range=None),
 }
 
+
 def _csv_mapping(mapping) -> CSVMapping:
     if isinstance(mapping, str):
         if mapping not in CSV_MAPPINGS:
             raise KeyError(f"unknown CSV mapping {mapping!r}; known: {list(CSV_MAPPINGS)}")
         return CSV_MAPPINGS[mapping]
     return CSVMapping(**mapping) if isinstance(mapping, dict) else mapping
+
 
 def _csv_files(path, raw, m: CSVMapping) -> pd.Series:
     "The image column (with its sub-folder column, if any) as relative paths; an empty name is an error."
@@ -340,6 +343,7 @@ def _csv_dists(path, raw, m: CSVMapping, df: pd.DataFrame):
     for k in range(len(bins)):
         df[f"votes_{k + 1}"] = v[:, k]
     df.attrs["bins"] = list(bins)
+
 
 def read_csv_labels(path, mapping) -> pd.DataFrame:
     "Labels from a CSV file: `image_id`, `file`, `score_raw`, `mean`, and `votes_1 .. votes_K` if `dist_cols`."
@@ -476,6 +480,7 @@ class IAADataset(_ImageItems):
 # %% ../nbs/01_data.ipynb #4e5406dc
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
+
 def _source_paths(src, exts):
     "(paths, ids) of one source."
     if hasattr(src, "paths") and hasattr(src, "ids"):
@@ -567,15 +572,6 @@ class UnlabeledPool(_ImageItems):
 SPLITS = ("train", "val", "test")
 
 
-def file_sha1(path) -> str:
-    "The sha1 of a file's bytes (hex), read in 1 MiB blocks."
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass
 class OfficialLists:
     "What a dataset's own files say: its labels (with each image's path under the root) and its id lists."
@@ -641,6 +637,7 @@ def _official_ava(root: Path) -> OfficialLists:
         ),
     )
 
+
 def _mat_strings(a, path, key) -> list:
     "Strings of a MATLAB cell array as scipy loads it (an object array of 1-element string arrays)."
     out = []
@@ -684,6 +681,7 @@ def _read_aadb_mat(path: Path) -> dict:
 # %% ../nbs/01_data.ipynb #5c976da9
 AADB_FOLDERS = {"train": "datasetImages_originalSize", "test": "AADB_newtest_originalSize"}
 
+
 def _aadb_path(root: Path, name: str, part: str) -> str:
     "Where an AADB image lies: its part's folder of the distribution first, then the other, then `images/`."
     order = [AADB_FOLDERS[part]] + [f for f in AADB_FOLDERS.values() if f != AADB_FOLDERS[part]] + ["images"]
@@ -691,6 +689,7 @@ def _aadb_path(root: Path, name: str, part: str) -> str:
         if (root / folder / name).is_file():
             return f"{folder}/{name}"
     return f"{order[0]}/{name}"
+
 
 def _official_aadb(root: Path) -> OfficialLists:
     "AADB: the train and test name lists of `AADBinfo.mat`."
@@ -712,6 +711,7 @@ def _official_aadb(root: Path) -> OfficialLists:
         pd.DataFrame({"ImageFile": labels.path, "score": labels.score_raw}),
     )
 
+
 def _two_csvs(root: Path, names: dict, mapping: str, what: str):
     "The train and test label tables of a dataset shipped as two CSV files, with the (id, 'file:line') lists."
     files = {p: _first_file(root, n, f"{what} {p} labels") for p, n in names.items()}
@@ -721,6 +721,7 @@ def _two_csvs(root: Path, names: dict, mapping: str, what: str):
             raise LabelFileError(f"{files[p]}: no label rows")
     lists = {p: [(i, f"{files[p]}:{k + 2}") for k, i in enumerate(t.image_id)] for p, t in tables.items()}
     return files, pd.concat(list(tables.values()), ignore_index=True), lists
+
 
 def _official_para(root: Path) -> OfficialLists:
     "PARA: `PARA-GiaaTrain.csv` and `PARA-GiaaTest.csv`; images under `imgs/<sessionId>/`."
@@ -750,6 +751,7 @@ def _image_folder(root: Path, folders, files, probe: int = 100) -> str:
             return folder
     return folders[0]
 
+
 def _official_tad66k(root: Path) -> OfficialLists:
     "TAD66K: `merge/train.csv` and `merge/test.csv` (columns `image,score`); images under `images/`."
     names = {p: [f"merge/{p}.csv", f"labels/merge/{p}.csv"] for p in ("train", "test")}
@@ -765,6 +767,7 @@ def _official_tad66k(root: Path) -> OfficialLists:
         {p: str(f.relative_to(root)) for p, f in files.items()},
         pd.DataFrame({"image": labels.file, "score": labels.score_raw}),
     )
+
 
 OFFICIAL = {"ava": _official_ava, "aadb": _official_aadb, "para": _official_para, "tad66k": _official_tad66k}
 
@@ -844,6 +847,7 @@ def _split_report(key, root, lists: OfficialLists, named, checked, val_fraction,
         files={f: dict(sha1=hashlib.sha1(t.encode()).hexdigest(), lines=t.count("\n")) for f, t in texts.items()},
         config=dict(data_root=str(root), **lists.config, **{f"{s}_split": f"splits/{s}.txt" for s in SPLITS}),
     )
+
 
 def official_split(name: str, root, val_fraction: float = 0.05, seed: int = 0, decode: bool = False) -> dict:
     """Write `root/splits/{train,val,test}.txt` from dataset `name`'s own files (`ava`, `aadb`, `para`, `tad66k`)

@@ -18,7 +18,8 @@ from torch.utils.data import default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from .images import BadImageError, BadImageLog, collate_skip_none, load_image
-from .teacher_cache import PoolViews, SeededView, view_seed
+from .teacher_cache import PoolViews
+from .views import SeededView, view_seed
 
 # %% auto #0
 __all__ = ['DECODERS', 'jpeg_header', 'view_geometry', 'crop_resize', 'EncodedView', 'EncodedBatch', 'PoolBytes', 'pool_dataset',
@@ -75,6 +76,7 @@ class EncodedView:
     data: torch.Tensor | None = None  # the file's bytes (uint8, 1-D) for the device decoder
     box: tuple | None = None  # (left, top, width, height, flip) in full-resolution pixels
     ready: torch.Tensor | None = None  # (3, S, S) uint8: a file the device decoder does not take, decoded on the CPU
+
 
 def _decode_all(datas: list, device) -> list:
     "Decoded (3, H, W) uint8 images, one batched call; if it fails, one call per file (None where a file fails)."

@@ -15,31 +15,27 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from .config import ConfigError, param, register_phase
+from .config import ConfigError, param, phase_param, register_phase
 from cskd.data import (
     CSV_MAPPINGS,
     IAADataset,
     collate_skip_none,
     eval_transform,
-    file_sha1,
     read_ava,
     read_csv_labels,
     read_split,
-    rescale,
     score_scale,
     train_transform,
 )
 from .engine import TrainConfig, fit, get_autocast, load_weights, resolve_device
-from .align import phase_param
 from .losses import emd_loss, score_loss
 from .metrics import iaa_metrics, mean_score
 from .models import IAAHead, IAAModel, build_encoder
-from .runs import write_text_atomic
+from .runs import file_sha1, write_text_atomic
 
 # %% auto #0
 __all__ = ['LABEL_FORMATS', 'FinetuneConfig', 'finetune_config', 'read_labels', 'iaa_splits', 'build_iaa_model', 'iaa_loss',
-           'predict', 'split_record', 'prediction_metrics', 'run_autocast', 'SplitScorer', 'finetune', 'eval_target',
-           'evaluate_run']
+           'predict', 'bin_scores', 'split_record', 'prediction_metrics', 'run_autocast', 'SplitScorer', 'finetune']
 
 # %% ../nbs/06_iaa.ipynb #27858f75
 LABEL_FORMATS = ("ava",) + tuple(k.lower() for k in CSV_MAPPINGS)
@@ -47,14 +43,14 @@ LABEL_FORMATS = ("ava",) + tuple(k.lower() for k in CSV_MAPPINGS)
 
 @dataclass
 class FinetuneConfig(TrainConfig):
-    epochs: int = phase_param("epochs", 3)
-    batch_size: int = phase_param("batch_size", 64)
-    lr: float = phase_param("lr", 2e-3)
-    head_lr: float | None = phase_param("head_lr", 2e-3)
-    warmup_epochs: float = phase_param("warmup_epochs", 0.5)
-    grad_clip: float | None = phase_param("grad_clip", 1.0)
-    best_metric: str | None = phase_param("best_metric", "val_srcc")
-    log_every: int = phase_param("log_every", 5)
+    epochs: int = phase_param(TrainConfig, "epochs", 3)
+    batch_size: int = phase_param(TrainConfig, "batch_size", 64)
+    lr: float = phase_param(TrainConfig, "lr", 2e-3)
+    head_lr: float | None = phase_param(TrainConfig, "head_lr", 2e-3)
+    warmup_epochs: float = phase_param(TrainConfig, "warmup_epochs", 0.5)
+    grad_clip: float | None = phase_param(TrainConfig, "grad_clip", 1.0)
+    best_metric: str | None = phase_param(TrainConfig, "best_metric", "val_srcc")
+    log_every: int = phase_param(TrainConfig, "log_every", 5)
     data_root: str = param("data/toy", "dataset folder: labels, images and split files are relative to it")
     labels: str = param("AVA.txt", "label file (relative to data_root)")
     label_format: str = param("ava", "label file format", choices=LABEL_FORMATS)
@@ -165,6 +161,7 @@ def iaa_loss(model, batch, loss: str = "emd"):
         return emd_loss(out.softmax(-1), y)
     return score_loss(out, y.float(), kind=loss)
 
+
 @torch.no_grad()
 def predict(
     model: IAAModel,
@@ -207,9 +204,11 @@ def predict(
         model.train(was)
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["image_id", "pred_mean"])
 
-def _bin_scores(scale):
+
+def bin_scores(scale):
     "The bin values to give `predict`: None for 1..K (the default), else the dataset's."
     return None if scale.bins is None or scale.default_bins else list(scale.bins)
+
 
 def split_record(cfg) -> dict:
     "The label and split files of `cfg`, each with its sha1: which data a run used."
@@ -258,7 +257,7 @@ def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
     scale = score_scale(cfg.label_format)
     if cfg.run_dir:
         write_text_atomic(Path(cfg.run_dir) / "splits.json", json.dumps(split_record(cfg), indent=1) + "\n")
-    val = SplitScorer(data["val"], cfg.eval_batch_size, _bin_scores(scale), scale.threshold)
+    val = SplitScorer(data["val"], cfg.eval_batch_size, bin_scores(scale), scale.threshold)
     res = fit(
         model, data["train"], lambda m, b: iaa_loss(m, b, cfg.loss), cfg, eval_fn=val, collate_fn=collate_skip_none
     )
@@ -269,7 +268,7 @@ def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
         pred = val.final(res) if split == "val" else None
         if pred is None:
             with run_autocast(cfg)():  # the precision of the engine's evaluations during training
-                pred = predict(model, data[split], cfg.eval_batch_size, scores=_bin_scores(scale))
+                pred = predict(model, data[split], cfg.eval_batch_size, scores=bin_scores(scale))
         out.update({f"{split}_{k}": v for k, v in prediction_metrics(pred, scale.threshold).items()})
         if cfg.run_dir:
             pred.to_csv(Path(cfg.run_dir) / f"predictions_{split}.csv", index=False)
@@ -283,90 +282,3 @@ def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
 
 
 register_phase("finetune", FinetuneConfig, finetune, "IAA fine-tuning: an encoder + score head on labeled data")
-
-# %% ../nbs/06_iaa.ipynb #c894b87c
-_LAYOUTS = {"ava": ("AVA.txt", "images"), "aadb": ("splits/labels.csv", "."), "para": ("splits/labels.csv", "imgs")}
-
-_LAYOUTS["tad66k"] = ("splits/labels.csv", "images")
-
-def eval_target(data_root, split: str = "test", dataset: str | None = None) -> tuple[dict, Path]:
-    """`({labels, label_format, images}, split file)` of a dataset folder: from the `splits/report.json` that
-    `cskd splits` wrote, else `dataset`'s layout (AVA's when the folder holds an AVA.txt). `split` is a split name
-    (`train`, `val`, `test`: `splits/<name>.txt`) or a file of ids."""
-    root = Path(data_root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist")
-    report = root / "splits" / "report.json"
-    if report.is_file():
-        conf = json.loads(report.read_text())["config"]
-        if dataset and dataset.lower() != conf["label_format"]:
-            raise ValueError(f"--dataset {dataset!r}, but {report} is the split of {conf['label_format']!r}")
-    else:
-        name = (dataset or ("ava" if (root / "AVA.txt").is_file() else "")).lower()
-        if name not in _LAYOUTS:
-            raise ValueError(
-                f"{root}: no splits/report.json (run: python -m cskd splits NAME {root}); name the dataset"
-            )
-        conf = dict(label_format=name, labels=_LAYOUTS[name][0], images=_LAYOUTS[name][1])
-    split_file = root / "splits" / f"{split}.txt" if split in ("train", "val", "test") else Path(split)
-    if not split_file.is_file():
-        raise FileNotFoundError(f"split file {split_file} does not exist")
-    return conf, split_file
-
-# %% ../nbs/06_iaa.ipynb #89812788
-def evaluate_run(
-    run,
-    data_root,
-    split: str = "test",
-    dataset=None,
-    batch_size: int = 128,
-    num_workers: int = 0,
-    device="cpu",
-    out=None,
-) -> dict:
-    """Evaluate the model of a fine-tuning or distillation run folder on a split of any dataset; predictions are
-    rescaled from the run's score range to the target's (`cskd.data.rescale`) and scored with the target's
-    threshold; EMD only when both have the same bins. Writes `predictions.csv` and `metrics.json` to `out`
-    (default `<run>/evaluations/<dataset>-<split>`); returns the metrics with what was compared."""
-    from cskd.trained import iaa_model_from_run  # cskd.trained builds on this chapter
-
-    model, cfg = iaa_model_from_run(run, "evaluation")
-    src, (conf, split_file) = score_scale(cfg.label_format), eval_target(data_root, split, dataset)
-    dst, root = score_scale(conf["label_format"]), Path(data_root)
-    labels = read_labels(root / conf["labels"], conf["label_format"]).set_index("image_id", drop=False)
-    ids = read_split(split_file)
-    missing = [i for i in ids if i not in labels.index]
-    if missing:
-        raise ValueError(
-            f"{split_file}: {len(missing)} ids have no label in {root / conf['labels']}, e.g. {missing[:3]}"
-        )
-    same_bins = model.head.kind == "dist" and src.bins is not None and src.bins == dst.bins
-    data = IAADataset(
-        root / conf["images"],
-        labels.loc[ids].reset_index(drop=True),
-        eval_transform(cfg.image_size, model.encoder.mean, model.encoder.std),
-        path_col="file" if "file" in labels.columns else None,
-        target="dist" if same_bins else "mean",
-        on_error="skip",
-    )
-    pred = predict(model.to(device), data, batch_size, num_workers, device, scores=_bin_scores(src))
-    pred.insert(2, "pred_raw", pred.pred_mean)
-    pred["pred_mean"] = rescale(pred.pred_raw.to_numpy(), src, dst)
-    result = dict(
-        run=str(run),
-        trained_on=cfg.label_format,
-        dataset=conf["label_format"],
-        split=str(split),
-        split_file=str(split_file),
-        split_sha1=file_sha1(split_file),
-        n=len(pred),
-        n_unreadable=len(data.bad_images),
-        rescaled=dict(source=list(src.score_range), target=list(dst.score_range)),
-        threshold=dst.threshold,
-        **prediction_metrics(pred, threshold=dst.threshold),
-    )
-    out = Path(out) if out else Path(run) / "evaluations" / f"{conf['label_format']}-{split_file.stem}"
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "predictions.csv", pred.to_csv(index=False))
-    write_text_atomic(out / "metrics.json", json.dumps(result, indent=1) + "\n")
-    return result

@@ -21,8 +21,8 @@ from timm.layers import PatchEmbed, SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, register_model
 from timm.models.vision_transformer import _create_vision_transformer
 
-from .data import file_sha1
 from .metrics import mean_score
+from .runs import file_sha1
 
 # %% auto #0
 __all__ = ['TOY', 'TOY_WEIGHTS_DIR', 'PRETRAIN_COMMAND', 'TOY_CLIP', 'TEST_CLIP', 'MODEL_CONFIG_DIR', 'MODEL_CONFIGS',
@@ -159,6 +159,7 @@ class TeacherOutput(NamedTuple):
     pooled: torch.Tensor  # (B, embed_dim) image embedding after projection
     tokens: Optional[torch.Tensor]  # (B, N, width) patch tokens of the last block, after ln_post
 
+
 def _check_clip_name(name: str):
     if name.startswith(("hf-hub:", "local-dir:")):
         return
@@ -166,6 +167,7 @@ def _check_clip_name(name: str):
         raise UnknownModelError(
             f"unknown open_clip model '{name}'; close matches: {_close_matches(name, open_clip.list_models())}"
         )
+
 
 def _merge_cfg(name, overrides):
     "Deep-merge `vision_cfg`/`text_cfg` overrides into the named config (open_clip would replace them whole)."
@@ -176,6 +178,7 @@ def _merge_cfg(name, overrides):
         if k in overrides and k in base:
             overrides[k] = {**base[k], **overrides[k]}
     return overrides
+
 
 def _quick_gelu_warning(name: str, file, overrides: dict) -> str | None:
     """Why a bare weights file may load into the wrong activation: open_clip sets QuickGELU from a *tag*'s
@@ -233,6 +236,7 @@ def _create_clip(name, pretrained, overrides):
         raise _weights_error("open_clip", name, pretrained, e, how) from e
     return model
 
+
 def _normalizer(mean, std):
     def normalize(x: torch.Tensor) -> torch.Tensor:
         m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
@@ -240,6 +244,7 @@ def _normalizer(mean, std):
         return (x - m) / s
 
     return normalize
+
 
 def _square(t):
     t = tuple(t) if isinstance(t, (tuple, list)) else (t, t)
@@ -353,6 +358,7 @@ class Encoder(nn.Module):
                 raise ValueError(f"{self.name}: cannot infer a grid for {n} tokens")
         return f, (h, w)
 
+
 def _check_timm_name(name: str):
     if name.startswith(("hf-hub:", "local-dir:")) or timm.is_model(name):
         return
@@ -389,6 +395,7 @@ def encoder(model_name: str, pretrained=False, drop_path_rate: float = 0.0, img_
     dc = resolve_data_config({}, model=model)
     image_size = _square(img_size) if img_size else _square(dc["input_size"][1:])
     return timm_encoder(model, model_name, dc["mean"], dc["std"], image_size)
+
 
 def timm_encoder(model: nn.Module, name: str, mean, std, image_size) -> Encoder:
     "An `Encoder` around a timm model without its classifier: pooled and token sizes, patch size, prefix tokens."
@@ -517,6 +524,7 @@ class ToyCNN(nn.Module):
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
 
+
 class ConvStemPatchEmbed(PatchEmbed):
     "timm's `PatchEmbed` with its patchify replaced by a `ToyCNN`'s convolutions down to the grid, then a 1x1 conv."
 
@@ -526,6 +534,7 @@ class ConvStemPatchEmbed(PatchEmbed):
             raise ValueError(f"{len(stem_widths)} stages (one pooling fewer) do not make patches of {self.patch_size}")
         stem = ToyCNN(stem_widths, num_classes=0, in_chans=kw.get("in_chans", 3))
         self.proj = nn.Sequential(*stem.features, nn.Conv2d(stem.num_features, self.proj.out_channels, 1))
+
 
 TOY_LARGE, TOY_STUDENT = "cskd_toy_vit_p8", "cskd_toy_cnn"  # the toy world's timm models
 
@@ -546,6 +555,7 @@ def cskd_toy_vit_p8(pretrained: bool = False, **kw):
     "The toy world's large ViT: 64 px, 8x8 grid (conv stem), 6 blocks of width 128, 4 heads."
     arch = dict(img_size=64, patch_size=8, embed_dim=128, depth=6, num_heads=4, embed_layer=ConvStemPatchEmbed)
     return _create_vision_transformer("cskd_toy_vit_p8", pretrained, **dict(arch, **kw))
+
 
 @register_model
 def cskd_toy_cnn(pretrained: bool = False, **kw):

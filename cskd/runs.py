@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['atomic_path', 'write_text_atomic', 'weights_fingerprint', 'read_metrics', 'write_metrics', 'to_markdown',
+__all__ = ['atomic_path', 'write_text_atomic', 'weights_fingerprint', 'file_sha1', 'read_metrics', 'write_metrics', 'to_markdown',
            'save_table', 'save_figure', 'plot_curves', 'plot_predictions']
 
 # %% ../nbs/04c_runs.ipynb #46119467
@@ -37,11 +37,13 @@ def atomic_path(path, suffix: str = "") -> Iterator[Path]:
         if tmp.exists():
             tmp.unlink()
 
+
 def write_text_atomic(path, text: str) -> Path:
     "Write `text` to `path` atomically (through `atomic_path`)."
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
 
 def weights_fingerprint(module) -> str:
     "SHA-1 of a module's parameters and buffers (names, shapes, dtypes, bytes): the one weights hash of cskd."
@@ -51,6 +53,16 @@ def weights_fingerprint(module) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def file_sha1(path) -> str:
+    "The sha1 of a file's bytes (hex), read in 1 MiB blocks."
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
 
 def read_metrics(run_dir) -> pd.DataFrame:
     "The run's `metrics.jsonl` as a table (one row per logged line; missing values are NaN)."
@@ -124,6 +136,7 @@ def save_figure(fig, path) -> list[Path]:
         out.append(dest)
     return out
 
+
 def plot_curves(run_dir, path=None, title: str | None = None):
     "Training loss per step and evaluation metrics per epoch of a run."
     import matplotlib.pyplot as plt
@@ -147,6 +160,7 @@ def plot_curves(run_dir, path=None, title: str | None = None):
     fig.tight_layout()
     save_figure(fig, path)
     return fig
+
 
 def plot_predictions(pred: pd.DataFrame, path=None, title: str = "test split"):
     "Predicted vs true mean score, with SRCC / PLCC / accuracy in the title."

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -16,88 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .engine import fast_attention, get_autocast, mix_seed, resolve_device, resolve_precision
+from .engine import fast_attention, get_autocast, resolve_device, resolve_precision
 from .runs import weights_fingerprint, write_text_atomic
 from .images import BadImageError, BadImageLog, load_image
+from .views import SeededView, view_seed
 
 # %% auto #0
-__all__ = ['view_seed', 'CACHE_FORMAT', 'crop_box', 'SeededView', 'to_unit', 'teacher_input', 'teacher_targets', 'target_shape',
-           'PoolViews', 'CacheError', 'image_list_hash', 'cache_key', 'TeacherCache', 'build_teacher_cache',
-           'ensure_teacher_cache']
-
-# %% ../nbs/05b_teacher_cache.ipynb #0069091b
-view_seed = (
-    mix_seed  # the engine's seed mixing: one function derives every seed, e.g. `(seed, image_index, view_index)`
-)
-
-
-def crop_box(width: int, height: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple:
-    "A random resized crop `(left, top, crop_width, crop_height)` of a `width x height` image."
-    area = width * height
-    lo, hi = math.log(ratio[0]), math.log(ratio[1])
-    for _ in range(10):
-        target = area * rng.uniform(scale[0], scale[1])
-        ar = math.exp(rng.uniform(lo, hi))
-        cw, ch = int(round(math.sqrt(target * ar))), int(round(math.sqrt(target / ar)))
-        if 0 < cw <= width and 0 < ch <= height:
-            return int(rng.integers(0, width - cw + 1)), int(rng.integers(0, height - ch + 1)), cw, ch
-    r = width / height  # fallback: the largest centred crop with an allowed aspect ratio
-    if r < ratio[0]:
-        cw, ch = width, int(round(width / ratio[0]))
-    elif r > ratio[1]:
-        cw, ch = int(round(height * ratio[1])), height
-    else:
-        cw, ch = width, height
-    return (width - cw) // 2, (height - ch) // 2, cw, ch
-
-# %% ../nbs/05b_teacher_cache.ipynb #d20a1e99
-class SeededView:
-    "Random resized crop + flip of an image, fully determined by a seed; returns a `uint8` tensor (3, size, size)."
-
-    def __init__(
-        self, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: bool = True, draft_factor: float | None = 1.0
-    ):
-        if not (0 < scale[0] <= scale[1] <= 1):
-            raise ValueError(f"scale={scale}: need 0 < min <= max <= 1")
-        self.size, self.scale, self.ratio, self.hflip = (
-            int(size),
-            tuple(map(float, scale)),
-            tuple(map(float, ratio)),
-            bool(hflip),
-        )
-        self.draft_factor = draft_factor
-        self.draft_size = int(round(size * draft_factor)) if draft_factor else None
-
-    def params(self, width: int, height: int, seed: int) -> tuple:
-        "`(left, top, crop_width, crop_height, flip)` of the view `seed` of a `width x height` image."
-        rng = np.random.default_rng(seed)
-        box = crop_box(width, height, rng, self.scale, self.ratio)
-        return (*box, bool(self.hflip and rng.random() < 0.5))
-
-    def __call__(self, img: Image.Image, seed: int) -> torch.Tensor:
-        l, t, w, h, flip = self.params(*img.size, seed)
-        out = img.resize((self.size, self.size), Image.BILINEAR, box=(l, t, l + w, t + h))
-        if flip:
-            out = out.transpose(Image.FLIP_LEFT_RIGHT)
-        return torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1)
-
-    def describe(self) -> dict:
-        "Everything that changes the pixels of a view (a cache key ingredient)."
-        return dict(
-            kind="seeded_random_resized_crop",
-            size=self.size,
-            scale=list(self.scale),
-            ratio=list(self.ratio),
-            hflip=self.hflip,
-            draft_size=self.draft_size,
-            interpolation="PIL bilinear",
-        )
-
-    def __repr__(self):
-        return f"SeededView({self.describe()})"
+__all__ = ['CACHE_FORMAT', 'to_unit', 'teacher_input', 'teacher_targets', 'target_shape', 'PoolViews', 'CacheError',
+           'image_list_hash', 'cache_key', 'TeacherCache', 'build_teacher_cache', 'ensure_teacher_cache']
 
 # %% ../nbs/05b_teacher_cache.ipynb #e7fb98f0
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -213,12 +140,15 @@ class PoolViews(Dataset):
 # %% ../nbs/05b_teacher_cache.ipynb #c5a66047
 CACHE_FORMAT = 1
 
+
 class CacheError(RuntimeError):
     "A teacher-feature cache that is missing, incomplete, truncated or made for something else."
+
 
 def image_list_hash(paths) -> str:
     "SHA-1 of the ordered list of image paths (as given)."
     return hashlib.sha1("\n".join(str(p) for p in paths).encode()).hexdigest()
+
 
 def cache_key(
     teacher,
@@ -254,8 +184,10 @@ def cache_key(
         dtype="float16",
     )
 
+
 def _key_diff(have: dict, want: dict) -> list:
     return [k for k in want if have.get(k) != want[k]]
+
 
 def _describe_change(name, have, want) -> str:
     "'name (cache: a, wanted: b)', listing only the changed entries of dicts."
@@ -265,6 +197,7 @@ def _describe_change(name, have, want) -> str:
             f"{name}.{k} (cache: {json.dumps(have.get(k))}, wanted: {json.dumps(want.get(k))})" for k in sub
         )
     return f"{name} (cache: {json.dumps(have)}, wanted: {json.dumps(want)})"
+
 
 def _write_json(path: Path, obj: dict):
     write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
@@ -357,6 +290,7 @@ class _AllViews(Dataset):
             else (x, True)
         )
 
+
 def _resume_point(pmf: Path, pff: Path, key: dict, shape: tuple) -> tuple[int, list]:
     "Views already written by an interrupted build of the same key (and their bad images), else (0, [])."
     if not (pmf.exists() and pff.exists()):
@@ -368,6 +302,7 @@ def _resume_point(pmf: Path, pff: Path, key: dict, shape: tuple) -> tuple[int, l
     except Exception:
         pass  # an unreadable partial manifest: start over
     return 0, []
+
 
 def _checked_targets(teacher, x, ok, granularity: str, first: int) -> np.ndarray:
     "The teacher's float16 targets of a batch of views; unreadable views are NaN; bad outputs are errors."

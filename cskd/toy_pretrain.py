@@ -21,10 +21,9 @@ from timm.data import resolve_data_config
 
 from .engine import TrainConfig, fit
 from .images import load_image, train_transform, eval_transform
-from .data import file_sha1
 from .models import PRETRAIN_COMMAND, TOY_CLIP, TOY_WEIGHTS_DIR, ToyWeightsError, toy_card
 from .models import TOY_LARGE, TOY_STUDENT, toy_weights_file
-from .runs import atomic_path, read_metrics, write_text_atomic
+from .runs import atomic_path, file_sha1, read_metrics, write_text_atomic
 from .toy import CLASSES, WORLD_VERSION, make_toy_world
 
 # %% auto #0
@@ -94,14 +93,17 @@ class _ToyPairs(torch.utils.data.Dataset):
         x = self.tfm(self.images[i])
         return (x, self.tokens[i] if self.tokens is not None else self.labels[i])
 
+
 def _check(name, value, lo=1):
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ValueError(f"{name}={value!r}: must be an integer >= {lo}")
+
 
 def _check_number(name, value, want: str, ok):
     "A setting that must be a real number (not a bool) for which `ok(value)` holds; else an error saying `want`."
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
         raise ValueError(f"{name}={value!r}: {want}")
+
 
 def _pretrain(model, ds, step, settings: dict, path: Path, progress: bool, fresh: bool = False) -> dict:
     """Train through the engine: AdamW, 10% linear warm-up then cosine, one metrics line per epoch, in a run
@@ -205,6 +207,7 @@ def clip_loss_on(model: nn.Module, root, n: int = 64) -> float:
     model.train(was)
     return float(loss)
 
+
 def clip_settings(seed: int = 0, **given) -> dict:
     "The toy CLIP's settings: `RECIPES[TOY_CLIP]` with `given` overrides, and the captions' `WORLD_VERSION`."
     s = _settings("toy_clip", TOY_CLIP, given, seed, settings_hash(open_clip.get_model_config(TOY_CLIP)))
@@ -212,6 +215,7 @@ def clip_settings(seed: int = 0, **given) -> dict:
         "crop_scale", s["crop_scale"], "the smallest crop's share of the image, in (0, 1]", lambda v: 0 < v <= 1
     )
     return dict(s, captions=WORLD_VERSION)  # the captions it learns from; the classifiers see only the images
+
 
 def _train_clip(settings: dict, cache_dir=None, force: bool = False, progress: bool = True) -> Path:
     "Train the toy CLIP with `settings` into the cache (once; `force` retrains); returns the file."
@@ -237,6 +241,7 @@ def _train_clip(settings: dict, cache_dir=None, force: bool = False, progress: b
         model.logit_scale.clamp_(0, max_scale)
     _save_atomic(model.state_dict(), path, dict(settings=settings, world=str(world), **card))
     return path
+
 
 def toy_clip(seed: int = 0, cache_dir=None, force: bool = False, progress: bool = True, **settings) -> Path:
     """The toy CLIP's weights file: the shipped one for the recipe's settings, else trained once into the cache on
@@ -298,10 +303,12 @@ QUALITY_TARGETS = {
     TOY_STUDENT: dict(heldout_accuracy=0.90),
 }
 
+
 def quality_world(cache_dir=None) -> Path:
     "The toy world (seed `QUALITY_SEED`) on which the toy models' quality is measured; made once in the cache."
     root = cache_root(cache_dir) / f"quality-{QUALITY_SEED}-n{QUALITY_IMAGES}"
     return make_toy_world(root, QUALITY_IMAGES, seed=QUALITY_SEED)
+
 
 def classifier_quality(model: str, weights, world) -> dict:
     "Held-out accuracy of toy classifier `model` (weights file) on every image of toy world `world`."
@@ -315,14 +322,17 @@ def classifier_quality(model: str, weights, world) -> dict:
         pred = torch.cat([net(x[i : i + 256]).argmax(1) for i in range(0, len(x), 256)])
     return dict(heldout_accuracy=round(float((pred == ds.labels).float().mean()), 4), n_images=len(ds))
 
+
 def _load(weights) -> dict:
     from safetensors.torch import load_file
 
     return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
 
+
 def _label_draw(n: int, k: int) -> np.ndarray:
     "Sorted indices of the `k` (at most `n`) training images whose labels a quality probe may use; fixed draw."
     return np.sort(np.random.default_rng(0).choice(n, min(k, n), replace=False))
+
 
 def clip_quality(weights, world, n_labels: int = QUALITY_LABELS, prompts: str = "ensemble") -> dict:
     "Zero-shot and ridge-probe SRCC of the toy CLIP (weights file) on the test split of toy world `world`."
@@ -344,6 +354,7 @@ def clip_quality(weights, world, n_labels: int = QUALITY_LABELS, prompts: str = 
         n_labels=len(sub),
         n_test=len(y["test"]),
     )
+
 
 def measure_quality(model: str, weights, cache_dir=None) -> dict:
     "The quality figures of toy model `model` (weights file) on the quality world."
@@ -380,12 +391,14 @@ def _train(model: str, cache_dir, force: bool, progress: bool) -> tuple[dict, Pa
     s = classifier_settings(model)
     return s, _train_classifier(s, cache_dir, force, progress)
 
+
 def _check_models(models) -> list:
     models = list(models or RECIPES)
     unknown = [m for m in models if m not in RECIPES]
     if unknown:
         raise ValueError(f"unknown toy model(s) {unknown}; the shipped toy models are {list(RECIPES)}")
     return models
+
 
 def pretrain(models=None, out=None, cache_dir=None, force: bool = False, progress: bool = True) -> dict:
     "Train the toy models of `RECIPES` (or `models`), measure them and write weights + cards to `out`; the cards."
@@ -416,6 +429,7 @@ def pretrain(models=None, out=None, cache_dir=None, force: bool = False, progres
         cards[model] = info
     return cards
 
+
 def check_shipped(models=None, folder=None, cache_dir=None) -> pd.DataFrame:
     "Re-measure the shipped toy models: one row per figure with the card's value, the measured one and the target."
     rows = []
@@ -425,6 +439,7 @@ def check_shipped(models=None, folder=None, cache_dir=None) -> pd.DataFrame:
         for k, target in QUALITY_TARGETS[model].items():
             rows.append(dict(model=model, figure=k, card=card["quality"][k], measured=got[k], target=target))
     return pd.DataFrame(rows)
+
 
 def stale_settings(model: str, folder=None) -> dict:
     "The settings on `model`'s card that differ from what the code would train now: {name: (card, code)}."

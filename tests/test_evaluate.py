@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from cskd.cli import main
-from cskd.data import SCALES, file_sha1, rescale
-from cskd.trained import iaa_model_from_run
-from cskd.iaa import evaluate_run
+from cskd.data import SCALES, rescale
+from cskd.runs import file_sha1
+from cskd.trained import evaluate_run, iaa_model_from_run
 from dataset_layouts import LAYOUTS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from cskd.cli import main
-from cskd.data import LabelFileError, file_sha1, official_split, read_csv_labels, read_split
+from cskd.data import LabelFileError, official_split, read_csv_labels, read_split
+from cskd.runs import file_sha1
 from dataset_layouts import LAYOUTS, aadb_names, write_aadb_mat
 
 

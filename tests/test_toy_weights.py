@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import cskd.models
-from cskd.data import file_sha1
 from cskd.models import TOY_WEIGHTS_DIR, ToyWeightsError, build_encoder, clip_teacher, toy_card
+from cskd.runs import file_sha1
 from cskd.toy_pretrain import (
     PRETRAIN_SEED_OFFSET,
     QUALITY_TARGETS,

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from cskd.models import TEST_CLIP, clip_teacher
-from cskd.teacher_cache import CacheError, SeededView, TeacherCache, cache_key, ensure_teacher_cache
+from cskd.teacher_cache import CacheError, TeacherCache, cache_key, ensure_teacher_cache
+from cskd.views import SeededView
 
 
 @pytest.fixture(scope="module")
