@@ -268,10 +268,10 @@ def _score(args) -> int:
 
 # %% ../nbs/90_cli.ipynb #02b3e91d
 def _export(args):
-    from cskd.export import FORMATS, _check_format, export_checked
+    from cskd.export import FORMATS, check_format, export_checked
     from cskd.predict import load_scorer, training_world
 
-    fmt = _check_format(args.format)
+    fmt = check_format(args.format)
     _check_out(args.out, FORMATS[fmt])
     model, cfg = load_scorer(args.run, args.checkpoint, "cpu", what="export")
     f, d = export_checked(model, args.out, fmt, trained_on=training_world(cfg))
@@ -391,14 +391,14 @@ def _add_pretrain_command(sub):
 
 
 def _pretrain(args) -> int:
-    from cskd.toy_pretrain import check_shipped, pretrain, stale_settings, _check_models
+    from cskd.toy_pretrain import check_shipped, pretrain, stale_settings, check_models
 
     if args.check:
         table = check_shipped(args.models, args.out, args.cache_dir)
         table["agrees"] = abs(table.card - table.measured) <= 2e-3
         table["meets_target"] = table.measured >= table.target
         print(table.to_string(index=False))
-        stale = {m: stale_settings(m, args.out) for m in _check_models(args.models)}
+        stale = {m: stale_settings(m, args.out) for m in check_models(args.models)}
         for m, d in stale.items():
             print(f"{m}: settings " + ("as the code's" if not d else f"differ from the code's: {d}"))
         return 0 if table.agrees.all() and not any(stale.values()) else 1

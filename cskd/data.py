@@ -28,9 +28,10 @@ from cskd.images import (  # noqa: F401 (re-exported: the data chapter is where 
 # %% auto #0
 __all__ = ['VOTE_COLS', 'AVA_FIELDS', 'SCALES', 'PARA_BINS', 'CSV_MAPPINGS', 'IMG_EXTS', 'SPLITS', 'AADB_FOLDERS', 'OFFICIAL',
            'LabelFileError', 'read_ava', 'ScoreScale', 'score_scale', 'rescale', 'vote_cols', 'votes_to_dist',
-           'read_split', 'write_split', 'random_split', 'CSVMapping', 'read_csv_labels', 'IAADataset', 'UnlabeledPool',
-           'OfficialLists', 'official_split', 'format_split_report', 'make_loader', 'load_image', 'BadImageError',
-           'BadImageLog', 'collate_skip_none', 'train_transform', 'eval_transform', 'scan', 'ImageTransform']
+           'read_split', 'write_split', 'random_split', 'CSVMapping', 'read_csv_labels', 'ImageItems', 'IAADataset',
+           'UnlabeledPool', 'OfficialLists', 'official_split', 'format_split_report', 'make_loader', 'load_image',
+           'BadImageError', 'BadImageLog', 'collate_skip_none', 'train_transform', 'eval_transform', 'scan',
+           'ImageTransform']
 
 # %% ../nbs/01_data.ipynb #cf32495b
 _all_ = [
@@ -383,7 +384,10 @@ def read_csv_labels(path, mapping) -> pd.DataFrame:
     return df
 
 # %% ../nbs/01_data.ipynb #8d770ded
-class _ImageItems(torch.utils.data.Dataset):
+class ImageItems(torch.utils.data.Dataset):
+    """Image files by index, decoded for `transform`: a bad file raises or, with `on_error="skip"`, is recorded in
+    `bad_log` and its item is None. The base of the labeled, unlabeled and scored image datasets."""
+
     def __init__(self, paths, ids, transform=None, on_error="raise", allow_truncated=False, bad_log=None):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error={on_error!r}: use 'raise' or 'skip'")
@@ -425,7 +429,7 @@ class _ImageItems(torch.utils.data.Dataset):
         return bad
 
 # %% ../nbs/01_data.ipynb #0183cba7
-class IAADataset(_ImageItems):
+class IAADataset(ImageItems):
     "Labeled images: items `(image, target, image_id)`; target = K-bin distribution or scalar mean."
 
     def __init__(
@@ -500,7 +504,7 @@ def _source_paths(src, exts):
     return paths, [q.stem for q in paths]
 
 # %% ../nbs/01_data.ipynb #050821ba
-class UnlabeledPool(_ImageItems):
+class UnlabeledPool(ImageItems):
     "Deduplicated union of image sources minus excluded ids; items `(image, image_id)`."
 
     def __init__(

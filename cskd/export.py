@@ -23,8 +23,9 @@ OPSET = 18
 PARITY_ATOL = 1e-4
 
 # %% auto #0
-__all__ = ['FORMATS', 'OPSET', 'PARITY_ATOL', 'DECODE', 'RESIZE', 'export_metadata', 'export_scorer', 'export_checked',
-           'decode_image', 'preprocess_image', 'toy_world_warning', 'ExportedScorer', 'load_exported', 'check_parity']
+__all__ = ['FORMATS', 'OPSET', 'PARITY_ATOL', 'DECODE', 'RESIZE', 'export_metadata', 'check_format', 'export_scorer',
+           'export_checked', 'decode_image', 'preprocess_image', 'is_under', 'toy_world_warning', 'ExportedScorer',
+           'load_exported', 'check_parity']
 
 # %% ../nbs/13_export.ipynb #29240de4
 class _ScoreModule(nn.Module):
@@ -79,7 +80,8 @@ def export_metadata(model, fmt: str, draft_factor: float | None = 1.0, trained_o
     )
 
 # %% ../nbs/13_export.ipynb #caf05411
-def _check_format(fmt: str) -> str:
+def check_format(fmt: str) -> str:
+    "`fmt` if it is one of `FORMATS`, else a `ValueError` naming the formats (and why not TorchScript)."
     if fmt in FORMATS:
         return fmt
     why = (
@@ -89,11 +91,13 @@ def _check_format(fmt: str) -> str:
     )
     raise ValueError(f"unknown export format {fmt!r}{why}; choose one of {', '.join(FORMATS)}")
 
+
 def _format_of(path: Path, fmt: str | None = None) -> str:
     "The format asked for, else the one of `path`'s suffix."
-    return _check_format(
+    return check_format(
         fmt or {v: k for k, v in FORMATS.items()}.get(path.suffix.lower(), path.suffix.lstrip(".") or "?")
     )
+
 
 def _export_onnx(module, x, path: Path, meta: dict):
     try:
@@ -122,6 +126,7 @@ def _export_onnx(module, x, path: Path, meta: dict):
     onnx.helper.set_model_props(m, {"cskd": json.dumps(meta)})
     onnx.save(m, str(path))
 
+
 def _export_pt2(module, x, path: Path, meta: dict):
     ep = torch.export.export(module, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(ep, str(path), extra_files={"cskd.json": json.dumps(meta)})
@@ -144,10 +149,12 @@ def _write(model, path, fmt, trained_on, check: bool):
                 raise RuntimeError(f"{path}: exported outputs differ from PyTorch by {parity} (> {PARITY_ATOL})")
     return path, parity
 
+
 def export_scorer(model, path, fmt: str | None = None, trained_on: str | None = None) -> Path:
     """Write `model` (an `IAAModel`) with its preprocessing metadata to `path` as ONNX or a `torch.export`
     program (`fmt` from the suffix if None); `trained_on`: the toy world it was trained on, if any."""
     return _write(model, path, fmt, trained_on, check=False)[0]
+
 
 def export_checked(model, path, fmt: str | None = None, trained_on: str | None = None) -> tuple[Path, dict]:
     """`export_scorer`, but the file gets its name only once its outputs match PyTorch's (`check_parity`
@@ -171,6 +178,7 @@ def _rgb(im: Image.Image) -> Image.Image:
         return Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), "L").convert("RGB")
     return im.convert("RGB")
 
+
 def decode_image(src, draft_size: int | None) -> Image.Image:
     "An image file (JPEGs decoded in draft mode at >= `draft_size`) or a PIL image, as RGB."
     if isinstance(src, Image.Image):
@@ -183,6 +191,7 @@ def decode_image(src, draft_size: int | None) -> Image.Image:
     except Exception as e:
         raise ValueError(f"{src}: cannot decode the image ({type(e).__name__}: {e})") from None
     return _rgb(im)
+
 
 def preprocess_image(im: Image.Image, meta: dict) -> np.ndarray:
     "`(3, S, S)` float32 model input of an RGB image, as the metadata's `resize` says (torchvision's rounding)."
@@ -197,16 +206,20 @@ def preprocess_image(im: Image.Image, meta: dict) -> np.ndarray:
     a = (a - np.asarray(meta["mean"], np.float32)) / np.asarray(meta["std"], np.float32)
     return np.ascontiguousarray(a.transpose(2, 0, 1))
 
+
 def _is_image_input(x) -> bool:
     one = (str, os.PathLike, Image.Image)
     return isinstance(x, one) or (isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], one))
 
-def _is_under(path, root) -> bool:
+
+def is_under(path, root) -> bool:
+    "Whether `path` lies inside the folder `root`, links resolved."
     try:
         Path(os.path.realpath(path)).relative_to(os.path.realpath(root))
     except ValueError:
         return False
     return True
+
 
 def toy_world_warning(world, others) -> str:
     "The one warning of a scorer trained on the toy world that scores `others`, files from elsewhere."
@@ -265,7 +278,7 @@ class ExportedScorer:
         world = self.meta.get("trained_on_toy_world")
         if self._warned or not world or not paths:
             return
-        others = [p for p in paths if not _is_under(p, world)]
+        others = [p for p in paths if not is_under(p, world)]
         if others:
             self._warned = True
             warnings.warn(toy_world_warning(world, others), stacklevel=3)

@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from .data import IMG_EXTS, _ImageItems
-from .export import _is_under, toy_world_warning
+from .data import IMG_EXTS, ImageItems
+from .export import is_under, toy_world_warning
 from .images import collate_skip_none, eval_transform, load_image
 from .metrics import mean_score
 from .runs import write_text_atomic
@@ -98,7 +98,7 @@ def collect_paths(inputs, exts=IMG_EXTS) -> tuple[list[Path], int, dict]:
     return paths, len(out) - len(paths), missing
 
 # %% ../nbs/12_predict.ipynb #1163d1ee
-class ScoreImages(_ImageItems):
+class ScoreImages(ImageItems):
     "Images to score: items `(image, position)`; bad files are skipped and logged."
 
     def __init__(self, paths, transform, allow_truncated: bool = False):
@@ -107,6 +107,7 @@ class ScoreImages(_ImageItems):
     def __getitem__(self, i):
         img = self._image(i)
         return None if img is None else (img, i)
+
 
 class _TorchScorer:
     "The scorer interface around an `IAAModel`."
@@ -127,9 +128,11 @@ class _TorchScorer:
         p = out.softmax(-1)
         return mean_score(p).cpu().numpy(), p.cpu().numpy()
 
+
 def as_scorer(model, device=None):
     "A scorer (`preprocessing`, `score_batch`) from an `IAAModel` or an already made scorer."
     return model if hasattr(model, "score_batch") else _TorchScorer(model, device)
+
 
 def _score_all(scorer, ds, batch_size, num_workers, progress):
     "Mean scores `(n,)` and distributions `(n, bins)` or None; NaN rows for the images that were not read."
@@ -151,6 +154,7 @@ def _score_all(scorer, ds, batch_size, num_workers, progress):
                 dists[idx.numpy()] = p
     return means, dists
 
+
 def _write_csv(df: pd.DataFrame, out) -> Path:
     "The CSV written through a temporary file and a rename; the temporary file is removed on any failure."
     return write_text_atomic(out, df.to_csv(index=False))
@@ -160,6 +164,7 @@ def training_world(cfg) -> str | None:
     "The toy world a run's config trained on (its `data_root` holds cskd's `world.json`), else None."
     root = getattr(cfg, "data_root", None)
     return str(Path(root).resolve()) if root and (Path(root) / "world.json").is_file() else None
+
 
 def score_images(
     model,
@@ -178,7 +183,7 @@ def score_images(
     scorer = as_scorer(model, device)
     paths, dups, missing = collect_paths(inputs)
     toy_world = toy_world or getattr(scorer, "meta", {}).get("trained_on_toy_world")
-    others = [str(p) for p in paths if toy_world and not _is_under(p, toy_world)]
+    others = [str(p) for p in paths if toy_world and not is_under(p, toy_world)]
     if others:
         warnings.warn(toy_world_warning(toy_world, others), stacklevel=2)
     pp = scorer.preprocessing
@@ -196,6 +201,7 @@ def score_images(
     if out is not None:
         _write_csv(df, out)
     return df
+
 
 def score_summary(df: pd.DataFrame) -> str:
     "How many images were scored, and each unreadable one with its reason."

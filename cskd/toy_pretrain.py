@@ -30,7 +30,7 @@ from .toy import CLASSES, WORLD_VERSION, make_toy_world
 __all__ = ['PRETRAIN_SEED_OFFSET', 'RECIPES', 'CLASSIFIER_RECIPE', 'VERSION', 'QUALITY_SEED', 'QUALITY_IMAGES', 'QUALITY_LABELS',
            'QUALITY_TARGETS', 'cache_root', 'settings_hash', 'pretrain_world', 'clip_loss_on', 'clip_settings',
            'toy_clip', 'classifier_settings', 'toy_imagenet', 'quality_world', 'classifier_quality', 'clip_quality',
-           'measure_quality', 'factor_probe', 'pretrain', 'check_shipped', 'stale_settings']
+           'measure_quality', 'factor_probe', 'check_models', 'pretrain', 'check_shipped', 'stale_settings']
 
 # %% ../nbs/11_toy_pretrain.ipynb #02861cb8
 PRETRAIN_SEED_OFFSET = 1000  # IAA worlds use seeds below this; pre-training worlds use 1000 + seed
@@ -392,7 +392,8 @@ def _train(model: str, cache_dir, force: bool, progress: bool) -> tuple[dict, Pa
     return s, _train_classifier(s, cache_dir, force, progress)
 
 
-def _check_models(models) -> list:
+def check_models(models) -> list:
+    "`models` as a list (None: every model of `RECIPES`), or a `ValueError` naming the unknown ones."
     models = list(models or RECIPES)
     unknown = [m for m in models if m not in RECIPES]
     if unknown:
@@ -405,7 +406,7 @@ def pretrain(models=None, out=None, cache_dir=None, force: bool = False, progres
     out = Path(out or TOY_WEIGHTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
     cards = {}
-    for model in _check_models(models):
+    for model in check_models(models):
         settings, trained = _train(model, cache_dir, force, progress)
         made = json.loads(trained.with_suffix(".json").read_text())
         path = out / f"{model}.safetensors"
@@ -433,7 +434,7 @@ def pretrain(models=None, out=None, cache_dir=None, force: bool = False, progres
 def check_shipped(models=None, folder=None, cache_dir=None) -> pd.DataFrame:
     "Re-measure the shipped toy models: one row per figure with the card's value, the measured one and the target."
     rows = []
-    for model in _check_models(models):
+    for model in check_models(models):
         card = toy_card(model, folder)
         got = measure_quality(model, toy_weights_file(model, folder), cache_dir)
         for k, target in QUALITY_TARGETS[model].items():
