@@ -178,7 +178,7 @@ def load_yaml(path) -> dict:
         raise ConfigError(f"config file {path}: parameters are flat; {nested} hold mappings")
     return YamlParams(data, lines=_key_lines(path.read_text()))
 
-
+# %% ../nbs/04b_config.ipynb #080de309c0cf45b28c89ec3ef2356d0f
 class YamlParams(dict):
     "The parameters of a YAML file, with `lines`: the line number of each key (for errors that say `file:line`)."
 

@@ -726,7 +726,7 @@ def _two_csvs(root: Path, names: dict, mapping: str, what: str):
     lists = {p: [(i, f"{files[p]}:{k + 2}") for k, i in enumerate(t.image_id)] for p, t in tables.items()}
     return files, pd.concat(list(tables.values()), ignore_index=True), lists
 
-
+# %% ../nbs/01_data.ipynb #f54c0360a8f74f33811f6a29472daac9
 def _official_para(root: Path) -> OfficialLists:
     "PARA: `PARA-GiaaTrain.csv` and `PARA-GiaaTest.csv`; images under `imgs/<sessionId>/`."
     names = {p: [f"annotation/PARA-Giaa{p.title()}.csv", f"PARA-Giaa{p.title()}.csv"] for p in ("train", "test")}
@@ -852,7 +852,7 @@ def _split_report(key, root, lists: OfficialLists, named, checked, val_fraction,
         config=dict(data_root=str(root), **lists.config, **{f"{s}_split": f"splits/{s}.txt" for s in SPLITS}),
     )
 
-
+# %% ../nbs/01_data.ipynb #ed43e43962404bf3994370a5156ee19a
 def official_split(name: str, root, val_fraction: float = 0.05, seed: int = 0, decode: bool = False) -> dict:
     """Write `root/splits/{train,val,test}.txt` from dataset `name`'s own files (`ava`, `aadb`, `para`, `tad66k`)
     and the report `root/splits/report.json` (returned): the ids each list named, missing or unreadable images by

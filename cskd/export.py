@@ -220,7 +220,7 @@ def is_under(path, root) -> bool:
         return False
     return True
 
-
+# %% ../nbs/13_export.ipynb #fff88d2410984701a74c6c0abbef9bee
 def toy_world_warning(world, others) -> str:
     "The one warning of a scorer trained on the toy world that scores `others`, files from elsewhere."
     return (

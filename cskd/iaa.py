@@ -209,7 +209,7 @@ def bin_scores(scale):
     "The bin values to give `predict`: None for 1..K (the default), else the dataset's."
     return None if scale.bins is None or scale.default_bins else list(scale.bins)
 
-
+# %% ../nbs/06_iaa.ipynb #2f910b0652c0407b9c5c39b356d284d8
 def split_record(cfg) -> dict:
     "The label and split files of `cfg`, each with its sha1: which data a run used."
     root = Path(cfg.data_root)

@@ -154,7 +154,7 @@ def _score_all(scorer, ds, batch_size, num_workers, progress):
                 dists[idx.numpy()] = p
     return means, dists
 
-
+# %% ../nbs/12_predict.ipynb #b9b7817dbcde42baabc9bdae3a27e144
 def _write_csv(df: pd.DataFrame, out) -> Path:
     "The CSV written through a temporary file and a rename; the temporary file is removed on any failure."
     return write_text_atomic(out, df.to_csv(index=False))

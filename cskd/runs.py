@@ -161,7 +161,7 @@ def plot_curves(run_dir, path=None, title: str | None = None):
     save_figure(fig, path)
     return fig
 
-
+# %% ../nbs/04c_runs.ipynb #3740f881815a424f9daff3b6d1cd82e0
 def plot_predictions(pred: pd.DataFrame, path=None, title: str = "test split"):
     "Predicted vs true mean score, with SRCC / PLCC / accuracy in the title."
     import matplotlib.pyplot as plt

@@ -198,7 +198,7 @@ def _describe_change(name, have, want) -> str:
         )
     return f"{name} (cache: {json.dumps(have)}, wanted: {json.dumps(want)})"
 
-
+# %% ../nbs/05b_teacher_cache.ipynb #ced191e5267f46d9b28976cc070a6962
 def _write_json(path: Path, obj: dict):
     write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
 

@@ -104,7 +104,7 @@ def _check_number(name, value, want: str, ok):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
         raise ValueError(f"{name}={value!r}: {want}")
 
-
+# %% ../nbs/11_toy_pretrain.ipynb #b21b3eec4df74d47b71593da9523bd37
 def _pretrain(model, ds, step, settings: dict, path: Path, progress: bool, fresh: bool = False) -> dict:
     """Train through the engine: AdamW, 10% linear warm-up then cosine, one metrics line per epoch, in a run
     folder beside the weights file (so an interrupted pre-training resumes; `fresh` starts over). Returns the curves."""
@@ -242,7 +242,7 @@ def _train_clip(settings: dict, cache_dir=None, force: bool = False, progress: b
     _save_atomic(model.state_dict(), path, dict(settings=settings, world=str(world), **card))
     return path
 
-
+# %% ../nbs/11_toy_pretrain.ipynb #ca6ebe3b2306401b8b67bcd7324dd9c9
 def toy_clip(seed: int = 0, cache_dir=None, force: bool = False, progress: bool = True, **settings) -> Path:
     """The toy CLIP's weights file: the shipped one for the recipe's settings, else trained once into the cache on
     a pre-training world (seed 1000 + `seed`). `settings`: n_images, epochs, batch_size, lr, weight_decay,
@@ -355,7 +355,7 @@ def clip_quality(weights, world, n_labels: int = QUALITY_LABELS, prompts: str = 
         n_test=len(y["test"]),
     )
 
-
+# %% ../nbs/11_toy_pretrain.ipynb #026db5f0514a4dd9a653249fc10db23d
 def measure_quality(model: str, weights, cache_dir=None) -> dict:
     "The quality figures of toy model `model` (weights file) on the quality world."
     world = quality_world(cache_dir)
@@ -441,7 +441,7 @@ def check_shipped(models=None, folder=None, cache_dir=None) -> pd.DataFrame:
             rows.append(dict(model=model, figure=k, card=card["quality"][k], measured=got[k], target=target))
     return pd.DataFrame(rows)
 
-
+# %% ../nbs/11_toy_pretrain.ipynb #8c7744a3b02542c0a7f244cd6d6b4d80
 def stale_settings(model: str, folder=None) -> dict:
     "The settings on `model`'s card that differ from what the code would train now: {name: (card, code)}."
     card = toy_card(model, folder)["settings"]
