@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from fastcore.basics import patch
 from torch import nn
 
 # %% auto #0
@@ -65,6 +66,7 @@ def attention_spec(model: nn.Module) -> tuple[int, tuple[int, int], int]:
 # %% ../nbs/08_attention.ipynb #884d0b3d
 _MHA_POSITIONAL = ("key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
 
+
 def _attention_modules(vit: nn.Module, family: str) -> list[nn.Module]:
     "The per-layer attention modules, checked to be ones we can read maps from."
     if family == "open_clip":
@@ -112,28 +114,6 @@ class AttentionCapture:
         if self.store:
             self.maps.append(attn)
 
-    def _hook_open_clip(self, i: int, mod: nn.Module):
-        def pre(m, args, kwargs):
-            kwargs = dict(kwargs)
-            for name, v in zip(_MHA_POSITIONAL, args[3:]):
-                kwargs[name] = v  # positional -> keyword
-            kwargs.update(need_weights=True, average_attn_weights=False)
-            return args[:3], kwargs
-
-        def post(m, args, kwargs, out):
-            self._record(i, out[1])
-            return out[0], None  # what the caller asked for with need_weights=False
-
-        self._handles += [
-            mod.register_forward_pre_hook(pre, with_kwargs=True),
-            mod.register_forward_hook(post, with_kwargs=True),
-        ]
-
-    def _hook_timm(self, i: int, mod: nn.Module):
-        self._fused.append((mod, mod.fused_attn))
-        mod.fused_attn = False
-        self._handles.append(mod.attn_drop.register_forward_hook(lambda m, inp, out: self._record(i, inp[0])))
-
     def __enter__(self):
         if self._active:
             raise RuntimeError("AttentionCapture is already active")
@@ -157,6 +137,35 @@ class AttentionCapture:
     def __exit__(self, *exc):
         self.remove()
         return False
+
+# %% ../nbs/08_attention.ipynb #21ab3255ce544ca3bd8298e9b31ae725
+@patch
+def _hook_open_clip(self: AttentionCapture, i: int, mod: nn.Module):
+    "Ask layer `i`'s `nn.MultiheadAttention` for its per-head weights, record them, return what the caller asked for."
+
+    def pre(m, args, kwargs):
+        kwargs = dict(kwargs)
+        for name, v in zip(_MHA_POSITIONAL, args[3:]):
+            kwargs[name] = v  # positional -> keyword
+        kwargs.update(need_weights=True, average_attn_weights=False)
+        return args[:3], kwargs
+
+    def post(m, args, kwargs, out):
+        self._record(i, out[1])
+        return out[0], None  # what the caller asked for with need_weights=False
+
+    self._handles += [
+        mod.register_forward_pre_hook(pre, with_kwargs=True),
+        mod.register_forward_hook(post, with_kwargs=True),
+    ]
+
+
+@patch
+def _hook_timm(self: AttentionCapture, i: int, mod: nn.Module):
+    "Switch layer `i`'s fused kernel off (its flag kept for `remove`) and record the softmax entering `attn_drop`."
+    self._fused.append((mod, mod.fused_attn))
+    mod.fused_attn = False
+    self._handles.append(mod.attn_drop.register_forward_hook(lambda m, inp, out: self._record(i, inp[0])))
 
 # %% ../nbs/08_attention.ipynb #c5137d5f
 class AttentionMaps(list):
@@ -225,6 +234,7 @@ def _square_grid(n: int) -> tuple[int, int]:
         )
     return s, s
 
+
 def _check_grid(grid, n: int) -> tuple[int, int]:
     if grid is None:
         return _square_grid(n)
@@ -232,6 +242,7 @@ def _check_grid(grid, n: int) -> tuple[int, int]:
     if len(g) != 2 or g[0] * g[1] != n:
         raise ValueError(f"`grid`={grid} does not hold the {n} patch tokens (T - num_prefix_tokens)")
     return g
+
 
 def _patch_attention(attn: torch.Tensor, num_prefix_tokens: int, grid=None):
     "Patch-to-patch attention, rows renormalised, and its grid."
@@ -251,6 +262,7 @@ def _patch_attention(attn: torch.Tensor, num_prefix_tokens: int, grid=None):
         raise ValueError(f"{int((mass <= 0).sum())} query rows of `attn` put no mass on patch keys: cannot renormalise")
     return a / mass, g
 
+
 @functools.lru_cache(maxsize=16)
 def _grid_distances(grid: tuple[int, int], patch_size: float) -> torch.Tensor:
     "Pixel distance between patch centres (float64, CPU), patches in row-major order."
@@ -258,13 +270,16 @@ def _grid_distances(grid: tuple[int, int], patch_size: float) -> torch.Tensor:
     pts = torch.stack([r.flatten(), c.flatten()], -1).double()
     return ((pts[:, None] - pts[None]) ** 2).sum(-1).sqrt() * float(patch_size)
 
+
 def _distance_matrix(grid, patch_size, device, dtype) -> torch.Tensor:
     return _grid_distances(tuple(grid), float(patch_size)).to(device=device, dtype=dtype)
+
 
 def _check_patch_size(patch_size):
     if not isinstance(patch_size, (int, float)) or isinstance(patch_size, bool) or not patch_size > 0:
         raise ValueError(f"`patch_size` must be a positive number of pixels, got {patch_size!r}")
 
+# %% ../nbs/08_attention.ipynb #00b47c94c7834690a88a69da8cc31615
 def per_image_metrics(
     attn: torch.Tensor, patch_size: float, num_prefix_tokens: int = 1, grid=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,12 +295,14 @@ def attention_distance(attn: torch.Tensor, patch_size: float, num_prefix_tokens:
     "Mean attention distance in pixels per head, `(heads,)` float64 (as docs/method.md defines it)."
     return per_image_metrics(attn, patch_size, num_prefix_tokens, grid)[0].mean(0)
 
+
 def attention_entropy(attn: torch.Tensor, num_prefix_tokens: int = 1, grid=None) -> torch.Tensor:
     "Mean attention entropy in nats per head, `(heads,)` float64 (as docs/method.md defines it)."
     return per_image_metrics(attn, 1, num_prefix_tokens, grid)[1].mean(0)
 
 # %% ../nbs/08_attention.ipynb #77d1aa05
 STATS_COLUMNS = ["layer", "head", "distance", "entropy", "n_images"]
+
 
 class AttentionStats:
     "Running per-layer, per-head sums of attention distance and entropy (float64, bounded memory)."
@@ -317,7 +334,9 @@ class AttentionStats:
         ]
         return pd.DataFrame(rows, columns=STATS_COLUMNS)
 
+
 _IMAGE_KEYS = ("image", "images", "pixel_values", "img")
+
 
 def _batch_images(batch, i: int) -> torch.Tensor:
     if torch.is_tensor(batch):
@@ -333,6 +352,7 @@ def _batch_images(batch, i: int) -> torch.Tensor:
         f"{_IMAGE_KEYS}); got {type(batch).__name__}"
     )
 
+# %% ../nbs/08_attention.ipynb #ecc573f8b03b47eea32679a0c2f0c518
 def _batches(src, batch_size: int) -> Iterable[torch.Tensor]:
     if torch.is_tensor(src):
         if src.ndim != 4:
@@ -350,6 +370,7 @@ def _total(src, max_images):
     except (AttributeError, TypeError):
         n = None  # a list of batches, an iterable dataset
     return min(n, max_images) if (n and max_images) else (n or max_images)
+
 
 def attention_stats(
     model: nn.Module,
@@ -417,12 +438,14 @@ def collapse_summary(df: pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/08_attention.ipynb #c8626378
 from .runs import save_figure  # PNG + PDF, atomic; `path=None` writes nothing
 
+
 def _as_dict(stats) -> dict:
     if isinstance(stats, pd.DataFrame):
         return {"": stats}
     if not isinstance(stats, Mapping) or not stats:
         raise ValueError("`stats` must be a non-empty {label: DataFrame} dict")
     return {str(k): _check_stats(v, f"stats[{k!r}]") for k, v in stats.items()}
+
 
 def plot_attention_stats(stats: Mapping[str, pd.DataFrame], path=None):
     "One dot per head per layer: distance (top) and entropy (bottom), one column per model."
@@ -485,6 +508,7 @@ def plot_collapse_summary(stats: Mapping[str, pd.DataFrame], path=None, spread: 
     save_figure(fig, path)
     return fig
 
+
 def _query_index(query, grid) -> int:
     gh, gw = grid
     if isinstance(query, str) and query == "center":
@@ -496,6 +520,7 @@ def _query_index(query, grid) -> int:
     raise ValueError(
         f"`query` must be 'center', a patch index in [0, {gh * gw}) or (row, col) on the {gh}x{gw} grid; got {query!r}"
     )
+
 
 def _display_images(images: torch.Tensor, mean=None, std=None) -> np.ndarray:
     "(B, H, W, 3) floats in [0, 1]: un-normalised with `mean`/`std`, else min-max per image."

@@ -84,47 +84,58 @@ class ClipStudyConfig:
     progress: bool = param(False, "progress bars")
 
     def validate(self):
-        sets = self.prompt_sets if isinstance(self.prompt_sets, list) else [self.prompt_sets]
-        if not sets:
-            raise ConfigError("parameter 'prompt_sets': empty; give at least one prompt set")
-        for s in sets:
-            if not isinstance(s, str) or (s not in DEFAULT_PROMPTS and not Path(s).is_file()):
-                raise ConfigError(
-                    f"parameter 'prompt_sets': {s!r} is neither a shipped prompt set "
-                    f"({', '.join(DEFAULT_PROMPTS)}) nor a prompt file"
-                )
-        if len(set(sets)) != len(sets):
-            raise ConfigError(f"parameter 'prompt_sets': duplicated names in {sets}")
-        cn = self.class_names
-        if isinstance(cn, str) and cn != "auto" and cn not in CLASS_LISTS:
-            raise ConfigError(
-                f"parameter 'class_names': {cn!r}; use 'auto', one of {list(CLASS_LISTS)}, or a list of names"
-            )
-        if isinstance(cn, list) and not (cn and all(isinstance(c, str) and c.strip() for c in cn)):
-            raise ConfigError(f"parameter 'class_names': a list of non-empty strings, got {cn!r}")
-        bad = (
-            [m for m in self.probe_methods if m not in ("ridge", "ols")]
-            if isinstance(self.probe_methods, list)
-            else [self.probe_methods]
-        )
-        if bad or not self.probe_methods:
-            raise ConfigError(f"parameter 'probe_methods': {self.probe_methods!r}; use a list of 'ridge' and/or 'ols'")
-        for k in ("lr", "head_lr"):
-            if getattr(self, k) <= 0:
-                raise ConfigError(f"parameter '{k}': {getattr(self, k)!r} must be > 0")
-        import open_clip, timm
-
-        if open_clip.get_model_config(self.clip_model.replace("/", "-")) is None and not self.clip_model.startswith(
-            ("hf-hub:", "local-dir:")
-        ):
-            raise ConfigError(f"parameter 'clip_model': {self.clip_model!r} is not an open_clip model")
-        name = self.imagenet_model[5:] if self.imagenet_model.startswith("timm:") else self.imagenet_model
-        if not (timm.is_model(name) or name.startswith(("hf-hub:", "local-dir:"))):
-            raise ConfigError(f"parameter 'imagenet_model': {self.imagenet_model!r} is not a timm model")
+        "Check what field types cannot: the prompt sets, class names, probe methods, learning rates and models."
+        _check_study_lists(self)
+        _check_study_models(self)
 
     @property
     def data_dir(self) -> Path:
         return Path(self.data_root)
+
+# %% ../nbs/09c_clip_study.ipynb #8ae723681c3c4ed4974b7a2e081bafcb
+def _check_study_lists(cfg):
+    "The prompt sets (shipped or files), class names, probe methods and learning rates of a `ClipStudyConfig`."
+    sets = cfg.prompt_sets if isinstance(cfg.prompt_sets, list) else [cfg.prompt_sets]
+    if not sets:
+        raise ConfigError("parameter 'prompt_sets': empty; give at least one prompt set")
+    for s in sets:
+        if not isinstance(s, str) or (s not in DEFAULT_PROMPTS and not Path(s).is_file()):
+            raise ConfigError(
+                f"parameter 'prompt_sets': {s!r} is neither a shipped prompt set "
+                f"({', '.join(DEFAULT_PROMPTS)}) nor a prompt file"
+            )
+    if len(set(sets)) != len(sets):
+        raise ConfigError(f"parameter 'prompt_sets': duplicated names in {sets}")
+    cn = cfg.class_names
+    if isinstance(cn, str) and cn != "auto" and cn not in CLASS_LISTS:
+        raise ConfigError(
+            f"parameter 'class_names': {cn!r}; use 'auto', one of {list(CLASS_LISTS)}, or a list of names"
+        )
+    if isinstance(cn, list) and not (cn and all(isinstance(c, str) and c.strip() for c in cn)):
+        raise ConfigError(f"parameter 'class_names': a list of non-empty strings, got {cn!r}")
+    bad = (
+        [m for m in cfg.probe_methods if m not in ("ridge", "ols")]
+        if isinstance(cfg.probe_methods, list)
+        else [cfg.probe_methods]
+    )
+    if bad or not cfg.probe_methods:
+        raise ConfigError(f"parameter 'probe_methods': {cfg.probe_methods!r}; use a list of 'ridge' and/or 'ols'")
+    for k in ("lr", "head_lr"):
+        if getattr(cfg, k) <= 0:
+            raise ConfigError(f"parameter '{k}': {getattr(cfg, k)!r} must be > 0")
+
+
+def _check_study_models(cfg):
+    "The model names of a `ClipStudyConfig`: ones that open_clip and timm know (or hub and local-dir references)."
+    import open_clip, timm
+
+    if open_clip.get_model_config(cfg.clip_model.replace("/", "-")) is None and not cfg.clip_model.startswith(
+        ("hf-hub:", "local-dir:")
+    ):
+        raise ConfigError(f"parameter 'clip_model': {cfg.clip_model!r} is not an open_clip model")
+    name = cfg.imagenet_model[5:] if cfg.imagenet_model.startswith("timm:") else cfg.imagenet_model
+    if not (timm.is_model(name) or name.startswith(("hf-hub:", "local-dir:"))):
+        raise ConfigError(f"parameter 'imagenet_model': {cfg.imagenet_model!r} is not a timm model")
 
 # %% ../nbs/09c_clip_study.ipynb #7aa103a1
 def random_init(cfg: ClipStudyConfig) -> list:

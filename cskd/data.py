@@ -503,6 +503,31 @@ def _source_paths(src, exts):
         raise FileNotFoundError(f"pool source {p} is neither a folder nor a file list")
     return paths, [q.stem for q in paths]
 
+
+def _pool_items(named, excl: set, dedup: str, exts) -> tuple:
+    """`(paths, ids, stats)` of the `(name, source)` pairs: each file once (by real path, and by id or path as
+    `dedup` says), the ids in `excl` left out; `stats` counts what each source gave."""
+    seen_path, seen_id, paths, ids, stats = set(), set(), [], [], {}
+    for name, src in named:
+        sp, si = _source_paths(src, exts)
+        st = dict(found=len(sp), added=0, duplicates=0, excluded=0)
+        for p, i in zip(sp, si):
+            rp = os.path.realpath(p)
+            key = i if dedup == "stem" else rp
+            if i in excl:
+                st["excluded"] += 1
+                continue
+            if rp in seen_path or key in seen_id:
+                st["duplicates"] += 1
+                continue
+            seen_path.add(rp)
+            seen_id.add(key)
+            paths.append(p)
+            ids.append(key)
+            st["added"] += 1
+        stats[str(name)] = st
+    return paths, ids, stats
+
 # %% ../nbs/01_data.ipynb #050821ba
 class UnlabeledPool(ImageItems):
     "Deduplicated union of image sources minus excluded ids; items `(image, image_id)`."
@@ -531,25 +556,7 @@ class UnlabeledPool(ImageItems):
         if isinstance(exclude_ids, (str, os.PathLike)):
             exclude_ids = read_split(exclude_ids)
         excl = set() if include_test else {str(i) for i in exclude_ids}
-        seen_path, seen_id, paths, ids, self.stats = set(), set(), [], [], {}
-        for name, src in named:
-            sp, si = _source_paths(src, tuple(e.lower() for e in exts))
-            st = dict(found=len(sp), added=0, duplicates=0, excluded=0)
-            for p, i in zip(sp, si):
-                rp = os.path.realpath(p)
-                key = i if dedup == "stem" else rp
-                if i in excl:
-                    st["excluded"] += 1
-                    continue
-                if rp in seen_path or key in seen_id:
-                    st["duplicates"] += 1
-                    continue
-                seen_path.add(rp)
-                seen_id.add(key)
-                paths.append(p)
-                ids.append(key)
-                st["added"] += 1
-            self.stats[str(name)] = st
+        paths, ids, self.stats = _pool_items(named, excl, dedup, tuple(e.lower() for e in exts))
         super().__init__(paths, ids, transform, on_error, allow_truncated, bad_log)
 
     def __getitem__(self, i):

@@ -228,6 +228,34 @@ def toy_world_warning(world, others) -> str:
         f"and {len(others)} image(s) here are not from it (e.g. {others[0]})"
     )
 
+# %% ../nbs/13_export.ipynb #3b3718f6a841451395aa6fd89be34753
+def _open_onnx(path: Path, threads: int | None) -> tuple:
+    "`(session, metadata)` of an exported ONNX file, on the CPU with `threads` threads (None: ONNX Runtime's)."
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise RuntimeError("scoring an ONNX file needs onnxruntime; pip install 'cskd[export]'") from None
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    props = session.get_modelmeta().custom_metadata_map
+    if "cskd" not in props:
+        raise ValueError(f"{path}: no 'cskd' metadata (not written by cskd.export)")
+    return session, json.loads(props["cskd"])
+
+
+def _open_pt2(path: Path) -> tuple:
+    "`(program, metadata)` of an exported torch.export file."
+    extra = {"cskd.json": ""}
+    try:
+        program = torch.export.load(str(path), extra_files=extra)
+    except Exception as e:
+        raise ValueError(f"{path}: not a torch.export program ({type(e).__name__}: {e})") from None
+    if not extra["cskd.json"]:
+        raise ValueError(f"{path}: no cskd.json metadata (not written by cskd.export)")
+    return program, json.loads(extra["cskd.json"])
+
 # %% ../nbs/13_export.ipynb #802a4e71
 class ExportedScorer:
     "A scorer backed by an exported file: ONNX Runtime for `.onnx`, torch for `.pt2`."
@@ -237,36 +265,15 @@ class ExportedScorer:
         if not self.path.is_file():
             raise FileNotFoundError(f"exported model {self.path} does not exist")
         self.format = _format_of(self.path)
-        self.meta = self._open_onnx(threads) if self.format == "onnx" else self._open_pt2()
+        if self.format == "onnx":
+            self.session, self.meta = _open_onnx(self.path, threads)
+        else:
+            self.program, self.meta = _open_pt2(self.path)
+            self.module = self.program.module()
         self.meta.setdefault("draft_size", self.meta["image_size"])  # files of older versions: cskd's default
         self.head = self.meta["head"]
         self.preprocessing = {k: self.meta[k] for k in ("image_size", "mean", "std")}
         self._warned = False
-
-    def _open_onnx(self, threads) -> dict:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise RuntimeError("scoring an ONNX file needs onnxruntime; pip install 'cskd[export]'") from None
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
-        props = self.session.get_modelmeta().custom_metadata_map
-        if "cskd" not in props:
-            raise ValueError(f"{self.path}: no 'cskd' metadata (not written by cskd.export)")
-        return json.loads(props["cskd"])
-
-    def _open_pt2(self) -> dict:
-        extra = {"cskd.json": ""}
-        try:
-            self.program = torch.export.load(str(self.path), extra_files=extra)
-        except Exception as e:
-            raise ValueError(f"{self.path}: not a torch.export program ({type(e).__name__}: {e})") from None
-        if not extra["cskd.json"]:
-            raise ValueError(f"{self.path}: no cskd.json metadata (not written by cskd.export)")
-        self.module = self.program.module()
-        return json.loads(extra["cskd.json"])
 
     def preprocess(self, images) -> np.ndarray:
         "The model input `(B, 3, S, S)` of image files and/or PIL images, decoded as the metadata says."

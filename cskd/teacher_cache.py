@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch.utils.data import DataLoader, Dataset
 
 from .engine import fast_attention, get_autocast, resolve_device, resolve_precision
@@ -105,37 +106,43 @@ class PoolViews(Dataset):
         k = view_seed(self.seed, e, i)  # the training seed picks the views, online and cached alike
         return k if self.views is None else k % self.views
 
-    def view_of(self, i: int, k: int) -> torch.Tensor | None:
-        "View `k` of image `i` (uint8), regenerated from its seed; None if the image is bad and skipped."
-        try:
-            img = load_image(self.paths[i], self.view.draft_size)
-        except BadImageError as e:
-            if self.on_error == "raise":
-                raise
-            self.bad_log.record(e.path, e.reason, i)
-            return None
-        return self.view(img, view_seed(self.view_seed, i, k))
-
-    def input_of(self, i: int, k: int):
-        "What the step gets for image `i`'s view `k`: the decoded view (`cskd.gpu_decode` hands the file instead)."
-        return self.view_of(i, k)
-
-    def __getitem__(self, i):
-        k = self.view_index(i)
-        x = self.input_of(i, k)
-        if x is None:
-            return None
-        if self.cache is None:
-            return x, i
-        if self._feats is None:
-            self._feats = self.cache.open()
-        t = torch.from_numpy(np.array(self._feats[i, k]))
-        if not torch.isfinite(t).all():
-            return None  # the cache marked this image bad when it was built
-        return x, t, i
-
     def __getstate__(self):
         return {**self.__dict__, "_feats": None}
+
+# %% ../nbs/05b_teacher_cache.ipynb #09bfd9aa2bd04b50a948753e3a75186b
+@patch
+def view_of(self: PoolViews, i: int, k: int) -> torch.Tensor | None:
+    "View `k` of image `i` (uint8), regenerated from its seed; None if the image is bad and skipped."
+    try:
+        img = load_image(self.paths[i], self.view.draft_size)
+    except BadImageError as e:
+        if self.on_error == "raise":
+            raise
+        self.bad_log.record(e.path, e.reason, i)
+        return None
+    return self.view(img, view_seed(self.view_seed, i, k))
+
+
+@patch
+def input_of(self: PoolViews, i: int, k: int):
+    "What the step gets for image `i`'s view `k`: the decoded view (`cskd.gpu_decode` hands the file instead)."
+    return self.view_of(i, k)
+
+
+@patch
+def __getitem__(self: PoolViews, i):
+    k = self.view_index(i)
+    x = self.input_of(i, k)
+    if x is None:
+        return None
+    if self.cache is None:
+        return x, i
+    if self._feats is None:
+        self._feats = self.cache.open()
+    t = torch.from_numpy(np.array(self._feats[i, k]))
+    if not torch.isfinite(t).all():
+        return None  # the cache marked this image bad when it was built
+    return x, t, i
 
 # %% ../nbs/05b_teacher_cache.ipynb #c5a66047
 CACHE_FORMAT = 1

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import yaml
+from fastcore.basics import patch
 
 from .metrics import plcc, srcc
 from .toy import CLASSES as TOY_CLASSES
@@ -244,6 +245,7 @@ def _read_prompt_file(path: Path):
         spec.setdefault("name", path.stem)
     return spec
 
+# %% ../nbs/09_zeroshot.ipynb #fb6e90465ef54ee9a7cb7633a983b546
 def load_prompts(src=None, classes=None, ensemble: bool | None = None) -> PromptSet:
     """A `PromptSet` from a shipped set's name (default 'paper'), a YAML/JSON/TXT file, a dict, (bad, good) pairs or a
     `PromptSet`."""
@@ -292,8 +294,7 @@ def save_prompts(prompts, path) -> Path:
 
 # %% ../nbs/09_zeroshot.ipynb #d638f439
 class ZeroShotScorer:
-    """Zero-shot aesthetics with a `CLIPTeacher` (or an open_clip model with `encode_text`/`encode_image`) and a prompt
-    set."""
+    "Zero-shot aesthetics: a `CLIPTeacher` (or an open_clip model with `encode_text`/`encode_image`) and a prompt set."
 
     def __init__(
         self,
@@ -305,8 +306,7 @@ class ZeroShotScorer:
         text_batch_size: int = 256,
         tokenizer=None,
     ):
-        self.teacher = teacher
-        self.clip = getattr(teacher, "clip", teacher)
+        self.teacher, self.clip = teacher, getattr(teacher, "clip", teacher)
         self.tokenizer = tokenizer or getattr(teacher, "tokenizer", None)
         if self.tokenizer is None:
             raise ValueError(
@@ -353,26 +353,34 @@ class ZeroShotScorer:
             sides.append(torch.stack([F.normalize(E[a:b].mean(0), dim=-1) for a, b in zip(bounds[:-1], bounds[1:])]))
         return torch.stack(sides)
 
-    @torch.no_grad()
-    def score_embeddings(self, image_embeddings) -> dict:
-        "Zero-shot outputs for image embeddings (N, D): `p_good`, `score`, `pair_p_good`, `cos`."
-        x = torch.as_tensor(image_embeddings)
-        T = self.text_embeddings.to(x.device)
-        if x.ndim != 2 or x.shape[1] != T.shape[-1]:
-            raise ValueError(f"image embeddings must be (N, {T.shape[-1]}), got {tuple(x.shape)}")
-        x = F.normalize(x.float(), dim=-1)
-        cos = torch.einsum("nd,skd->nsk", x, T)
-        logits = self.scale * cos
-        pair_p = logits.softmax(dim=1)[:, 1]  # softmax over [bad_k, good_k]
-        return dict(p_good=pair_p.mean(1), score=(logits[:, 1] - logits[:, 0]).sum(1), pair_p_good=pair_p, cos=cos)
+# %% ../nbs/09_zeroshot.ipynb #16fd7f42f9614bbc962c594cc518344d
+@patch
+@torch.no_grad()
+def score_embeddings(self: ZeroShotScorer, image_embeddings) -> dict:
+    "Zero-shot outputs for image embeddings (N, D): `p_good`, `score`, `pair_p_good`, `cos`."
+    x = torch.as_tensor(image_embeddings)
+    T = self.text_embeddings.to(x.device)
+    if x.ndim != 2 or x.shape[1] != T.shape[-1]:
+        raise ValueError(f"image embeddings must be (N, {T.shape[-1]}), got {tuple(x.shape)}")
+    x = F.normalize(x.float(), dim=-1)
+    cos = torch.einsum("nd,skd->nsk", x, T)
+    logits = self.scale * cos
+    pair_p = logits.softmax(dim=1)[:, 1]  # softmax over [bad_k, good_k]
+    return dict(p_good=pair_p.mean(1), score=(logits[:, 1] - logits[:, 0]).sum(1), pair_p_good=pair_p, cos=cos)
 
-    @torch.no_grad()
-    def score(self, images: torch.Tensor) -> dict:
-        "Zero-shot outputs for normalised images (B, 3, H, W)."
-        dev = next(self.clip.parameters()).device
-        return self.score_embeddings(self.clip.encode_image(images.to(dev)))
 
-    __call__ = score
+@patch
+@torch.no_grad()
+def score(self: ZeroShotScorer, images: torch.Tensor) -> dict:
+    "Zero-shot outputs for normalised images (B, 3, H, W)."
+    dev = next(self.clip.parameters()).device
+    return self.score_embeddings(self.clip.encode_image(images.to(dev)))
+
+
+@patch
+def __call__(self: ZeroShotScorer, images: torch.Tensor) -> dict:
+    "`score`: zero-shot outputs for normalised images."
+    return self.score(images)
 
 # %% ../nbs/09_zeroshot.ipynb #96228a20
 def zero_shot_eval(
