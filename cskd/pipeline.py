@@ -46,7 +46,7 @@ class PipelineConfig:
     clip_quick_gelu: bool | None = param(None, "QuickGELU: None as the name says (-quickgelu), true for OpenAI files")
     large: str = param(TOY_LARGE, "the large given encoder (timm name); it becomes the IAA teacher")
     large_pretrained: bool | str | None = param(
-        TOY, "'toy' (toy ImageNet weights), true (timm's), a file; None: random"
+        TOY, "the large encoder's starting weights: 'toy' (shipped toy ImageNet), true (timm's), a file; None: random"
     )
     student: str = param(TOY_STUDENT, "the lightweight student (timm name)")
     student_pretrained: bool | str | None = param(TOY, "the student's starting weights, as large_pretrained")
@@ -208,8 +208,6 @@ def run_step(
     return json.loads((run / "metrics.json").read_text())
 
 # %% ../nbs/10_pipeline.ipynb #daab41bd
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
 from contextlib import contextmanager
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -228,6 +226,9 @@ def kernel_threads(threads: int):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+# %% ../nbs/10_pipeline.ipynb #bf2f7541
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 
 def _submit_ready(pool, jobs, pending, done, running, workers):
