@@ -458,7 +458,8 @@ def _run_pipeline(cfg):
 # %% ../nbs/90_cli.ipynb #6834d1ef
 def _pipeline_commands(args) -> int:
     from cskd.config import ConfigError
-    from cskd.pipeline import PipelineConfig, resolve_steps, sync_parameters
+    from cskd.notebook_params import sync_parameters
+    from cskd.pipeline import PipelineConfig, resolve_steps
 
     if args.command == "sync-params":
         differ = sync_parameters(check=args.check)

@@ -13,7 +13,7 @@ from cskd.align import AlignConfig, align, align_cache, align_config, align_pool
 from cskd.config import ConfigError, load_config
 from cskd.iaa import build_iaa_model, finetune_config, finetune
 from cskd.models import TEST_CLIP, clip_teacher
-from cskd.pipeline import PAPERMILL_KERNEL
+from cskd.kernels import PAPERMILL_KERNEL
 from cskd.teacher_cache import PoolViews, TeacherCache, teacher_targets
 from cskd.views import SeededView
 from cskd.toy import make_toy_world

@@ -22,7 +22,7 @@ from cskd.config import ConfigError, from_namespace, load_config
 from cskd.data import read_split
 from cskd.iaa import FinetuneConfig, finetune
 from cskd.models import TEST_CLIP
-from cskd.pipeline import PAPERMILL_KERNEL
+from cskd.kernels import PAPERMILL_KERNEL
 from cskd.runs import save_table
 from cskd.toy import make_toy_world
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from cskd.collapse import collapse_study, load_vit, split_images
 from cskd.engine import find_weights
-from cskd.pipeline import PAPERMILL_KERNEL
+from cskd.kernels import PAPERMILL_KERNEL
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "nbs" / "experiments" / "collapse.ipynb"

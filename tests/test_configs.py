@@ -12,15 +12,8 @@ from papermill.translators import PythonTranslator
 import cskd.cli  # noqa: F401  (registers every phase)
 from cskd.clip_study import ClipStudyConfig
 from cskd.config import PHASES, load_config, load_yaml, to_dict
-from cskd.pipeline import (
-    NOTEBOOK_PARAMETERS,
-    STEPS,
-    WIRING,
-    PipelineConfig,
-    parameters_cell,
-    resolve_steps,
-    sync_parameters,
-)
+from cskd.notebook_params import NOTEBOOK_PARAMETERS, parameters_cell, sync_parameters
+from cskd.pipeline import STEPS, WIRING, PipelineConfig, resolve_steps
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

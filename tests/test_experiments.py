@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import papermill as pm
@@ -14,7 +13,7 @@ import pytest
 from cskd.iaa import FinetuneConfig
 from cskd.models import TOY_WEIGHTS_DIR
 from cskd.toy import make_toy_world
-from cskd.pipeline import PAPERMILL_KERNEL
+from cskd.kernels import PAPERMILL_KERNEL
 
 ROOT = Path(__file__).parents[1]
 NBS = ROOT / "nbs" / "experiments"
@@ -236,7 +235,8 @@ def test_kernels_started_at_once_from_one_folder_do_not_collide(tmp_path, monkey
     import nbformat
     import tempfile
 
-    from cskd.pipeline import ProjectKernelManager, run_parallel
+    from cskd.kernels import ProjectKernelManager
+    from cskd.pipeline import run_parallel
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nprint(os.getpid())")])
     nb.metadata["kernelspec"] = dict(name="cskd", display_name="Python (cskd)", language="python")
@@ -288,104 +288,3 @@ def test_a_step_runs_again_when_a_step_it_reads_ran_again(toy, tmp_path):
     assert recorded == {str(first): result_fingerprint(first)}
     with pytest.raises(FileNotFoundError, match="no finished step there"):
         run_step("finetune", tmp_path / "third", quick, inputs=[tmp_path / "nowhere"])
-
-
-def test_forked_kernels_are_processes_of_their_own(tmp_path, monkeypatch):
-    """Kernels forked from the warm process (the pipeline's steps): each is its own process and session, with the
-    environment, folder and thread count it was started with, and the warm process's imports but none of another
-    kernel's state; an error in the notebook is papermill's error as with a fresh kernel; none outlives its run."""
-    import nbformat
-
-    from cskd.pipeline import KERNELS, kernel_threads, run_parallel
-
-    code = (
-        "import atexit, json, os, torch, matplotlib, cskd.images\n"
-        "cskd.images.probe_state = getattr(cskd.images, 'probe_state', 0) + 1  # module state set in this kernel\n"
-        "atexit.register(lambda: open(f'exited-{os.getpid()}', 'w').close())\n"
-        "print(json.dumps(dict(pid=os.getpid(), group=os.getpgid(0), threads=torch.get_num_threads(),\n"
-        "    probe=os.environ.get('CSKD_PROBE'), cwd=os.getcwd(), state=cskd.images.probe_state,\n"
-        "    warm='torchvision' in __import__('sys').modules, backend=matplotlib.get_backend())))"
-    )
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
-    nb.metadata["kernelspec"] = dict(name="cskd", display_name="Python (cskd)", language="python")
-    nbformat.write(nb, tmp_path / "probe.ipynb")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CSKD_PROBE", "seen")
-
-    def run(k, kernels="forked"):
-        return lambda: pm.execute_notebook("probe.ipynb", f"out{k}.ipynb", **KERNELS[kernels], progress_bar=False)
-
-    with kernel_threads(1):
-        done = run_parallel({k: (run(k), []) for k in range(3)}, workers=2)
-        fresh = json.loads(run("fresh", "fresh")().cells[0].outputs[0]["text"])
-    seen = [json.loads(out.cells[0].outputs[0]["text"]) for out in done.values()]
-    assert len({s["pid"] for s in seen}) == 3 and all(s["group"] == s["pid"] for s in seen), seen
-    assert all(s["threads"] == 1 and s["probe"] == "seen" and s["cwd"] == str(tmp_path) for s in seen), seen
-    assert all(s["state"] == 1 and s["warm"] for s in seen), seen  # the imports are shared, the state is not
-    assert all(s["backend"] == fresh["backend"] and s["threads"] == fresh["threads"] for s in seen), (seen, fresh)
-    for s in seen:
-        assert (tmp_path / f"exited-{s['pid']}").exists()  # its exit handlers ran
-        with pytest.raises(ProcessLookupError):
-            os.kill(s["pid"], 0)
-    bad = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("raise ValueError('step broke')")])
-    bad.metadata["kernelspec"] = nb.metadata["kernelspec"]
-    nbformat.write(bad, tmp_path / "bad.ipynb")
-    with pytest.raises(pm.PapermillExecutionError, match="step broke"):
-        pm.execute_notebook("bad.ipynb", "bad-out.ipynb", **KERNELS["forked"], progress_bar=False)
-
-
-def _state(pid: int) -> str:
-    "The process's state letter from /proc (R, S, Z, ...), or 'gone'."
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return "gone"
-
-
-def test_a_forked_kernel_exits_when_its_forkserver_is_gone(tmp_path):
-    """A pipeline killed mid-run takes its forkserver with it; the kernels forked from it watch it as their
-    parent and exit instead of living on as orphans."""
-    import asyncio
-    import signal
-    import time
-
-    from cskd.pipeline import ForkedKernelManager
-
-    async def start():
-        km = ForkedKernelManager()
-        await km.start_kernel(cwd=str(tmp_path))
-        return km
-
-    km = asyncio.run(start())
-    kernel = km.provisioner.pid
-    server = int(Path(f"/proc/{kernel}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
-    assert _state(kernel) not in ("Z", "gone")
-    os.kill(server, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while _state(kernel) not in ("Z", "gone") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _state(kernel) in ("Z", "gone"), f"kernel {kernel} still running without its forkserver"
-    asyncio.run(km.cleanup_resources())
-
-
-def test_a_process_that_leaves_a_forked_kernel_running_still_exits(tmp_path):
-    """A script that starts a forked kernel and exits without shutting it down (a failed test, a crash) exits at
-    once: multiprocessing does not wait for the kernel, which ends with the forkserver."""
-    script = tmp_path / "leave.py"
-    script.write_text(
-        "import asyncio\n"
-        "from cskd.pipeline import ForkedKernelManager\n\n"
-        "async def start():\n"
-        "    km = ForkedKernelManager()\n"
-        "    await km.start_kernel()\n"
-        "    print(km.provisioner.pid, flush=True)\n\n"
-        "if __name__ == '__main__':\n"
-        "    asyncio.run(start())\n"
-    )
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    kernel = int(done.stdout.split()[-1])
-    deadline = time.monotonic() + 30
-    while _state(kernel) not in ("Z", "gone") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _state(kernel) in ("Z", "gone"), f"kernel {kernel} outlived the process that started it"
