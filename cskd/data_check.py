@@ -13,7 +13,8 @@ from .data import OFFICIAL
 from .toy import make_toy_world
 
 # %% auto #0
-__all__ = ['TOY_ROOT', 'data_problems', 'check_data', 'labeled_paths', 'root_layout', 'pool_paths', 'toy_world_or_check']
+__all__ = ['TOY_ROOT', 'data_problems', 'check_data', 'labeled_paths', 'check_labeled_data', 'root_layout', 'pool_paths',
+           'toy_world_or_check']
 
 # %% ../nbs/01c_data_check.ipynb #2f50ff4b
 TOY_ROOT = "data/toy"  # the experiments' default data_root: the one folder a missing dataset becomes a toy world in
@@ -60,10 +61,15 @@ def labeled_paths(cfg) -> list:
     return [("labels", "file", cfg.labels), ("images", "folder", cfg.images)] + splits
 
 
-def root_layout(splits=("train", "val", "test")) -> list:
-    "The wanted paths of a `data_root` in the AVA layout: `AVA.txt`, `images/` and the `splits` files."
-    split_files = [("data_root", "file", f"splits/{s}.txt") for s in splits]
-    return [("data_root", "file", "AVA.txt"), ("data_root", "folder", "images")] + split_files
+def check_labeled_data(cfg):
+    "`check_data` of a labeled dataset config: its `data_root`, label file, image folder and splits."
+    check_data(cfg.data_root, labeled_paths(cfg), cfg.label_format)
+
+
+def root_layout(splits=("train", "val", "test"), labels: str | None = "AVA.txt") -> list:
+    "The wanted paths of a `data_root` in the toy world's layout: `labels` (None: none), `images/`, the `splits` files."
+    wanted = [("data_root", "folder", "images")] + [("data_root", "file", f"splits/{s}.txt") for s in splits]
+    return wanted + ([("data_root", "file", labels)] if labels else [])
 
 
 def pool_paths(cfg) -> list:
