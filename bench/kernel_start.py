@@ -40,7 +40,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp, kernel_threads(1):
         nb = Path(tmp) / "start.ipynb"
         book = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(CELL)])
-        book.metadata["kernelspec"] = dict(name="cskd", display_name="Python (cskd)", language="python")
+        book.metadata["kernelspec"] = dict(name="cskd", display_name="cskd", language="python")
         nbformat.write(book, nb)
         t = time.perf_counter()
         first = run_notebooks(nb, Path(tmp), 1, "forked")[0]  # starts the forkserver

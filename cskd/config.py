@@ -236,7 +236,7 @@ def _flag_help(f, tp, default) -> str:
 
 
 def comma_list(value: str):
-    "A flag's value for a field that takes a list: `a,b` is the list `[a, b]`; one value without a comma stays as given."
+    "A list field's flag value: `a,b` is the list `[a, b]`; one value without a comma stays as given."
     return [v.strip() for v in value.split(",") if v.strip()] if "," in value else value
 
 

@@ -162,7 +162,7 @@ from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpec
 
 KERNEL_NAME = "cskd"
-KERNEL_DISPLAY_NAME = "Python (cskd)"
+KERNEL_DISPLAY_NAME = "cskd"  # as nbdev-clean writes it into every notebook (display name = name)
 
 
 class ProjectKernelManager(AsyncKernelManager):

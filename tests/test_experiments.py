@@ -239,7 +239,7 @@ def test_kernels_started_at_once_from_one_folder_do_not_collide(tmp_path, monkey
     from cskd.pipeline import ProjectKernelManager, run_parallel
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nprint(os.getpid())")])
-    nb.metadata["kernelspec"] = dict(name="cskd", display_name="Python (cskd)", language="python")
+    nb.metadata["kernelspec"] = dict(name="cskd", display_name="cskd", language="python")
     nbformat.write(nb, tmp_path / "tiny.ipynb")
     monkeypatch.chdir(tmp_path)
     sockets = Path(tempfile.mkdtemp(prefix="k", dir="/tmp"))  # short: a socket path has at most ~107 characters
@@ -307,7 +307,7 @@ def test_forked_kernels_are_processes_of_their_own(tmp_path, monkeypatch):
         "    warm='torchvision' in __import__('sys').modules, backend=matplotlib.get_backend())))"
     )
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
-    nb.metadata["kernelspec"] = dict(name="cskd", display_name="Python (cskd)", language="python")
+    nb.metadata["kernelspec"] = dict(name="cskd", display_name="cskd", language="python")
     nbformat.write(nb, tmp_path / "probe.ipynb")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CSKD_PROBE", "seen")
