@@ -720,6 +720,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'cskd.teacher_cache._write_json': ('teacher_cache.html#_write_json', 'cskd/teacher_cache.py'),
                                     'cskd.teacher_cache.build_teacher_cache': ( 'teacher_cache.html#build_teacher_cache',
                                                                                 'cskd/teacher_cache.py'),
+                                    'cskd.teacher_cache.cache_build_lock': ('teacher_cache.html#cache_build_lock', 'cskd/teacher_cache.py'),
                                     'cskd.teacher_cache.cache_key': ('teacher_cache.html#cache_key', 'cskd/teacher_cache.py'),
                                     'cskd.teacher_cache.crop_box': ('teacher_cache.html#crop_box', 'cskd/teacher_cache.py'),
                                     'cskd.teacher_cache.ensure_teacher_cache': ( 'teacher_cache.html#ensure_teacher_cache',

@@ -106,3 +106,34 @@ def test_every_notebook_declares_the_installed_kernel():
         if (spec := json.loads(p.read_text())["metadata"].get("kernelspec")) != want
     }
     assert not wrong, (want, wrong)
+
+
+BUILD_CACHE = """
+import sys
+from pathlib import Path
+import torch
+from cskd.models import TEST_CLIP, clip_teacher
+from cskd.teacher_cache import SeededView, ensure_teacher_cache
+paths = sorted(Path(sys.argv[1]).glob("*.jpg"))
+torch.manual_seed(0)  # one random-init teacher in both processes: one cache
+c = ensure_teacher_cache(sys.argv[2], clip_teacher(TEST_CLIP), paths, SeededView(32), 2, device="cpu", progress=False)
+print("features", c.open().shape)
+"""
+
+
+def test_two_processes_asking_for_one_teacher_cache_build_it_once(tmp_path):
+    "Two runs of a sweep start together with one cache_dir: one builds, the other waits and reads it."
+    from cskd.teacher_cache import cache_build_lock
+
+    world = make_toy_world(tmp_path / "toy", 20, workers=1)
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-u", "-c", BUILD_CACHE, str(world / "images"), str(cache)]
+    with cache_build_lock(cache):  # both processes reach the lock while it is held: they meet there, not by luck
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        for p in procs:
+            assert "another process is building it; waiting" in p.stdout.readline()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-600:] for _, err in outs]
+    assert sum("building, because" in out for out, _ in outs) == 1, outs
+    assert all("features (20, 2, " in out for out, _ in outs), outs
+    assert not list(cache.glob("*.partial*"))
