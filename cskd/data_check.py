@@ -5,7 +5,6 @@
 # %% ../nbs/01c_data_check.ipynb #f4e6ea2c
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .config import ConfigError
@@ -21,16 +20,17 @@ TOY_ROOT = "data/toy"  # the experiments' default data_root: the one folder a mi
 _IS = {"file": Path.is_file, "folder": Path.is_dir, "any": Path.exists}
 
 
-def _fix(name: str, path: Path, dataset: str) -> str:
+def _fix(name: str, kind: str, path: Path, dataset: str) -> str:
     "The fix of a missing path, in the commands and parameters a user types."
-    if name.endswith("split"):
+    if name.endswith("split") or path.parent.name == "splits":
         root = path.parent.parent if path.parent.name == "splits" else "ROOT"
         return f"write the official splits: cskd splits {dataset} {root}; or give your own split file"
-    if name == "labels":
-        return "the dataset's label file, relative to data_root (AVA: AVA.txt)"
-    if name == "images":
+    if name == "pool_sources":
+        world = path.parent if path.name == "images" else path  # a toy world's images are in its images/ folder
+        return f"an image folder or a file listing image paths; for a toy world: cskd toy {world}"
+    if kind == "folder":
         return "the dataset's image folder, relative to data_root"
-    return f"an image folder or a file listing image paths; for a toy world: cskd toy {path}"
+    return "the dataset's label file, relative to data_root (AVA: AVA.txt)"
 
 
 def data_problems(data_root=None, wanted=(), dataset: str = "ava") -> list:
@@ -45,7 +45,7 @@ def data_problems(data_root=None, wanted=(), dataset: str = "ava") -> list:
     for name, kind, path in wanted:
         if not _IS[kind](root / path):
             what = "does not exist" if kind == "any" else f"is not a {kind}"
-            problems.append(f"parameter '{name}': {root / path} {what} ({_fix(name, root / path, dataset)})")
+            problems.append(f"parameter '{name}': {root / path} {what} ({_fix(name, kind, root / path, dataset)})")
     return problems
 
 
