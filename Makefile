@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 
 # The project's Jupyter kernel: every notebook declares `cskd` (JupyterLab, papermill from the shell).
 KERNEL := $(VENV)/share/jupyter/kernels/cskd/kernel.json
-$(KERNEL): $(STAMP)
-	$(PY) -m ipykernel install --sys-prefix --name cskd --display-name "Python (cskd)" >/dev/null
+$(KERNEL): $(STAMP) Makefile
+	$(PY) -m ipykernel install --sys-prefix --name cskd --display-name cskd >/dev/null
 
 install: $(STAMP) $(KERNEL)
 

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ConfigError, param, phase_param, register_phase
+from .data_check import check_data, pool_paths
 from .data import UnlabeledPool, read_split
 from .gpu_decode import DECODERS, on_device, pool_dataset
 from .runs import read_metrics, write_text_atomic
@@ -115,19 +116,8 @@ def align_config(**kw) -> AlignConfig:
 # %% ../nbs/05_align.ipynb #1a62b167
 def align_pool(cfg: AlignConfig) -> UnlabeledPool:
     "The unlabeled pool of `cfg`: sources minus excluded test ids, at most `pool_limit` images."
-    excl = []
-    for f in [] if cfg.include_test else (cfg.exclude_split or []):
-        if not Path(f).is_file():
-            raise ConfigError(
-                f"parameter 'exclude_split': {f} is not a file (set include_test=True or exclude_split=None to use no "
-                "exclusion)"
-            )
-        excl += read_split(f)
-    for s in cfg.pool_sources:
-        if not Path(s).exists():
-            raise ConfigError(
-                f"parameter 'pool_sources': {s} does not exist (for the toy world: python -m cskd toy data/toy)"
-            )
+    check_data(wanted=pool_paths(cfg))
+    excl = [i for f in ([] if cfg.include_test else cfg.exclude_split or []) for i in read_split(f)]
     pool = UnlabeledPool(cfg.pool_sources, exclude_ids=excl, include_test=cfg.include_test, on_error=cfg.on_bad_image)
     if cfg.pool_limit:
         pool.paths, pool.ids = pool.paths[: cfg.pool_limit], pool.ids[: cfg.pool_limit]

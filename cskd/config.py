@@ -18,7 +18,8 @@ import yaml
 
 # %% auto #0
 __all__ = ['PHASES', 'ConfigError', 'param', 'phase_param', 'check_value', 'check_fields', 'from_dict', 'to_dict', 'load_yaml',
-           'YamlParams', 'load_config', 'from_namespace', 'notebook_parameters', 'add_arguments', 'register_phase']
+           'YamlParams', 'load_config', 'from_namespace', 'notebook_parameters', 'comma_list', 'add_arguments',
+           'register_phase']
 
 # %% ../nbs/04b_config.ipynb #111e4aca
 class ConfigError(ValueError):
@@ -249,6 +250,11 @@ def _flag_help(f, tp, default) -> str:
     return f"{m['help']}{extra} [default: {default!r}]"
 
 
+def comma_list(value: str):
+    "A list field's flag value: `a,b` is the list `[a, b]`; one value without a comma stays as given."
+    return [v.strip() for v in value.split(",") if v.strip()] if "," in value else value
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls, defaults: dict | None = None):
     "One `--flag` per field of `cls` (dashes for underscores), defaulting to 'not given'; each with its help."
     types_ = _field_types(cls)
@@ -261,6 +267,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, defaults: dict | None = 
             dest=f.name,
             default=argparse.SUPPRESS,
             metavar=f.name.upper(),
+            type=comma_list if {list, tuple} & set(_base_types(types_[f.name])) else str,
             help=_flag_help(f, types_[f.name], default),
         )
 

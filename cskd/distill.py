@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError, param, register_phase
+from .data_check import check_labeled_data
 from .data import UnlabeledPool, eval_transform, read_split, train_transform
 from .engine import fast_attention, find_weights, fit, load_weights, resolve_device, resolve_precision
 from .iaa import FinetuneConfig, SplitScorer, iaa_splits, predict, prediction_metrics, run_autocast
@@ -241,6 +242,7 @@ def _test_metrics(cfg: DistillConfig, model, student, data, val_pred) -> dict:
 # %% ../nbs/07_distill.ipynb #36d2b3c1
 def distill(cfg: DistillConfig) -> dict:
     "Phase 2c: train the student on labels plus the teacher's pseudo-labels; returns flat metrics."
+    check_labeled_data(cfg)  # before the teacher labels the pool
     kept, n_pool = _teacher_labels(cfg)
     torch.manual_seed(cfg.seed)
     student = _student(cfg, cfg.encoder, cfg.init)

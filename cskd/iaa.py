@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import ConfigError, param, phase_param, register_phase
+from .data_check import check_labeled_data
 from cskd.data import (
     CSV_MAPPINGS,
     IAADataset,
@@ -106,11 +107,8 @@ def read_labels(path, label_format: str = "ava", on_bad: str = "raise") -> pd.Da
 
 def iaa_splits(cfg: FinetuneConfig, mean, std) -> dict:
     "The train / val / test `IAADataset`s of `cfg`, normalised with `mean` and `std`."
+    check_labeled_data(cfg)
     root = Path(cfg.data_root)
-    if not root.is_dir():
-        raise ConfigError(
-            f"parameter 'data_root': {root} is not a folder (for the toy world: python -m cskd toy {root})"
-        )
     labels = read_labels(root / cfg.labels, cfg.label_format, cfg.on_bad_label).set_index("image_id", drop=False)
     tfm = dict(
         train=train_transform(cfg.image_size, mean, std, scale=(cfg.crop_scale, 1.0)),
@@ -250,6 +248,7 @@ class SplitScorer:
 def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
     """Fine-tune an IAA model as `cfg` says; returns flat metrics (`val_*`, `test_*`) and writes predictions to
     `cfg.run_dir`."""
+    check_labeled_data(cfg)  # before a model is built (or its weights downloaded)
     torch.manual_seed(cfg.seed)  # the head's (and a random-init encoder's) weights depend on the seed only
     model = model or build_iaa_model(cfg)
     enc = model.encoder

@@ -20,7 +20,7 @@ __all__ = ['KERNEL_NAME', 'KERNEL_DISPLAY_NAME', 'PAPERMILL_KERNEL', 'ProjectKer
 
 # %% ../nbs/09d_kernels.ipynb #25538fe5
 KERNEL_NAME = "cskd"
-KERNEL_DISPLAY_NAME = "Python (cskd)"
+KERNEL_DISPLAY_NAME = "cskd"  # as nbdev-clean writes it into every notebook (display name = name)
 
 
 class ProjectKernelSpecs(KernelSpecManager):

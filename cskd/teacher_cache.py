@@ -25,7 +25,8 @@ from .views import SeededView, view_seed
 
 # %% auto #0
 __all__ = ['CACHE_FORMAT', 'to_unit', 'teacher_input', 'teacher_targets', 'target_shape', 'PoolViews', 'CacheError',
-           'image_list_hash', 'cache_key', 'TeacherCache', 'build_teacher_cache', 'ensure_teacher_cache']
+           'image_list_hash', 'cache_key', 'TeacherCache', 'build_teacher_cache', 'cache_build_lock',
+           'ensure_teacher_cache']
 
 # %% ../nbs/05b_teacher_cache.ipynb #e7fb98f0
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -426,6 +427,28 @@ def build_teacher_cache(
                 raise KeyboardInterrupt("stopped on request (test)")
     return TeacherCache(path, part.finish(time.perf_counter() - t0))
 
+# %% ../nbs/05b_teacher_cache.ipynb #8d33458d
+import fcntl
+from contextlib import contextmanager
+
+
+@contextmanager
+def cache_build_lock(path):
+    """Hold the cache folder `path`'s build lock: one process builds a cache at a time, the others wait here
+    (a sweep's runs sharing one `cache_dir`). The system releases it when its holder exits, crashed or not."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / ".build.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"teacher cache {path}: another process is building it; waiting")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
 # %% ../nbs/05b_teacher_cache.ipynb #122a97b8
 def ensure_teacher_cache(
     path,
@@ -456,9 +479,12 @@ def ensure_teacher_cache(
                 raise CacheError(f"teacher cache {path}: rank 0 did not finish building it in {wait_s} s")
             time.sleep(5)
         return TeacherCache.load(path, key)
-    print(f"teacher cache {path}: building, because {why}")
-    c = build_teacher_cache(
-        path, teacher, paths, view, views, view_seed, granularity, precision=prec, device=dev, **build_kw
-    )
+    with cache_build_lock(path):
+        if (why := TeacherCache.check(path, key)) is None:  # another process built it while this one waited
+            return TeacherCache.load(path, key)
+        print(f"teacher cache {path}: building, because {why}")
+        c = build_teacher_cache(
+            path, teacher, paths, view, views, view_seed, granularity, precision=prec, device=dev, **build_kw
+        )
     c.built_because = why
     return c

@@ -162,15 +162,14 @@ def test_experiment_notebook_runs_and_validates(tmp_path):
 
     nb = ROOT / "nbs" / "experiments" / "align.ipynb"
     run = tmp_path / "run"
+    make_toy_world(tmp_path / "toy", 240, workers=1)  # a toy world is written only at the default data/toy
     pm.execute_notebook(
         str(nb),
         str(tmp_path / "out.ipynb"),
         cwd=str(ROOT),
         **PAPERMILL_KERNEL,
         progress_bar=False,
-        parameters=dict(
-            run_dir=str(run), data_root=str(tmp_path / "toy"), toy_images=240, epochs=2, eval_images=32, batch_size=32
-        ),
+        parameters=dict(run_dir=str(run), data_root=str(tmp_path / "toy"), epochs=2, eval_images=32, batch_size=32),
     )
     m = json.loads((run / "metrics.json").read_text())
     for k in ("first_loss", "final_loss", "eval_loss_before", "eval_loss_after", "steps", "pool_images"):

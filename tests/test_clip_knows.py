@@ -167,13 +167,14 @@ def test_experiment_notebook_runs_and_validates(tmp_path):
     import papermill as pm
 
     run = tmp_path / "run"
+    make_toy_world(tmp_path / "toy", 800, workers=1)  # a toy world is written only at the default data/toy
     pm.execute_notebook(
         str(NB),
         str(tmp_path / "out.ipynb"),
         cwd=str(ROOT),
         **PAPERMILL_KERNEL,
         progress_bar=False,
-        parameters=dict(run_dir=str(run), data_root=str(tmp_path / "toy"), toy_images=800),
+        parameters=dict(run_dir=str(run), data_root=str(tmp_path / "toy")),
     )
     m = json.loads((run / "metrics.json").read_text())
     keys = [f"zeroshot_{s}_{k}" for s in ("paper", "ensemble", "content") for k in ("srcc", "plcc", "acc")]

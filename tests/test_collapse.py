@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from cskd.collapse import collapse_study, load_vit, split_images
 from cskd.engine import find_weights
 from cskd.kernels import PAPERMILL_KERNEL
+from cskd.toy import make_toy_world
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "nbs" / "experiments" / "collapse.ipynb"
@@ -34,8 +35,9 @@ def execute(tmp, name, **parameters):
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
-    "The notebook with its defaults; data_root does not exist yet, so the notebook writes the toy world."
+    "The notebook with its defaults on a toy world of the default size (600 images)."
     tmp = tmp_path_factory.mktemp("collapse")
+    make_toy_world(tmp / "toy", 600, workers=1)
     execute(tmp, "default", run_dir=str(tmp / "run"), data_root=str(tmp / "toy"))
     return tmp
 

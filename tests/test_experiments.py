@@ -239,7 +239,7 @@ def test_kernels_started_at_once_from_one_folder_do_not_collide(tmp_path, monkey
     from cskd.pipeline import run_parallel
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nprint(os.getpid())")])
-    nb.metadata["kernelspec"] = dict(name="cskd", display_name="Python (cskd)", language="python")
+    nb.metadata["kernelspec"] = dict(name="cskd", display_name="cskd", language="python")
     nbformat.write(nb, tmp_path / "tiny.ipynb")
     monkeypatch.chdir(tmp_path)
     sockets = Path(tempfile.mkdtemp(prefix="k", dir="/tmp"))  # short: a socket path has at most ~107 characters

@@ -221,7 +221,7 @@ def test_jupyterlab_opens_the_toy_notebook_with_the_cskd_kernel_and_runs_it(lab,
         lambda: (s := page.js(PAGE_STATE % LAST_CELL)) and "of a " in s["output"] and s["status"] == "idle" and s,
         60,
     )
-    assert "Python (cskd)" in state["kernel_label"], state  # what the user sees in the notebook's toolbar
+    assert "cskd" in state["kernel_label"], state  # what the user sees in the notebook's toolbar
     assert "Error" not in state["output"] and len(state["prompts"]) >= 10, state
     python = page.js(KERNEL_PYTHON)
     assert Path(python).resolve() == Path(sys.executable).resolve(), python  # the project's interpreter
