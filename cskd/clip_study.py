@@ -56,9 +56,9 @@ class ClipStudyConfig:
     run_dir: str = param("runs/clip_knows", "output folder: tables, figures, metrics, the fine-tuning runs")
     seed: int = param(0, "seed of random-init models, data order and the probe's CV folds", min=0)
     data_root: str = param(
-        "data/toy", "dataset folder (AVA.txt, images/, splits/); the default data/toy is written as a toy world when missing"
+        "data/toy", "dataset folder (AVA.txt, images/, splits/); a toy world is written at the default only"
     )
-    toy_images: int = param(2000, "images of the toy world written when data_root is the missing default data/toy", min=10)
+    toy_images: int = param(2000, "toy world size (written at the default data_root only)", min=10)
     clip_model: str = param("cskd-toy-vit", "open_clip model name")
     clip_pretrained: str | None = param(
         TOY, "'toy' (the shipped toy CLIP), an open_clip pretrained tag or a local weights file; None: random init"

@@ -22,8 +22,8 @@ NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own line
         "cskd.align:AlignConfig",
         dict(
             run_dir=("runs/align", "the run folder"),
-            data_root=("data/toy", "the default data/toy is written as a toy world when missing; any other missing folder is an error"),
-            toy_images=(2000, "images of the toy world written when data_root is the missing default data/toy"),
+            data_root=("data/toy", "a toy world is written at this default only; another missing folder is an error"),
+            toy_images=(2000, "toy world size (written at the default data_root only)"),
             pool_sources=(None, "None: the images of data_root"),
             exclude_split=("auto", "auto: data_root's test and val splits (None: exclude nothing)"),
             teacher_pretrained=(TOY, "the shipped toy CLIP (None: random init)"),
@@ -37,7 +37,7 @@ NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own line
         "cskd.iaa:FinetuneConfig",
         dict(
             run_dir=("runs/finetune", "the run folder"),
-            toy_images=(10000, "images of the toy world written when data_root is the missing default data/toy"),
+            toy_images=(10000, "toy world size (written at the default data_root only)"),
             n_train=(2000, "a quick run: 2000 labeled images (the phase's default, None, takes all)"),
             encoder=(TOY_LARGE, "the toy world's large ViT ..."),
             pretrained=(TOY, "... from its shipped toy ImageNet weights (None: random init)"),
@@ -47,7 +47,7 @@ NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own line
         "cskd.distill:DistillConfig",
         dict(
             run_dir=("runs/distill", "the run folder"),
-            toy_images=(10000, "images of the toy world written when data_root is the missing default data/toy"),
+            toy_images=(10000, "toy world size (written at the default data_root only)"),
             teacher_run=(None, "None: fine-tune a teacher first (`teacher_encoder`, `teacher_n_train` labeled images)"),
             encoder=(TOY_STUDENT, "the student: the toy world's light CNN ..."),
             pretrained=(TOY, "... from its shipped toy ImageNet weights (None: random init)"),

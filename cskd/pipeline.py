@@ -39,7 +39,7 @@ class PipelineConfig:
     figures_dir: str = param("figures", "where seed 0's collapse figures go")
     seeds: list = param([0, 1], "training seeds; the table gives mean and spread over them")
     data_root: str = param("data/toy", "dataset folder (AVA.txt, images/, splits/); the toy world is made when missing")
-    toy_images: int = param(10000, "images of the toy world written when data_root is the missing default data/toy", min=10)
+    toy_images: int = param(10000, "toy world size (written at the default data_root only)", min=10)
     dataset: str = param("toy", "'ava' adds the published AVA numbers to the table", choices=("toy", "ava", "other"))
     clip: str = param(TOY_CLIP, "the CLIP teacher of phase 1 (open_clip name)")
     clip_pretrained: str | None = param(TOY, "'toy' (the shipped toy CLIP), an open_clip tag, a file; None: random")
