@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from .config import PHASES, ConfigError, load_config, load_yaml, param, to_dict
-from .engine import PRECISIONS
+from .precision import PRECISIONS
 from .models import TOY, TOY_CLIP, TOY_LARGE, TOY_STUDENT
 from .runs import write_text_atomic
 

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .engine import fast_attention, get_autocast, mix_seed, resolve_device, resolve_precision
+from .models import fast_attention
+from .precision import get_autocast, resolve_device, resolve_precision
+from .seeding import mix_seed
 from .runs import weights_fingerprint, write_text_atomic
 from .images import BadImageError, BadImageLog, load_image
 
@@ -30,7 +32,7 @@ __all__ = ['view_seed', 'CACHE_FORMAT', 'crop_box', 'SeededView', 'to_unit', 'te
 
 # %% ../nbs/05b_teacher_cache.ipynb #0069091b
 view_seed = (
-    mix_seed  # the engine's seed mixing: one function derives every seed, e.g. `(seed, image_index, view_index)`
+    mix_seed  # cskd.seeding's seed mixing: one function derives every seed, e.g. `(seed, image_index, view_index)`
 )
 
 

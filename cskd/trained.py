@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from .align import AlignConfig
-from .engine import load_weights
+from .checkpoint import load_weights
 from .iaa import FinetuneConfig, build_iaa_model
 from .models import IAAModel, build_encoder
 

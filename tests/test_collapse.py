@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from cskd.collapse import collapse_study, load_vit, split_images
-from cskd.engine import find_weights
+from cskd.checkpoint import find_weights
 from cskd.pipeline import PAPERMILL_KERNEL
 
 ROOT = Path(__file__).resolve().parents[1]
