@@ -16,8 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_model
 
 # %% auto #0
-__all__ = ['find_checkpoint', 'save_checkpoint', 'CheckpointWriteError', 'CheckpointError', 'load_checkpoint', 'find_weights',
-           'load_weights', 'copy_checkpoint', 'recover_checkpoints']
+__all__ = ['find_checkpoint', 'save_checkpoint', 'CheckpointWriteError', 'CheckpointError', 'find_weights', 'load_weights',
+           'load_checkpoint', 'copy_checkpoint', 'recover_checkpoints']
 
 # %% ../nbs/04i_checkpoint.ipynb #1ce45b96
 def _fsync(path: Path):
@@ -119,20 +119,7 @@ def _load_state(f: Path, map_location):
             f"state.pt and runs no code from it: the file is damaged, or was not written by cskd"
         ) from None
 
-# %% ../nbs/04i_checkpoint.ipynb #25655d85
-def load_checkpoint(path, model: Optional[nn.Module] = None, optimizer=None, map_location="cpu") -> dict:
-    "Load a checkpoint folder's weights into `model`, its optimizer state into `optimizer`; return the state dict."
-    found = find_checkpoint(path)
-    if found is None:
-        raise FileNotFoundError(f"no checkpoint at {path} (expected {Path(path) / 'state.pt'})")
-    if model is not None:
-        load_weights(model, found)
-    state = _load_state(found / "state.pt", map_location)
-    if optimizer is not None and state.get("optimizer") is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    return state
-
-
+# %% ../nbs/04i_checkpoint.ipynb #c74433d2
 def find_weights(path) -> Path:
     "The weights file of a file, a checkpoint folder or a run folder (its `best` checkpoint, else `last`; `.old-` too)."
     p = Path(path)
@@ -162,7 +149,7 @@ def _listed(keys, n: int = 10) -> str:
     keys = sorted(keys)
     return f"{keys[:n]}{' ...' if len(keys) > n else ''}"
 
-# %% ../nbs/04i_checkpoint.ipynb #e43f5c35
+
 def load_weights(model: nn.Module, path, prefix: str = "", strict: bool = True) -> nn.Module:
     """Load safetensors weights into `model`: a file, a checkpoint folder or a run folder (see `find_weights`).
     With `prefix`, only the keys under it (`encoder.` of a phase-1 run), without it. Mismatches are named."""
@@ -189,6 +176,19 @@ def load_weights(model: nn.Module, path, prefix: str = "", strict: bool = True) 
             f"missing keys: {_listed(missing)}; unexpected keys: {_listed(unexpected)}"
         )
     return model
+
+# %% ../nbs/04i_checkpoint.ipynb #af7c7d46
+def load_checkpoint(path, model: Optional[nn.Module] = None, optimizer=None, map_location="cpu") -> dict:
+    "Load a checkpoint folder's weights into `model`, its optimizer state into `optimizer`; return the state dict."
+    found = find_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint at {path} (expected {Path(path) / 'state.pt'})")
+    if model is not None:
+        load_weights(model, found)
+    state = _load_state(found / "state.pt", map_location)
+    if optimizer is not None and state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    return state
 
 # %% ../nbs/04i_checkpoint.ipynb #81d3060e
 def _link_or_copy(src: Path, dst: Path):
