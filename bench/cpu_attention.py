@@ -1,6 +1,6 @@
 """Forward + backward time of timm ViTs on the CPU with PyTorch's fused attention against explicit attention
-(`cskd.engine.explicit_attention`), in fp32 and under bf16 autocast: why the engine switches to explicit attention
-under bf16 on a CPU (`cskd.engine.fast_attention`).
+(`cskd.models.explicit_attention`), in fp32 and under bf16 autocast: why the engine switches to explicit attention
+under bf16 on a CPU (`cskd.models.fast_attention`).
 
 Each model runs `--reps` timed forward + backward passes of random images per configuration after one untimed
 pass; the configurations alternate within each repetition and the table gives medians. The default models are
@@ -39,7 +39,7 @@ def main(argv=None):
     ap.add_argument("--channels-last", action="store_true")
     args = ap.parse_args(argv)
     import cskd.models  # noqa: F401  (registers the toy models with timm)
-    from cskd.engine import explicit_attention
+    from cskd.models import explicit_attention
 
     torch.set_num_threads(args.threads)
     layout = "channels-last" if args.channels_last else "contiguous"

@@ -53,7 +53,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     import cskd.models  # noqa: F401  (registers the toy models with timm)
-    from cskd.engine import resolve_precision
+    from cskd.precision import resolve_precision
     from cskd.models import TOY_LARGE, TOY_STUDENT
 
     torch.set_num_threads(args.threads)

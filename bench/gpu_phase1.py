@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_path import make_jpegs  # noqa: E402
 
 from cskd.align import align_config, align_step, build_align_model  # noqa: E402
-from cskd.engine import Hook, fit, get_autocast, resolve_device  # noqa: E402
+from cskd.engine import Hook, fit  # noqa: E402
+from cskd.precision import get_autocast, resolve_device  # noqa: E402
 from cskd.gpu_decode import on_device, pool_dataset  # noqa: E402
 from cskd.models import TOY_CLIP, clip_teacher  # noqa: E402
 from cskd.teacher_cache import PoolViews, teacher_targets  # noqa: E402

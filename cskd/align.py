@@ -23,7 +23,8 @@ from .data_check import check_data, pool_paths
 from .data import UnlabeledPool, read_split
 from .gpu_decode import DECODERS, on_device, pool_dataset
 from .runs import read_metrics, write_text_atomic
-from .engine import TrainConfig, fit, get_autocast, resolve_device
+from .engine import TrainConfig, fit
+from .precision import get_autocast, resolve_device
 from .models import TOY_CLIP, Projector, build_encoder, clip_teacher
 from .teacher_cache import PoolViews, ensure_teacher_cache, teacher_targets, to_unit
 from .views import SeededView

@@ -215,7 +215,7 @@ def main(argv=None) -> int:
 
 # %% ../nbs/90_cli.ipynb #daafffff
 def _device(name: str):
-    from cskd.engine import resolve_device
+    from cskd.precision import resolve_device
 
     try:
         return resolve_device(name)

@@ -21,14 +21,16 @@ from torch import nn
 from .config import ConfigError, param, register_phase
 from .data_check import check_labeled_data
 from .data import UnlabeledPool, eval_transform, read_split, train_transform
-from .engine import fast_attention, find_weights, fit, load_weights, resolve_device, resolve_precision
+from .checkpoint import find_weights, load_weights
+from .engine import fit
+from .precision import resolve_device, resolve_precision
 from .iaa import FinetuneConfig, SplitScorer, iaa_splits, predict, prediction_metrics, run_autocast
 from .images import collate_skip_none
 from .trained import iaa_model_from_run
 from .losses import emd_loss, kl_loss
 from .metrics import mean_score
 from .runs import write_text_atomic
-from .models import IAAHead, IAAModel, build_encoder
+from .models import IAAHead, IAAModel, build_encoder, fast_attention
 
 # %% auto #0
 __all__ = ['DistillConfig', 'pseudo_labels', 'confident', 'SemiSupervised', 'rampup', 'MutualPair', 'distill_step', 'distill']

@@ -7,38 +7,37 @@ JSON-lines metrics, SIGINT/SIGTERM handling and DDP under `torchrun`; features p
 # %% ../nbs/04_engine.ipynb #c63d543e
 from __future__ import annotations
 
-import dataclasses, gc, inspect, json, math, os, random, shutil, signal, socket, sys, threading, time, warnings
-from contextlib import contextmanager, nullcontext
+import dataclasses, gc, inspect, json, math, shutil, signal, sys, threading, time, warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Union
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from safetensors import safe_open
-from safetensors.torch import load_file, load_model, save_model
+from torch.utils.data import DataLoader
 from fastcore.basics import patch
 
+from .checkpoint import copy_checkpoint, find_checkpoint, load_checkpoint, recover_checkpoints, save_checkpoint
 from .config import ConfigError, check_fields, param
 from .config import from_dict as config_from_dict
+from .distributed import end_distributed, gather_from_ranks, init_distributed, rank_and_world, share_from_main
+from .models import fast_attention
+from .optim import build_param_groups, lr_factor, make_optimizer
+from .precision import PRECISIONS, get_autocast, resolve_device, resolve_precision
+from .run_lock import RunLockedError, acquire_run_lock, release_run_lock
 from .runs import write_text_atomic
+from .sampler import SeededFetch, StepBatchSampler
+from .seeding import get_rng_state, mix_seed, seed_all, set_rng_state
 
 with warnings.catch_warnings():  # tqdm.auto warns once when ipywidgets is missing; it then falls back to text bars
     warnings.simplefilter("ignore")
     from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'TrainConfig', 'lr_factor', 'mix_seed', 'StepBatchSampler', 'build_param_groups', 'find_checkpoint',
-           'save_checkpoint', 'CheckpointWriteError', 'CheckpointError', 'load_checkpoint', 'find_weights',
-           'load_weights', 'RunLockedError', 'is_main_process', 'NonFiniteLossError', 'TrainingInterrupted', 'StepInfo',
-           'TrainState', 'FitResult', 'resolve_device', 'native_bf16', 'resolve_precision', 'explicit_attention',
-           'fast_attention', 'fast_attention_during', 'get_autocast', 'Hook', 'Fit', 'fit']
-
-# %% ../nbs/04_engine.ipynb #2163bce3
-PRECISIONS = ("auto", "native", "bf16", "fp32")
+__all__ = ['TrainConfig', 'NonFiniteLossError', 'TrainingInterrupted', 'StepInfo', 'TrainState', 'FitResult', 'Hook', 'Fit',
+           'fit']
 
 # %% ../nbs/04_engine.ipynb #9fc48b36
 @dataclass
@@ -91,21 +90,7 @@ class TrainConfig:
         if self.run_dir is not None and not isinstance(self.run_dir, str):
             self.run_dir = str(self.run_dir)  # a Path is welcome
         check_fields(self)
-        self.head_prefixes = tuple(self.head_prefixes)
-        try:
-            self.betas = tuple(float(b) for b in self.betas)
-        except (TypeError, ValueError):
-            raise ConfigError(f"parameter 'betas': {self.betas!r} must be two numbers") from None
-        if len(self.betas) != 2:
-            raise ConfigError(f"parameter 'betas': {self.betas} must be two numbers")
-        if self.grad_clip == 0:
-            self.grad_clip = None
-        if self.patience is not None and not self.best_metric:
-            raise ConfigError("parameter 'patience' needs best_metric (the metric whose improvement it waits for)")
-        if self.min_lr > self.lr:
-            raise ConfigError(f"parameter 'min_lr': {self.min_lr} must be <= lr ({self.lr})")
-        if self.warmup_steps and self.warmup_epochs:
-            raise ConfigError("parameter 'warmup_epochs' cannot be set together with warmup_steps")
+        _normalise_and_check(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -115,443 +100,24 @@ class TrainConfig:
         "Build from a plain dict (YAML / JSON); unknown keys are an error that names them and suggests close matches."
         return config_from_dict(cls, d, source=source)
 
-# %% ../nbs/04_engine.ipynb #5498c7c4
-def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = "cosine", min_ratio: float = 0.0) -> float:
-    "Multiplier of the base learning rate for optimizer step `step` (0-based) of `total`."
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    p = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-
-# %% ../nbs/04_engine.ipynb #bad1ef7c
-def mix_seed(*xs) -> int:
-    "A 63-bit seed from non-negative ints: distinct tuples give unrelated streams."
-    return int(np.random.SeedSequence([int(x) for x in xs]).generate_state(1, np.uint64)[0] >> 1)
-
-class _Batch(list):
-    "The indices of one micro-batch and the seed its data worker uses (a picklable list)."
-
-    seed: int = 0
-
-class StepBatchSampler:
-    "Yields this rank's micro-batches of indices for one epoch, from optimizer step `start` on."
-
-    def __init__(
-        self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, accum_steps: int = 1
-    ):
-        if batch_size % (world_size * accum_steps):
-            raise ValueError(
-                f"batch_size={batch_size} is not divisible by world_size * accum_steps = "
-                f"{world_size} * {accum_steps}; the global batch must split into equal micro-batches"
-            )
-        self.n, self.batch_size, self.seed, self.rank, self.world_size, self.accum = (
-            n,
-            batch_size,
-            seed,
-            rank,
-            world_size,
-            accum_steps,
-        )
-        self.micro = batch_size // (world_size * accum_steps)
-        self.steps = n // batch_size  # drop_last
-        self.epoch, self.start = 0, 0
-
-    def set_position(self, epoch: int, start: int = 0):
-        self.epoch, self.start = epoch, start
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
-
-    def __len__(self):
-        return (self.steps - self.start) * self.accum
-
-    def __iter__(self):
-        perm, per_rank = self.permutation(self.epoch).tolist(), self.batch_size // self.world_size
-        for k in range(self.start, self.steps):
-            lo = k * self.batch_size + self.rank * per_rank
-            for m in range(self.accum):
-                b = _Batch(perm[lo + m * self.micro : lo + (m + 1) * self.micro])
-                b.seed = mix_seed(self.seed, self.epoch, k, m, self.rank)
-                yield b
-
-# %% ../nbs/04_engine.ipynb #cd682efe
-class _SeededFetch(Dataset):
-    "Wraps a map-style dataset: in a data worker, seed the RNGs from the micro-batch before loading it."
-
-    def __init__(self, ds):
-        self.ds = ds
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, i):
-        return self.ds[i]
-
-    def __getitems__(self, batch):
-        if isinstance(batch, _Batch) and torch.utils.data.get_worker_info() is not None:
-            random.seed(batch.seed)
-            np.random.seed(batch.seed % 2**32)
-            torch.manual_seed(batch.seed)
-        return [self.ds[i] for i in batch]
-
-# %% ../nbs/04_engine.ipynb #43c5238b
-_GROUP_KEYS = {"params", "lr", "lr_mult", "weight_decay", "name"}
-
-
-def build_param_groups(model: nn.Module, cfg: TrainConfig, param_groups=None) -> list:
-    "Optimizer parameter groups (each with `base_lr`): user/head groups, each split into decay / no-decay."
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    name_of = {id(p): n for n, p in named}
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    if param_groups is None and cfg.head_lr is not None:
-        is_head = lambda n: any(n == h or n.startswith(h + ".") for h in cfg.head_prefixes)
-        head = [p for n, p in named if is_head(n)]
-        if not head:
-            tops = sorted({n.split(".")[0] for n, _ in named})
-            raise ValueError(
-                f"TrainConfig.head_lr is set but no parameter name starts with head_prefixes="
-                f"{cfg.head_prefixes}; the model's top-level parameter names: {tops}"
-            )
-        param_groups = [dict(params=head, lr=cfg.head_lr, name="head")]
-    groups = list(param_groups(model) if callable(param_groups) else (param_groups or []))
-    seen, out = set(), []
-
-    def add(params, g, gname):
-        lr = g.get("lr", cfg.lr * g.get("lr_mult", 1.0))
-        wd = g.get("weight_decay", cfg.weight_decay)
-        decay = [p for p in params if p.ndim >= 2 and name_of[id(p)] not in skip]
-        no_decay = [p for p in params if not (p.ndim >= 2 and name_of[id(p)] not in skip)]
-        for ps, w, suffix in ((decay, wd, ""), (no_decay, 0.0, "/no_decay")):
-            if ps:
-                out.append(dict(params=ps, lr=lr, base_lr=lr, weight_decay=w, name=gname + suffix))
-
-    for i, g in enumerate(groups):
-        extra = set(g) - _GROUP_KEYS
-        if extra:
-            raise ValueError(f"param_groups[{i}] has unknown key(s) {sorted(extra)}; allowed: {sorted(_GROUP_KEYS)}")
-        params = [p[1] if isinstance(p, tuple) else p for p in g["params"]]
-        params = [p for p in params if p.requires_grad]
-        for p in params:
-            if id(p) not in name_of:
-                raise ValueError(f"param_groups[{i}] holds a tensor that is not a parameter of the model")
-            if id(p) in seen:
-                raise ValueError(f"parameter {name_of[id(p)]!r} is in more than one of param_groups")
-            seen.add(id(p))
-        add(params, g, g.get("name", f"group{i}"))
-    rest = [p for _, p in named if id(p) not in seen]
-    if rest:
-        add(rest, {}, "default")
-    return out
-
-
-def _make_optimizer(groups, cfg):
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-
-# %% ../nbs/04_engine.ipynb #6e0f12e5
-def _fsync(path: Path):
-    fd = os.open(path, os.O_RDONLY)
+# %% ../nbs/04_engine.ipynb #21e04658
+def _normalise_and_check(cfg: TrainConfig):
+    "Normalise `head_prefixes`, `betas` and `grad_clip`; check the rules that tie several fields together."
+    cfg.head_prefixes = tuple(cfg.head_prefixes)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-def _atomic_dir(final: Path, write: Callable[[Path], None]):
-    "Create folder `final` through `write(tmp_folder)` so that readers never see it half written."
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = (final.with_name(f"{final.name}.{t}-{os.getpid()}") for t in ("tmp", "old"))
-    for d in (tmp, old):
-        shutil.rmtree(d, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        for f in tmp.iterdir():
-            _fsync(f)
-    except BaseException:
-        # a failed write (full disk, quota) leaves no debris; `final` is untouched
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        os.replace(final, old)  # a kill after this line leaves a complete `old`
-    os.replace(tmp, final)
-    _fsync(final.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-def find_checkpoint(path) -> Optional[Path]:
-    "The complete checkpoint folder at `path`, or the `.old-` copy a kill between two renames left; None if neither."
-    path = Path(path)
-    if (path / "state.pt").exists() or (path / "model.safetensors").exists():
-        return path
-    olds = (
-        sorted(path.parent.glob(f"{path.name}.old-*"), key=lambda p: p.stat().st_mtime) if path.parent.exists() else []
-    )
-    return olds[-1] if olds else None
-
-def _link_or_copy(src: Path, dst: Path):
-    "Checkpoint files are never modified after writing, so `best` can share them with `last` through hard links."
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-def _recover_checkpoints(ckdir: Path):
-    "After a kill between two renames: put the `.old-` copy back in place; drop temporary folders."
-    if not ckdir.exists():
-        return
-    for name in ("last", "best"):
-        old = find_checkpoint(ckdir / name)
-        if not (ckdir / name).exists() and old is not None:
-            os.replace(old, ckdir / name)
-    for junk in [*ckdir.glob("*.tmp-*"), *ckdir.glob("*.old-*")]:
-        shutil.rmtree(junk, ignore_errors=True)
-
-# %% ../nbs/04_engine.ipynb #1180fec1
-def save_checkpoint(path, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, **state) -> Path:
-    "Atomically write `path/model.safetensors` and `path/state.pt` (optimizer state + `state`: plain values, tensors)."
-    path = Path(path)
-
-    def write(tmp):
-        for name, save in (
-            ("model.safetensors", lambda f: save_model(model, str(f), force_contiguous=True)),
-            (
-                "state.pt",
-                lambda f: torch.save(
-                    dict(state, optimizer=optimizer.state_dict() if optimizer is not None else None), f
-                ),
-            ),
-        ):
-            try:
-                save(tmp / name)
-            except Exception as e:
-                raise CheckpointWriteError(path, name, e) from e
-
-    _atomic_dir(path, write)
-    return path
-
-class CheckpointWriteError(RuntimeError):
-    "Writing a checkpoint failed (a full disk, a quota, a file-size limit...); the previous checkpoint is untouched."
-
-    def __init__(self, path, name: str, cause: BaseException):
-        path, self.cause = Path(path), cause
-        self.path, self.file = path, name
-        try:
-            free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on that file system"
-        except OSError:
-            free = ""
-        prev = find_checkpoint(path)
-        super().__init__(
-            f"could not write checkpoint {path}: writing {name} failed: {str(cause).strip()} "
-            f"(is the disk full, or a quota or file-size limit reached?{free}); "
-            + (f"the previous checkpoint {prev} is intact and loadable" if prev else "there is no previous checkpoint")
-        )
-
-class CheckpointError(ValueError):
-    "A checkpoint file that cannot be read: damaged, not a checkpoint, or holding code (refused)."
-
-def _load_state(f: Path, map_location):
-    "torch.load(weights_only=True) of a state.pt, with errors that name the file and never suggest weights_only=False."
-    try:
-        return torch.load(f, map_location=map_location, weights_only=True)
-    except Exception as e:
-        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-        why = next((l for l in lines if "GLOBAL" in l or "Unsupported" in l), lines[-1] if lines else type(e).__name__)
-        raise CheckpointError(
-            f"{f}: not a loadable checkpoint state ({why}); cskd reads only tensors and plain values from "
-            f"state.pt and runs no code from it: the file is damaged, or was not written by cskd"
-        ) from None
-
-# %% ../nbs/04_engine.ipynb #b51c072f
-def load_checkpoint(path, model: Optional[nn.Module] = None, optimizer=None, map_location="cpu") -> dict:
-    "Load a checkpoint folder's weights into `model`, its optimizer state into `optimizer`; return the state dict."
-    found = find_checkpoint(path)
-    if found is None:
-        raise FileNotFoundError(f"no checkpoint at {path} (expected {Path(path) / 'state.pt'})")
-    if model is not None:
-        load_weights(model, found)
-    state = _load_state(found / "state.pt", map_location)
-    if optimizer is not None and state.get("optimizer") is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    return state
-
-def find_weights(path) -> Path:
-    "The weights file of a file, a checkpoint folder or a run folder (its `best` checkpoint, else `last`; `.old-` too)."
-    p = Path(path)
-    if p.is_file():
-        return p
-    for ck in (p, p / "checkpoints" / "best", p / "checkpoints" / "last"):
-        found = find_checkpoint(ck)
-        if found is not None and (found / "model.safetensors").is_file():
-            return found / "model.safetensors"
-    raise FileNotFoundError(f"no model.safetensors in {p} (looked in it, in checkpoints/best and in checkpoints/last)")
-
-def _file_shapes(f: Path) -> dict:
-    try:
-        with safe_open(str(f), framework="pt") as sf:
-            return {k: tuple(sf.get_slice(k).get_shape()) for k in sf.keys()}
-    except Exception as e:
-        raise CheckpointError(f"{f}: not a valid safetensors file ({str(e).strip()})") from None
-
-def _model_name(model: nn.Module) -> str:
-    name = getattr(model, "name", None)
-    return f"{type(model).__name__} ({name})" if isinstance(name, str) and name else type(model).__name__
-
-def _listed(keys, n: int = 10) -> str:
-    keys = sorted(keys)
-    return f"{keys[:n]}{' ...' if len(keys) > n else ''}"
-
-# %% ../nbs/04_engine.ipynb #0ef645ed
-def load_weights(model: nn.Module, path, prefix: str = "", strict: bool = True) -> nn.Module:
-    """Load safetensors weights into `model`: a file, a checkpoint folder or a run folder (see `find_weights`).
-    With `prefix`, only the keys under it (`encoder.` of a phase-1 run), without it. Mismatches are named."""
-    f = find_weights(path)
-    shapes = {k[len(prefix) :]: s for k, s in _file_shapes(f).items() if k.startswith(prefix)}
-    if prefix and not shapes:
-        raise ValueError(f"{f} holds no weights under '{prefix}'")
-    own = model.state_dict()
-    bad = [
-        f"{k}: file {s} vs model {tuple(own[k].shape)}"
-        for k, s in shapes.items()
-        if k in own and s != tuple(own[k].shape)
-    ]
-    if bad:
-        raise ValueError(f"{f}: weights do not fit {type(model).__name__}; shape mismatch: " + "; ".join(bad[:10]))
-    if prefix:
-        sd = {k[len(prefix) :]: v for k, v in load_file(str(f)).items() if k.startswith(prefix)}
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-    else:  # safetensors' own loader restores tensors that save_model stored once for several names
-        missing, unexpected = load_model(model, str(f), strict=False)
-    if strict and (missing or unexpected):
-        raise ValueError(
-            f"{f}: weights{f' under {prefix!r}' if prefix else ''} do not fit {_model_name(model)}; "
-            f"missing keys: {_listed(missing)}; unexpected keys: {_listed(unexpected)}"
-        )
-    return model
-
-# %% ../nbs/04_engine.ipynb #06f4bacc
-class RunLockedError(RuntimeError):
-    "Another live process holds the run folder."
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed but not yet reaped child is a zombie: dead for our purpose
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _acquire_lock(run_dir: Path) -> Path:
-    lock, host = Path(run_dir) / "run.lock", socket.gethostname()
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()} {host}\n")
-            return lock
-        except FileExistsError:
-            try:
-                pid_s, lock_host = lock.read_text().split()[:2]
-                pid = int(pid_s)
-            except (OSError, ValueError):
-                pid, lock_host = None, host  # unreadable: treat as stale
-            if pid is not None and lock_host != host:
-                raise RunLockedError(
-                    f"run_dir {run_dir} is locked by pid {pid} on host {lock_host}; if that run is dead, delete {lock}"
-                ) from None
-            if pid is not None and _pid_alive(pid):
-                raise RunLockedError(
-                    f"run_dir {run_dir} is in use by running process {pid} (lock file {lock}); "
-                    f"wait for it, stop it, or choose another run_dir"
-                ) from None
-            try:
-                lock.unlink()  # stale: its process is gone
-            except FileNotFoundError:
-                pass
-    raise RunLockedError(f"could not take the lock {lock}")
-
-
-def _release_lock(lock: Optional[Path]):
-    try:
-        if lock is not None and lock.read_text().split()[0] == str(os.getpid()):
-            lock.unlink()
-    except (OSError, IndexError):
-        pass
-
-# %% ../nbs/04_engine.ipynb #6cadeb61
-def _rng_state() -> dict:
-    v, st, gauss = random.getstate()
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    return dict(
-        python=[v, list(st), gauss],
-        numpy=[keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        torch=torch.get_rng_state(),
-        cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-    )
-
-def _set_rng_state(s: dict):
-    v, st, gauss = s["python"]
-    random.setstate((v, tuple(st), gauss))
-    keys, pos, has_gauss, cached = s["numpy"]
-    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(s["torch"])
-    if s.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-def _seed_all(seed: int):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-def is_main_process() -> bool:
-    "True on rank 0 of a distributed run (or when not distributed): the process that logs and saves."
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", "0")) == 0
-
-def _init_distributed() -> bool:
-    "Initialise the process group when started by torchrun with more than one process; True if we created it."
-    if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return True
-
-def _end_distributed(owns_pg: bool, ok: bool):
-    "Tear down the process group `fit` created; ranks that finished normally first meet at a barrier."
-    if not owns_pg:
-        return
-    if ok:  # a rank tearing gloo down while its peer still talks to it can abort the peer
-        dist.barrier()
-    dist.destroy_process_group()
-
-def _world() -> tuple:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-
-def _share(obj, world: int):
-    "Rank 0's `obj` on every rank."
-    if world == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-# %% ../nbs/04_engine.ipynb #21f6acd3
-def _gather(obj, world: int) -> list:
-    if world == 1:
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
+        cfg.betas = tuple(float(b) for b in cfg.betas)
+    except (TypeError, ValueError):
+        raise ConfigError(f"parameter 'betas': {cfg.betas!r} must be two numbers") from None
+    if len(cfg.betas) != 2:
+        raise ConfigError(f"parameter 'betas': {cfg.betas} must be two numbers")
+    if cfg.grad_clip == 0:
+        cfg.grad_clip = None
+    if cfg.patience is not None and not cfg.best_metric:
+        raise ConfigError("parameter 'patience' needs best_metric (the metric whose improvement it waits for)")
+    if cfg.min_lr > cfg.lr:
+        raise ConfigError(f"parameter 'min_lr': {cfg.min_lr} must be <= lr ({cfg.lr})")
+    if cfg.warmup_steps and cfg.warmup_epochs:
+        raise ConfigError("parameter 'warmup_epochs' cannot be set together with warmup_steps")
 
 # %% ../nbs/04_engine.ipynb #7fb27b941602401d91542211134fc71a
 class NonFiniteLossError(FloatingPointError):
@@ -565,6 +131,7 @@ class NonFiniteLossError(FloatingPointError):
             f"training stopped; {saved}"
         )
 
+
 class TrainingInterrupted(KeyboardInterrupt):
     "SIGINT or SIGTERM stopped a run after a complete optimizer step; `checkpoint` holds that step."
 
@@ -574,6 +141,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         then = "rerun the same command to resume" if checkpoint else "there is no run folder, so nothing was saved"
         super().__init__(f"interrupted at step {step}; {then}")
 
+
 class StepInfo(NamedTuple):
     "Where training is, for a `step_fn(model, batch, info)` that needs it."
 
@@ -581,6 +149,7 @@ class StepInfo(NamedTuple):
     epoch: int
     epoch_float: float  # fractional epochs done
     total_steps: int
+
 
 @dataclass
 class TrainState:
@@ -591,6 +160,7 @@ class TrainState:
     global_step: int = 0
     best: dict = dataclasses.field(default_factory=dict)  # metric, mode, value, step, stale
     eval: dict = dataclasses.field(default_factory=dict)  # the last evaluation: {"eval/<name>": value}
+
 
 @dataclass
 class FitResult:
@@ -607,7 +177,7 @@ class FitResult:
     resumed_from: Optional[int]  # the global step loaded at start, None for a fresh run
     seconds: float
 
-# %% ../nbs/04_engine.ipynb #1145d4aa
+# %% ../nbs/04_engine.ipynb #1795cd0f
 def _to_device(x, device, channels_last=False):
     if isinstance(x, torch.Tensor):
         x = x.to(device, non_blocking=True)
@@ -621,79 +191,17 @@ def _to_device(x, device, channels_last=False):
         return type(x)(_to_device(v, device, channels_last) for v in x)
     return x
 
-def resolve_device(cfg) -> torch.device:
-    "The device of `cfg.device` (or a device or its name): 'auto' and a bare 'cuda' mean this rank's GPU (LOCAL_RANK)."
-    name = cfg if isinstance(cfg, (str, torch.device)) else cfg.device
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if name == "auto":
-        return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(name)
-    return torch.device("cuda", local) if dev.type == "cuda" and dev.index is None else dev
-
-def native_bf16(device: torch.device) -> bool:
-    "Whether `device` computes bf16 in hardware: a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX."
-    if device.type == "cuda":
-        with torch.cuda.device(device):  # emulated bf16 (V100, T4) is not native
-            return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type != "cpu":
-        return False
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (torch >= 2.3)
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' is bf16 on a CUDA device that supports it, else fp32; 'native' is bf16 on any device that computes
-    it in hardware (`native_bf16`: also such CPUs), else fp32; 'bf16' and 'fp32' stay."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" and native_bf16(device) else "fp32"
-    if precision == "native":
-        return "bf16" if native_bf16(device) else "fp32"
-    return precision
-
-def _attention_layers(model: nn.Module) -> list:
-    "timm's attention layers: those with a `fused_attn` flag."
-    return [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
-
-def explicit_attention(model: nn.Module) -> int:
-    """Make timm's attention layers (those with a `fused_attn` flag) compute softmax(q k^T / sqrt(d)) v with plain
-    matmuls instead of PyTorch's fused kernel; returns how many layers it switched."""
-    layers = _attention_layers(model)
-    for m in layers:
-        m.fused_attn = False
-    return len(layers)
-
-def fast_attention(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
-    "`model` with `explicit_attention` where that is the faster kind: bf16 (as `precision` resolves) on a CPU."
-    if resolve_precision(precision, device) == "bf16" and device.type == "cpu":
-        explicit_attention(model)
-    return model
-
-# %% ../nbs/04_engine.ipynb #10f4b1df
-@contextmanager
-def fast_attention_during(model: nn.Module, precision: str, device: torch.device):
-    "`fast_attention` inside the `with` block only: a model that is not ours keeps its attention kind afterwards."
-    layers = _attention_layers(model)
-    kinds = [m.fused_attn for m in layers]
-    fast_attention(model, precision, device)
-    try:
-        yield model
-    finally:
-        for m, kind in zip(layers, kinds):
-            m.fused_attn = kind
-
-def get_autocast(precision: str, device: torch.device) -> Callable:
-    "A context-manager factory: bf16 autocast on `device`, or nothing for fp32."
-    if resolve_precision(precision, device) == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext
 
 def _scalar(v):
     "A metric value as a float tensor (no device sync) or a float."
     return v.detach().float() if isinstance(v, torch.Tensor) else float(v)
 
+
 def _floats(d: dict, where: str) -> dict:
     if not isinstance(d, dict):
         raise TypeError(f"{where} must return a dict of scalars, got {type(d).__name__}")
     return {str(k): float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v) for k, v in d.items()}
+
 
 def _trim_metrics(path: Path, max_step: int):
     "Keep the metrics lines of steps <= max_step (a resumed run re-does the later ones); drop a torn last line."
@@ -708,6 +216,7 @@ def _trim_metrics(path: Path, max_step: int):
         if rec.get("step", 0) <= max_step:
             keep.append(line)
     write_text_atomic(path, "".join(line + "\n" for line in keep))
+
 
 _RESUME_SENSITIVE = (
     "epochs", "batch_size", "lr", "head_lr", "weight_decay", "optimizer", "momentum", "betas",
@@ -732,7 +241,7 @@ class Fit:
 
     def __init__(self, model, train_set, step_fn, cfg: TrainConfig, eval_fn=None, hooks=()):
         self.model, self.train_set, self.step_fn, self.cfg = model, train_set, step_fn, cfg
-        self.rank, self.world = _world()
+        self.rank, self.world = rank_and_world()
         self.main = self.rank == 0
         self.run = Path(cfg.run_dir) if cfg.run_dir else None
         self.ckdir = self.run / "checkpoints" if self.run else None
@@ -748,54 +257,58 @@ class Fit:
         for h in self.hooks:
             getattr(h, stage)(self)
 
-    def open_run(self):
-        "Take the run folder's lock and put back a checkpoint that a kill between two renames left as `.old-`."
-        err = None
-        if self.run and self.main:
-            self.run.mkdir(parents=True, exist_ok=True)
-            try:
-                self.lock = _acquire_lock(self.run)
-            except RunLockedError as e:
-                err = str(e)
-            if self.lock is not None:
-                _recover_checkpoints(self.ckdir)
-        err = _share(err, self.world)  # also makes the other ranks wait for the recovery
-        if err is not None:
-            raise RunLockedError(err)
+# %% ../nbs/04_engine.ipynb #6c910ddb
+@patch
+def open_run(self: Fit):
+    "Take the run folder's lock and put back a checkpoint that a kill between two renames left as `.old-`."
+    err = None
+    if self.run and self.main:
+        self.run.mkdir(parents=True, exist_ok=True)
+        try:
+            self.lock = acquire_run_lock(self.run)
+        except RunLockedError as e:
+            err = str(e)
+        if self.lock is not None:
+            recover_checkpoints(self.ckdir)
+    err = share_from_main(err, self.world)  # also makes the other ranks wait for the recovery
+    if err is not None:
+        raise RunLockedError(err)
 
-    def setup(self, param_groups=None, collate_fn=None):
-        "Device and precision, the step sampler and its loader, the optimizer, DDP and compile."
-        cfg, n = self.cfg, len(self.train_set)
-        self.device = resolve_device(cfg)
-        self.precision = resolve_precision(cfg.precision, self.device)
-        self.autocast = get_autocast(self.precision, self.device)
-        self.sampler = StepBatchSampler(n, cfg.batch_size, cfg.seed, self.rank, self.world, cfg.accum_steps)
-        self.steps_per_epoch = spe = self.sampler.steps
-        if spe == 0:
-            raise ValueError(f"train_set has {n} samples, fewer than batch_size={cfg.batch_size}: no full batch")
-        self.total_steps, self.warmup = cfg.epochs * spe, cfg.warmup_steps or round(cfg.warmup_epochs * spe)
-        self.loader = DataLoader(
-            _SeededFetch(self.train_set),
-            batch_sampler=self.sampler,
-            num_workers=cfg.num_workers,
-            collate_fn=collate_fn,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=cfg.num_workers > 0,
-            worker_init_fn=_ignore_interrupts,
-            generator=torch.Generator().manual_seed(cfg.seed),
-        )  # its own generator keeps the loader off the global RNG
-        self.model.to(self.device)
-        if cfg.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        fast_attention(self.model, self.precision, self.device)
-        self.opt = _make_optimizer(build_param_groups(self.model, cfg, param_groups), cfg)
-        self.net = self.model
-        if self.world > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if cfg.compile:
-            self.net = torch.compile(self.net)
-        self.step_loss = torch.zeros((), device=self.device)
+
+@patch
+def setup(self: Fit, param_groups=None, collate_fn=None):
+    "Device and precision, the step sampler and its loader, the optimizer, DDP and compile."
+    cfg, n = self.cfg, len(self.train_set)
+    self.device = resolve_device(cfg)
+    self.precision = resolve_precision(cfg.precision, self.device)
+    self.autocast = get_autocast(self.precision, self.device)
+    self.sampler = StepBatchSampler(n, cfg.batch_size, cfg.seed, self.rank, self.world, cfg.accum_steps)
+    self.steps_per_epoch = spe = self.sampler.steps
+    if spe == 0:
+        raise ValueError(f"train_set has {n} samples, fewer than batch_size={cfg.batch_size}: no full batch")
+    self.total_steps, self.warmup = cfg.epochs * spe, cfg.warmup_steps or round(cfg.warmup_epochs * spe)
+    self.loader = DataLoader(
+        SeededFetch(self.train_set),
+        batch_sampler=self.sampler,
+        num_workers=cfg.num_workers,
+        collate_fn=collate_fn,
+        pin_memory=self.device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+        worker_init_fn=_ignore_interrupts,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )  # its own generator keeps the loader off the global RNG
+    self.model.to(self.device)
+    if cfg.channels_last:
+        self.model.to(memory_format=torch.channels_last)
+    fast_attention(self.model, self.precision, self.device)
+    self.opt = make_optimizer(build_param_groups(self.model, cfg, param_groups), cfg)
+    self.net = self.model
+    if self.world > 1:
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+    if cfg.compile:
+        self.net = torch.compile(self.net)
+    self.step_loss = torch.zeros((), device=self.device)
 
 # %% ../nbs/04_engine.ipynb #8dd0d8092fe74a7c96281538738b07e2
 @patch
@@ -804,11 +317,12 @@ def restore(self: Fit):
     cfg, ckpt = self.cfg, self._resume_checkpoint()
     self.state.best = dict(metric=cfg.best_metric, mode=cfg.best_mode, value=None, step=None)
     if ckpt is None:
-        _seed_all(cfg.seed + self.rank)
+        seed_all(cfg.seed + self.rank)
     else:
         self._load(ckpt)
     if self.run and self.main:
         self._open_files(fresh=ckpt is None)
+
 
 @patch
 def announce(self: Fit):
@@ -819,6 +333,7 @@ def announce(self: Fit):
     news = "is finished; nothing to train" if done >= total or self.stop else "resuming"
     print(f"{self.run}: {news} (step {done} of {total})", file=sys.stderr, flush=True)
 
+
 @patch
 def _resume_checkpoint(self: Fit) -> Optional[Path]:
     last = self.ckdir / "last" if self.run else None
@@ -826,6 +341,7 @@ def _resume_checkpoint(self: Fit) -> Optional[Path]:
     if self.cfg.resume is True and found is None:
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {last or 'run_dir=None'}")
     return found
+
 
 @patch
 def _load(self: Fit, ckpt: Path):
@@ -838,9 +354,9 @@ def _load(self: Fit, ckpt: Path):
     self.state = TrainState(st["epoch"], st["step_in_epoch"], st["global_step"], st["best"], st["eval"])
     self.resumed_from = self.state.global_step
     if len(st["rng"]) == self.world:
-        _set_rng_state(st["rng"][self.rank])
+        set_rng_state(st["rng"][self.rank])
     else:
-        _seed_all(mix_seed(self.cfg.seed, self.rank, self.state.global_step))
+        seed_all(mix_seed(self.cfg.seed, self.rank, self.state.global_step))
         warnings.warn(f"resuming {self.world} ranks from a {len(st['rng'])}-rank checkpoint: RNG streams reseeded")
     now = self.cfg.to_dict()
     changed = [k for k in _RESUME_SENSITIVE if st["config"].get(k) != now[k]]
@@ -861,6 +377,7 @@ def _open_files(self: Fit, fresh: bool):
     else:
         _trim_metrics(metrics, self.state.global_step)
     self.log_file = open(metrics, "a")
+
 
 @patch
 def log(self: Fit, record: dict):
@@ -884,6 +401,7 @@ def begin_epoch(self: Fit, epoch: int):
     self.micro, self.improved = 0, False
     self.call("before_epoch")
 
+
 @patch
 def micro_step(self: Fit, batch) -> bool:
     "Forward and backward of one micro-batch; True when it completes an optimizer step's accumulation."
@@ -895,6 +413,7 @@ def micro_step(self: Fit, batch) -> bool:
             self.step_metrics[k] = self.step_metrics.get(k, 0.0) + _scalar(v) / accum
     self.micro = 0 if last else self.micro + 1
     return last
+
 
 @patch
 def _forward_backward(self: Fit, batch, last_micro: bool):
@@ -933,20 +452,21 @@ def optimizer_step(self: Fit):
     self.call("after_step")
     self.step_metrics = {}
 
+
 @patch
 def evaluate(self: Fit, eval_fn: Callable) -> dict:
     "`eval_fn` on rank 0 (eval mode, no grad, the run's autocast), leaving the training RNG streams untouched."
     out = None
     if self.main:
-        states, was_training = _rng_state(), self.model.training
+        states, was_training = get_rng_state(), self.model.training
         self.model.eval()
         try:
             with torch.no_grad(), self.autocast():
                 out = {f"eval/{k}": v for k, v in _floats(eval_fn(self.model), "eval_fn").items()}
         finally:
             self.model.train(was_training)
-            _set_rng_state(states)
-    return _share(out, self.world)
+            set_rng_state(states)
+    return share_from_main(out, self.world)
 
 # %% ../nbs/04_engine.ipynb #5df54e69
 @patch
@@ -954,7 +474,7 @@ def save(self: Fit, best: bool = False):
     "Save `last` (and `best` as a copy); collective under DDP: every rank hands rank 0 its RNG states."
     s, spe = self.state, self.steps_per_epoch
     epoch, step = (s.epoch + 1, 0) if s.step_in_epoch == spe else (s.epoch, s.step_in_epoch)
-    rngs = _gather(_rng_state(), self.world)
+    rngs = gather_from_ranks(get_rng_state(), self.world)
     if self.run and self.main:
         position = dict(epoch=epoch, step_in_epoch=step, global_step=s.global_step, steps_per_epoch=spe)
         save_checkpoint(
@@ -969,10 +489,10 @@ def save(self: Fit, best: bool = False):
             config=self.cfg.to_dict(),
         )
         if best:
-            last = self.ckdir / "last"
-            _atomic_dir(self.ckdir / "best", lambda tmp: [_link_or_copy(f, tmp / f.name) for f in last.iterdir()])
+            copy_checkpoint(self.ckdir / "last", self.ckdir / "best")
     if self.world > 1:
         dist.barrier()
+
 
 @patch
 def finish(self: Fit) -> FitResult:
@@ -1011,6 +531,7 @@ def close_hooks(self: Fit):
     if first is not None:
         raise first
 
+
 @patch
 def close(self: Fit):
     "Always runs: the hooks' `after_fit` (once), the metrics file, the lock, and the DDP wrapper."
@@ -1019,7 +540,7 @@ def close(self: Fit):
     finally:
         if self.log_file:
             self.log_file.close()
-        _release_lock(self.lock)
+        release_run_lock(self.lock)
         # DDP's reducer holds the process group: freed now, while the interpreter is whole, not by a late garbage
         # collection at exit, where gloo's threads abort the process ("terminate called without an active exception")
         self.net = self.model
@@ -1129,7 +650,7 @@ class _Checkpoints(Hook):
         due = bool(cfg.ckpt_every and s.global_step % cfg.ckpt_every == 0)
         if not due and cfg.ckpt_minutes and s.global_step % cfg.log_every == 0:
             # rank 0's clock decides, so that every rank takes part in the same (collective) save
-            due = _share(time.monotonic() - self.saved_at >= 60 * cfg.ckpt_minutes, f.world)
+            due = share_from_main(time.monotonic() - self.saved_at >= 60 * cfg.ckpt_minutes, f.world)
         if due:
             self.save(f)
 
@@ -1139,6 +660,7 @@ class _Checkpoints(Hook):
     def save(self, f, best=False):
         f.save(best)
         self.saved_at = time.monotonic()
+
 
 def _ignore_interrupts(worker_id: int):
     "In data workers: Ctrl-C reaches the whole process group; only the main process handles it."
@@ -1211,7 +733,7 @@ def fit(
     cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else (cfg or TrainConfig())
     if not (hasattr(train_set, "__len__") and hasattr(train_set, "__getitem__")):
         raise TypeError(f"train_set must be a map-style dataset (__len__, __getitem__), got {type(train_set).__name__}")
-    owns_pg, f, ok = _init_distributed(), None, False
+    owns_pg, f, ok = init_distributed(), None, False
     try:
         f = Fit(model, train_set, step_fn, cfg, eval_fn, hooks)
         f.open_run()
@@ -1233,4 +755,4 @@ def fit(
     finally:
         if f is not None:
             f.close()
-        _end_distributed(owns_pg, ok)
+        end_distributed(owns_pg, ok)

@@ -28,7 +28,9 @@ from cskd.data import (
     score_scale,
     train_transform,
 )
-from .engine import TrainConfig, fit, get_autocast, load_weights, resolve_device
+from .checkpoint import load_weights
+from .engine import TrainConfig, fit
+from .precision import get_autocast, resolve_device
 from .losses import emd_loss, score_loss
 from .metrics import iaa_metrics, mean_score
 from .models import IAAHead, IAAModel, build_encoder

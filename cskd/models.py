@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 import difflib, hashlib, json, os, tempfile
 from importlib.resources import files
 from pathlib import Path
@@ -22,6 +23,7 @@ from timm.models import build_model_with_cfg, register_model
 from timm.models.vision_transformer import _create_vision_transformer
 
 from .metrics import mean_score
+from .precision import resolve_precision
 from .runs import file_sha1
 
 # %% auto #0
@@ -30,7 +32,8 @@ __all__ = ['TOY', 'TOY_WEIGHTS_DIR', 'PRETRAIN_COMMAND', 'TOY_CLIP', 'TEST_CLIP'
            'ToyWeightsError', 'toy_card', 'toy_weights_file', 'read_model_configs', 'register_model_config',
            'TeacherOutput', 'token_spec', 'CLIPTeacher', 'clip_teacher', 'Encoder', 'encoder', 'timm_encoder',
            'CLIPEncoder', 'clip_encoder', 'build_encoder', 'ToyCNN', 'ConvStemPatchEmbed', 'cskd_toy_vit_p8',
-           'cskd_toy_cnn', 'Projector', 'IAAHead', 'IAAModel', 'model_info']
+           'cskd_toy_cnn', 'Projector', 'IAAHead', 'IAAModel', 'model_info', 'explicit_attention', 'fast_attention',
+           'fast_attention_during']
 
 # %% ../nbs/03_models.ipynb #d4a5419f
 class WeightsUnavailableError(RuntimeError):
@@ -665,3 +668,37 @@ def model_info(model: nn.Module) -> dict:
         if isinstance(getattr(model, k, None), (str, int, tuple)):
             info[k] = getattr(model, k)
     return info
+
+# %% ../nbs/03_models.ipynb #0cdb1d30
+def _attention_layers(model: nn.Module) -> list:
+    "timm's attention layers: those with a `fused_attn` flag."
+    return [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+
+
+def explicit_attention(model: nn.Module) -> int:
+    """Make timm's attention layers (those with a `fused_attn` flag) compute softmax(q k^T / sqrt(d)) v with plain
+    matmuls instead of PyTorch's fused kernel; returns how many layers it switched."""
+    layers = _attention_layers(model)
+    for m in layers:
+        m.fused_attn = False
+    return len(layers)
+
+
+def fast_attention(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
+    "`model` with `explicit_attention` where that is the faster kind: bf16 (as `precision` resolves) on a CPU."
+    if resolve_precision(precision, device) == "bf16" and device.type == "cpu":
+        explicit_attention(model)
+    return model
+
+
+@contextmanager
+def fast_attention_during(model: nn.Module, precision: str, device: torch.device):
+    "`fast_attention` inside the `with` block only: a model that is not ours keeps its attention kind afterwards."
+    layers = _attention_layers(model)
+    kinds = [m.fused_attn for m in layers]
+    fast_attention(model, precision, device)
+    try:
+        yield model
+    finally:
+        for m, kind in zip(layers, kinds):
+            m.fused_attn = kind

@@ -22,7 +22,7 @@ import torch
 from fastcore.basics import patch
 
 from .config import PHASES, ConfigError, load_config, load_yaml, param, to_dict
-from .engine import PRECISIONS
+from .precision import PRECISIONS
 from .kernels import PAPERMILL_KERNEL
 from .models import TOY, TOY_CLIP, TOY_LARGE, TOY_STUDENT
 from .runs import write_text_atomic

@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import IAADataset, eval_transform, read_ava, read_split
-from .engine import PRECISIONS, fast_attention_during, get_autocast, resolve_precision
+from .models import fast_attention_during
+from .precision import PRECISIONS, get_autocast, resolve_precision
 from .images import collate_skip_none
 from .metrics import iaa_metrics, mean_score
 from .runs import atomic_path, weights_fingerprint

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from torch.utils.data import DataLoader, Dataset
 
-from .engine import fast_attention, get_autocast, resolve_device, resolve_precision
+from .models import fast_attention
+from .precision import get_autocast, resolve_device, resolve_precision
 from .runs import weights_fingerprint, write_text_atomic
 from .images import BadImageError, BadImageLog, load_image
 from .views import SeededView, view_seed

@@ -13,8 +13,8 @@ from pathlib import Path
 from torch import nn
 
 from .align import AlignConfig
+from .checkpoint import load_weights
 from .data import IAADataset, read_split, rescale, score_scale
-from .engine import load_weights
 from .images import eval_transform
 from .iaa import FinetuneConfig, bin_scores, build_iaa_model, predict, prediction_metrics, read_labels
 from .models import IAAModel, build_encoder

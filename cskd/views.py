@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .engine import mix_seed
+from .seeding import mix_seed
 
 # %% auto #0
 __all__ = ['view_seed', 'crop_box', 'SeededView']
 
 # %% ../nbs/05a_views.ipynb #0069091b
 view_seed = (
-    mix_seed  # the engine's seed mixing: one function derives every seed, e.g. `(seed, image_index, view_index)`
+    mix_seed  # cskd.seeding's seed mixing: one function derives every seed, e.g. `(seed, image_index, view_index)`
 )
 
 

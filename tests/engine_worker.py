@@ -7,7 +7,8 @@ import argparse, json, os, sys, time
 import torch
 from torch import nn
 
-from cskd.engine import TrainConfig, fit, is_main_process
+from cskd.distributed import is_main_process
+from cskd.engine import TrainConfig, fit
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reliability"))
 from worker import NoisyDataset  # the reliability worker's seeded data

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from cskd.collapse import collapse_study, load_vit, split_images
-from cskd.engine import find_weights
+from cskd.checkpoint import find_weights
 from cskd.kernels import PAPERMILL_KERNEL
 from cskd.toy import make_toy_world
 

@@ -89,7 +89,8 @@ def test_ddp_resume_after_sigkill(tmp_path):
 def test_compile_matches_eager_and_saves_plain_keys(tmp_path):
     # torch.compile (inductor, CPU) must not change the result beyond float reordering, nor the checkpoint's key names
     from torch import nn
-    from cskd.engine import TrainConfig, fit, load_weights
+    from cskd.checkpoint import load_weights
+    from cskd.engine import TrainConfig, fit
 
     g = torch.Generator().manual_seed(0)
     ds = torch.utils.data.TensorDataset(torch.randn(64, 8, generator=g), torch.randn(64, 1, generator=g))

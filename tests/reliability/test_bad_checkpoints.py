@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cskd.engine import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from cskd.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from relutil import WORKER, last_error_line, run, worker
 
 
@@ -86,7 +86,7 @@ def test_malicious_pickle_runs_nothing(trained, tmp_path):
     r = run(WORKER, ["--run-dir", run_dir, "--epochs", 2], check=False)
     assert r.returncode == 1
     assert last_error_line(r.stderr).startswith(
-        f"cskd.engine.CheckpointError: {state}: not a loadable checkpoint state"
+        f"cskd.checkpoint.CheckpointError: {state}: not a loadable checkpoint state"
     ), r.stderr[-2000:]
     assert not marker.exists()
 

@@ -4,7 +4,7 @@ good checkpoint, which loads, holds finite weights, and resumes to the uninterru
 import pytest
 import torch
 
-from cskd.engine import load_checkpoint
+from cskd.checkpoint import load_checkpoint
 from relutil import assert_same, last_error_line, run, WORKER, weights, worker
 
 

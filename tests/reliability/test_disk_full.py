@@ -6,7 +6,7 @@ folder is left, and once space is back the same command resumes to the uninterru
 
 import pytest
 
-from cskd.engine import load_checkpoint
+from cskd.checkpoint import load_checkpoint
 from relutil import WORKER, assert_same, last_error_line, run, weights, worker
 
 BIG = ["--hidden", 512]  # model.safetensors ~21 kB, state.pt ~59 kB
@@ -21,7 +21,7 @@ def test_write_failure_keeps_previous_checkpoint(tmp_path, limit, file):
     ck = tmp_path / "run" / "checkpoints"
     err = last_error_line(r.stderr)
     assert err.startswith(
-        f"cskd.engine.CheckpointWriteError: could not write checkpoint {ck / 'last'}: writing {file} failed:"
+        f"cskd.checkpoint.CheckpointWriteError: could not write checkpoint {ck / 'last'}: writing {file} failed:"
     ), r.stderr[-3000:]
     assert f"the previous checkpoint {ck / 'last'} is intact and loadable" in err and "disk full" in err
     if file == "model.safetensors":

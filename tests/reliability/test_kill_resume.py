@@ -8,7 +8,7 @@ import json, os, random, signal
 import pytest
 import torch
 
-from cskd.engine import load_checkpoint
+from cskd.checkpoint import load_checkpoint
 from relutil import ROOT, assert_same, kill, start, wait_for, weights, worker
 
 ENGINE_WORKER = ROOT / "tests" / "engine_worker.py"

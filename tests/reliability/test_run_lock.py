@@ -3,7 +3,7 @@ and the first completes intact; a lock left by a dead process is taken over."""
 
 import socket, subprocess, sys
 
-from cskd.engine import load_checkpoint
+from cskd.checkpoint import load_checkpoint
 from relutil import WORKER, assert_same, last_error_line, run, start, wait_for, weights, worker
 
 
@@ -16,7 +16,7 @@ def test_second_run_is_refused_and_first_completes_intact(tmp_path, reference):
         second = run(WORKER, ["--run-dir", tmp_path / "run"], check=False)
         assert second.returncode != 0
         err = last_error_line(second.stderr)
-        assert err.startswith("cskd.engine.RunLockedError: run_dir") and str(tmp_path / "run") in err, second.stderr[
+        assert err.startswith("cskd.run_lock.RunLockedError: run_dir") and str(tmp_path / "run") in err, second.stderr[
             -2000:
         ]
         assert f"in use by running process {first.pid}" in err
