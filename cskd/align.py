@@ -25,7 +25,7 @@ from .gpu_decode import DECODERS, on_device, pool_dataset
 from .runs import read_metrics, write_text_atomic
 from .engine import TrainConfig, fit
 from .precision import get_autocast, resolve_device
-from .models import TOY_CLIP, Projector, build_encoder, clip_teacher
+from .models import TOY_CLIP, Projector, build_encoder, clip_teacher, fast_attention
 from .teacher_cache import PoolViews, ensure_teacher_cache, teacher_targets, to_unit
 from .views import SeededView
 
@@ -342,6 +342,7 @@ def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
         with get_autocast(cfg.precision, dev)():  # the same precision as the engine's evaluations after
             before = eval_fn(model.to(dev).eval())
         model.train(was)
+    fast_attention(model, cfg.precision, resolve_device(cfg))  # the phase picks the attention kernel, not fit
     res = fit(model, ds, align_step(cfg, teacher, cache is not None), cfg, eval_fn=eval_fn, collate_fn=collate)
     out = _align_results(cfg, res, before, len(ds))
     out.update(

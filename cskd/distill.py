@@ -258,6 +258,7 @@ def distill(cfg: DistillConfig) -> dict:
     train_cfg = dataclasses.replace(cfg, head_prefixes=("a.head", "b.head")) if cfg.mutual else cfg
     step = lambda m, b, info: distill_step(m, b, info, cfg)
     eval_fn = lambda m: val(m.a if cfg.mutual else m)
+    fast_attention(model, train_cfg.precision, resolve_device(train_cfg))  # the phase picks the kernel
     res = fit(model, train, step, train_cfg, eval_fn=eval_fn, collate_fn=collate_skip_none)
     if res.best_checkpoint is not None:
         load_weights(model, res.best_checkpoint)

@@ -23,7 +23,6 @@ from .checkpoint import copy_checkpoint, find_checkpoint, load_checkpoint, recov
 from .config import ConfigError, check_fields, param
 from .config import from_dict as config_from_dict
 from .distributed import end_distributed, gather_from_ranks, init_distributed, rank_and_world, share_from_main
-from .models import fast_attention
 from .optim import build_param_groups, lr_factor, make_optimizer
 from .precision import PRECISIONS, get_autocast, resolve_device, resolve_precision
 from .run_lock import RunLockedError, acquire_run_lock, release_run_lock
@@ -300,7 +299,6 @@ def setup(self: Fit, param_groups=None, collate_fn=None):
     self.model.to(self.device)
     if cfg.channels_last:
         self.model.to(memory_format=torch.channels_last)
-    fast_attention(self.model, self.precision, self.device)
     self.opt = make_optimizer(build_param_groups(self.model, cfg, param_groups), cfg)
     self.net = self.model
     if self.world > 1:

@@ -33,7 +33,7 @@ from .engine import TrainConfig, fit
 from .precision import get_autocast, resolve_device
 from .losses import emd_loss, score_loss
 from .metrics import iaa_metrics, mean_score
-from .models import IAAHead, IAAModel, build_encoder
+from .models import IAAHead, IAAModel, build_encoder, fast_attention
 from .runs import file_sha1, write_text_atomic
 
 # %% auto #0
@@ -259,6 +259,7 @@ def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
     if cfg.run_dir:
         write_text_atomic(Path(cfg.run_dir) / "splits.json", json.dumps(split_record(cfg), indent=1) + "\n")
     val = SplitScorer(data["val"], cfg.eval_batch_size, bin_scores(scale), scale.threshold)
+    fast_attention(model, cfg.precision, resolve_device(cfg))  # the phase picks the attention kernel, not fit
     res = fit(
         model, data["train"], lambda m, b: iaa_loss(m, b, cfg.loss), cfg, eval_fn=val, collate_fn=collate_skip_none
     )

@@ -22,7 +22,8 @@ from timm.data import resolve_data_config
 from .engine import TrainConfig, fit
 from .images import load_image, train_transform, eval_transform
 from .models import PRETRAIN_COMMAND, TOY_CLIP, TOY_WEIGHTS_DIR, ToyWeightsError, toy_card
-from .models import TOY_LARGE, TOY_STUDENT, toy_weights_file
+from .models import TOY_LARGE, TOY_STUDENT, fast_attention, toy_weights_file
+from .precision import resolve_device
 from .runs import atomic_path, file_sha1, read_metrics, write_text_atomic
 from .toy import CLASSES, WORLD_VERSION, make_toy_world
 
@@ -124,6 +125,7 @@ def _pretrain(model, ds, step, settings: dict, path: Path, progress: bool, fresh
         progress=progress,
         eval_every=0,
     )
+    fast_attention(model, cfg.precision, resolve_device(cfg))  # the phase picks the attention kernel, not fit
     res = fit(model, ds, step, cfg)
     lines = read_metrics(run).dropna(subset=["loss"])
     curves = dict(loss=lines["loss"].round(5).tolist())
