@@ -86,6 +86,7 @@ RUN_DIR_HELP = (
     "torchrun, --run-dir is required."
 )
 
+
 def _add_toy_commands(sub):
     "The `demo`, `toy`, `pretrain` and `preresize` subcommands."
     d = sub.add_parser("demo", help="the main job on the embedded toy world")
@@ -106,6 +107,7 @@ def _add_toy_commands(sub):
     r.add_argument("src", help="the image folder to copy")
     r.add_argument("dst", help="the folder to write (files already up to date are skipped)")
     r.add_argument("--short-side", type=int, default=256, help="the short side of the copies in pixels (default: 256)")
+
 
 def _add_scorer_args(q):
     g = q.add_mutually_exclusive_group(required=True)
@@ -146,6 +148,7 @@ def _add_scoring_commands(sub):
     e.add_argument("--format", required=True, help="onnx or pt2 (a torch.export program)")
     e.add_argument("--out", required=True, help="the file to write (.onnx or .pt2), checked before any work")
 
+
 def _add_phase_commands(sub):
     "One subcommand per registered phase, with one flag per config field (help from the field's declaration)."
     for ph in PHASES.values():
@@ -155,6 +158,7 @@ def _add_phase_commands(sub):
         )
         q.add_argument("-c", "--config", default=None, help="a YAML file of parameters (flags override it)")
         add_arguments(q, ph.config, ph.defaults)
+
 
 def _parser() -> argparse.ArgumentParser:
     description = "CLIP-based aesthetics learning (CSKD and the 'CLIP knows image aesthetics' study)."
@@ -222,10 +226,12 @@ def _device(name: str):
     except RuntimeError as e:
         raise ValueError(f"--device {name!r}: {e}") from None
 
+
 def _check_positive(**kw):
     for k, v in kw.items():
         if v < (0 if k == "num_workers" else 1):
             raise ValueError(f"--{k.replace('_', '-')} = {v}: must be {'>= 0' if k == 'num_workers' else '>= 1'}")
+
 
 def _check_out(path, suffix: str | None = None) -> Path:
     "`--out` before any work: not a folder, its folder writable (or creatable), the right suffix."
@@ -240,6 +246,7 @@ def _check_out(path, suffix: str | None = None) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"--out {out}: folder {parent} is not writable")
     return out
+
 
 def _score(args) -> int:
     from cskd.predict import load_scorer, score_images, score_summary, training_world
@@ -279,6 +286,7 @@ def _export(args):
         f"wrote {f} ({f.stat().st_size / 1e6:.1f} MB, {fmt}); max |difference| to PyTorch: "
         + ", ".join(f"{k} {v:.1e}" for k, v in d.items())
     )
+
 
 def _default_run_dir(phase: str, cfg):
     "A training command without a run folder writes to `runs/<phase>-<timestamp>` and says so: no lost work."
@@ -328,6 +336,7 @@ def _add_data_commands(sub):
     v.add_argument("--num-workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
     v.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
     _add_pipeline_commands(sub)
+
 
 def _splits(args) -> int:
     from cskd.data import format_split_report, official_split
@@ -424,6 +433,7 @@ def _add_pipeline_commands(sub):
     s = sub.add_parser("sync-params", help="regenerate the experiment notebooks' parameters cells from the configs")
     s.add_argument("--check", action="store_true", help="only compare: exit status 1 when a cell differs")
 
+
 def _dry_run(cfg) -> str:
     "The pipeline config and every step's resolved parameters (first seed; every seed is resolved), as YAML."
     import yaml
@@ -436,6 +446,7 @@ def _dry_run(cfg) -> str:
     out[f"steps (seed {first})"] = {k: dict(notebook=STEPS[k][0], **v) for k, v in steps[first].items()}
     note = f"# seeds {cfg.seeds[1:]}: the same but for seed and the run folders seed<k>\n" if cfg.seeds[1:] else ""
     return yaml.safe_dump(out, sort_keys=False, width=120) + note
+
 
 def _run_pipeline(cfg):
     import papermill as pm

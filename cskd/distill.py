@@ -197,6 +197,7 @@ def _student(cfg: DistillConfig, encoder: str, init) -> IAAModel:
         load_weights(enc, init, prefix="encoder.")
     return IAAModel(enc, IAAHead(enc.dim, kind="dist", dropout=cfg.dropout))
 
+
 def _pool(cfg: DistillConfig, transform) -> UnlabeledPool:
     "The unlabeled pool; evaluation images stay out (test unless include_test, val too: it selects checkpoints)."
     root = Path(cfg.data_root)
@@ -212,6 +213,7 @@ def _pool(cfg: DistillConfig, transform) -> UnlabeledPool:
         pool.paths, pool.ids = pool.paths[: cfg.pool_limit], pool.ids[: cfg.pool_limit]
     return pool
 
+
 def _teacher_labels(cfg: DistillConfig) -> tuple[pd.DataFrame, int]:
     "The teacher's confident pseudo-labels on the pool (cached next to the student's run), and the pool's size."
     teacher, tcfg = iaa_model_from_run(cfg.teacher_run, "distillation's teacher_run")
@@ -224,6 +226,7 @@ def _teacher_labels(cfg: DistillConfig) -> tuple[pd.DataFrame, int]:
     with run_autocast(cfg)():  # the teacher labels the pool in the run's precision
         pseudo = pseudo_labels(teacher, pool, cache, key, cfg.tta, cfg.eval_batch_size, cfg.progress)
     return confident(pseudo, cfg.confidence), len(pool)
+
 
 def _test_metrics(cfg: DistillConfig, model, student, data, val_pred) -> dict:
     out = {}
@@ -272,6 +275,7 @@ def distill(cfg: DistillConfig) -> dict:
     if cfg.run_dir:
         write_text_atomic(Path(cfg.run_dir) / "results.json", json.dumps(out, indent=1) + "\n")
     return out
+
 
 register_phase(
     "distill",

@@ -168,6 +168,7 @@ def _compute(model, dataset, batch_size, num_workers, dev: torch.device, progres
         raise ValueError(f"embed: no readable images in the dataset ({len(dataset)} items)")
     return ids, np.concatenate(feats)
 
+
 def embed(
     model,
     dataset,
@@ -272,11 +273,13 @@ def ridge_path(X, y, alphas) -> np.ndarray:
 # %% ../nbs/09b_probe.ipynb #1cf6a998
 ALPHAS = np.logspace(-3, 6, 19)
 
+
 def _check_alphas(alphas) -> np.ndarray:
     a = np.asarray(ALPHAS if alphas is None else alphas, dtype=np.float64).reshape(-1)
     if a.size == 0 or not np.isfinite(a).all() or (a < 0).any():
         raise ValueError(f"`alphas` must be a non-empty list of finite non-negative numbers, got {alphas!r}")
     return a
+
 
 def cv_ridge(X, y, alphas=None, folds: int = 5, seed: int = 0) -> pd.DataFrame:
     "K-fold CV of ridge over `alphas`: DataFrame `alpha`, `mse` (mean held-out MSE), `mse_sd` (over folds)."
@@ -295,6 +298,7 @@ def cv_ridge(X, y, alphas=None, folds: int = 5, seed: int = 0) -> pd.DataFrame:
         err[k] = ((st.transform(X[va]) @ W + ym - y[va, None]) ** 2).mean(0)
     sizes = np.array([len(p) for p in parts], dtype=np.float64)
     return pd.DataFrame(dict(alpha=alphas, mse=sizes @ err / sizes.sum(), mse_sd=err.std(0)))
+
 
 @dataclass
 class LinearProbe:
@@ -338,6 +342,7 @@ def fit_probe(X, y, method: str = "ridge", alphas=None, folds: int = 5, seed: in
     st = Standardizer().fit(X)
     coef = ridge_path(st.transform(X), y - y.mean(), [alpha])[:, 0]
     return LinearProbe(st, coef, float(y.mean()), alpha, method, cv)
+
 
 def linear_probe(
     train_X,

@@ -36,8 +36,10 @@ WEIGHTS = dict(sharpness=1.0, harmony=0.8, composition=0.8, exposure=1.0, noise=
 
 SCORE_MEAN, SCORE_SPREAD, TASTE_NOISE = 5.39, 0.62, 0.32  # AVA sample: mean 5.39, sd of means 0.73
 
+
 def _image_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
+
 
 def sample_factors(rng: np.random.Generator) -> dict:
     "Draw one image's content and style factors (raw values, not qualities)."
@@ -56,6 +58,7 @@ def sample_factors(rng: np.random.Generator) -> dict:
         hue_side=float(rng.choice([-1.0, 1.0])),
     )
 
+
 def composition_quality(cx, cy):
     "1 when the subject sits on a rule-of-thirds point, 0 at the farthest reachable point (a corner)."
     thirds = np.array([1 / 3, 2 / 3])
@@ -66,6 +69,7 @@ def composition_quality(cx, cy):
         else float(1 - d / math.hypot(1 / 3 - 0.15, 1 / 3 - 0.15))
     )
 
+
 def factor_qualities(f) -> dict:
     "Map raw factors (a dict of scalars or arrays) to qualities in [0, 1], 1 being best."
     return dict(
@@ -75,6 +79,7 @@ def factor_qualities(f) -> dict:
         exposure=1 - np.abs(np.asarray(f["exposure"])),
         noise=1 - np.asarray(f["noise"]),
     )
+
 
 def raw_latent(f):
     q = factor_qualities(f)
@@ -95,7 +100,9 @@ def _latent_standardiser(n=200_000):
     z = raw_latent(f)
     return float(z.mean()), float(z.std())
 
+
 _Z_MEAN, _Z_SD = _latent_standardiser()
+
 
 def aesthetic_latent(f):
     "The noise-free aesthetic latent, standardised to mean 0 and sd 1 over the factor distribution."
@@ -111,6 +118,7 @@ def vote_counts(true_mean: float, spread: float, n_voters: int, rng: np.random.G
 # %% ../nbs/00_toy.ipynb #4d394104
 def _rgb(h, s, v):
     return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h % 1.0, s, v))
+
 
 def _shape_polygon(kind, cx, cy, r):
     def regular(n, phase=0.0, radius=r):
@@ -247,6 +255,7 @@ def _make_one(args):
         caption=caption(f, latent, rng),
     )
 
+
 def _render_world(root: Path, settings: dict, workers: int):
     "Write every file of the world of `settings` into the (new) folder `root`."
     n_images, seed = settings["n_images"], settings["seed"]
@@ -274,6 +283,7 @@ def _render_world(root: Path, settings: dict, workers: int):
         write_text_atomic(root / "splits" / f"{name}.txt", "".join(f"{df.image_id[j]}\n" for j in sorted(order[lo:hi])))
     write_text_atomic(root / "world.json", json.dumps(dict(settings, reference=toy_reference(root)), indent=1))
 
+
 def _world_settings(root: Path, keys) -> dict | None:
     "The settings of the world at `root` (a world without a version is version 1), or None when there is none."
     meta = root / "world.json"
@@ -294,6 +304,7 @@ def _publish(part: Path, root: Path):
         entry.rename(root / entry.name)
     shutil.rmtree(old)
     part.rmdir()
+
 
 def make_toy_world(
     root,
