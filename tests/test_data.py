@@ -1,6 +1,6 @@
 """Integration tests of cskd.images / cskd.data on real files: datasets that skip or raise on every bad image kind,
 in one process and in DataLoader workers; AVA files and splits; the toy world. How `load_image` and `scan` treat each
-kind of file on its own is pinned in nbs/01_images.ipynb."""
+kind of file on its own is pinned in nbs/04_images.ipynb."""
 
 import warnings
 from pathlib import Path

@@ -117,7 +117,7 @@ def test_citations_are_found():
 def test_problems_are_named():
     "A missing file, a missing heading and a missing test are each reported; present ones pass."
     tracked = _tracked()
-    doc = ROOT / "nbs" / "08_attention.ipynb"
+    doc = ROOT / "nbs" / "24_attention.ipynb"
     assert _problem(doc, "link", "../docs/method.md", tracked) is None
     assert _problem(doc, "page", "README.md", tracked) is None
     assert "not in the repository" in _problem(doc, "page", "DESIGN.md", tracked)

@@ -1,5 +1,5 @@
 """JupyterLab in a real browser: a JupyterLab server on a free loopback port, headless Chromium driven over
-the DevTools protocol (websocket-client), `nbs/00_toy.ipynb` opened and its first cells run through the
+the DevTools protocol (websocket-client), `nbs/03_toy.ipynb` opened and its first cells run through the
 UI's own commands, the kernel and a cell's output read from the page. Nothing is mocked."""
 
 import json
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = "nbs/00_toy.ipynb"
-LAST_CELL = 20  # 00_toy's first code cell that prints (captions of a tiny world); cells 0..20 take seconds
+NOTEBOOK = "nbs/03_toy.ipynb"
+LAST_CELL = 20  # 03_toy's first code cell that prints (captions of a tiny world); cells 0..20 take seconds
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 

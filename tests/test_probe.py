@@ -1,6 +1,6 @@
 """cskd.probe with real models and JPEGs: the embedding cache (what changes its key and what does not), embeddings of
 timm and CLIP encoders, and the probe protocol for a CLIP and a timm backbone on one toy world. The closed-form fits
-(standardiser, ridge path, OLS against lstsq, cross-validation) are pinned in nbs/09b_probe.ipynb."""
+(standardiser, ridge path, OLS against lstsq, cross-validation) are pinned in nbs/26_probe.ipynb."""
 
 import json
 import os

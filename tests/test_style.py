@@ -102,6 +102,29 @@ def test_no_export_cell_is_longer_than_60_lines():
     assert not long, f"split these into cells of one or a few definitions, each with its example: {long}"
 
 
+def _exported_module(path: Path) -> str | None:
+    "The module a chapter exports (its `#| default_exp`), or None."
+    cells = json.loads(path.read_text())["cells"]
+    found = (re.search(r"^#\|\s*default_exp\s+(\S+)", "".join(c["source"]), re.M) for c in cells)
+    return next((m.group(1) for m in found if m), None)
+
+
+def _out_of_order(chapters, graph: dict) -> list:
+    "`chapter imports module (chapter)` wherever a chapter imports a module exported by a later chapter."
+    rank = {_exported_module(p): p.name for p in chapters}
+    return [
+        f"{p.name} imports {m} ({rank[m]})"
+        for p in chapters
+        for m in sorted(graph.get(_exported_module(p), ()))
+        if m in rank and rank[m] > p.name
+    ]
+
+
+def test_chapters_are_numbered_in_dependency_order():
+    late = _out_of_order(CHAPTERS, _import_graph(MODULES))
+    assert not late, f"renumber the chapters so that what a chapter imports comes before it: {late}"
+
+
 def test_the_checks_can_fail(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n" + "    x = 1\n" * 61)
@@ -116,3 +139,8 @@ def test_the_checks_can_fail(tmp_path):
     cell = dict(cell_type="code", source=["#| export\n"] + ["x = 1\n"] * 60)
     (tmp_path / "n.ipynb").write_text(json.dumps(dict(cells=[cell, dict(cell, source=cell["source"][:60])])))
     assert _long_export_cells(tmp_path / "n.ipynb") == ["n.ipynb:cell 0 (61 lines)"]
+    for name, exp in (("00_a.ipynb", "a"), ("01_b.ipynb", "b")):
+        (tmp_path / name).write_text(json.dumps(dict(cells=[dict(cell_type="code", source=[f"#| default_exp {exp}"])])))
+    chapters = sorted(tmp_path.glob("0?_?.ipynb"))
+    assert _out_of_order(chapters, {"a": {"b"}, "b": set()}) == ["00_a.ipynb imports b (01_b.ipynb)"]
+    assert _out_of_order(chapters, {"a": set(), "b": {"a"}}) == []
