@@ -17,7 +17,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "nbs/03_toy.ipynb"
-LAST_CELL = 20  # 03_toy's first code cell that prints (captions of a tiny world); cells 0..20 take seconds
+
+
+def _first_caption_cell(path: Path) -> int:
+    "Index of the chapter's first code cell that prints captions of a tiny world (the cells up to it take seconds)."
+    cells = json.loads(path.read_text())["cells"]
+    return next(
+        i
+        for i, c in enumerate(cells)
+        if c["cell_type"] == "code" and "print(" in "".join(c["source"]) and "captions.tsv" in "".join(c["source"])
+    )
+
+
+LAST_CELL = _first_caption_cell(ROOT / NOTEBOOK)
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
