@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -89,6 +90,10 @@ def collect_runs(paths) -> Sweep:
     return Sweep(df, [c.removeprefix("param:") for c in differ], metrics, skipped)
 
 # %% ../nbs/31a_results.ipynb #4dd4641cc4064e0191573fe9c69df29b
+def _as_written(v):
+    return f"{v:g}" if isinstance(v, float) and not math.isnan(v) else v
+
+
 def sweep_table(sweep: Sweep, over_seeds: bool = False) -> pd.DataFrame:
     "A row per run; with `over_seeds`, a row per setting: mean and sd of every metric over the seeds, and `n_seeds`."
     if not over_seeds:
@@ -103,8 +108,9 @@ def sweep_table(sweep: Sweep, over_seeds: bool = False) -> pd.DataFrame:
 
 
 def display_sweep(table: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
-    "The table for reading: `mean ± sd` where it holds sd columns."
-    return display_table(table, metrics=sweep.metrics) if "n_seeds" in table else table
+    "The table for reading: parameters as written (`1e-05`, not rounded away), `mean ± sd` where sd columns are."
+    shown = table.assign(**{p: table[p].map(_as_written) for p in sweep.params if p in table})
+    return display_table(shown, metrics=sweep.metrics) if "n_seeds" in table else shown
 
 # %% ../nbs/31a_results.ipynb #cb1e1581032b452c9409d6c6813c49d1
 def report(sweep: Sweep) -> str:
