@@ -616,6 +616,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'cskd.results.read_run': ('results.html#read_run', 'cskd/results.py'),
                               'cskd.results.report': ('results.html#report', 'cskd/results.py'),
                               'cskd.results.run_folders': ('results.html#run_folders', 'cskd/results.py'),
+                              'cskd.results.save_sweep': ('results.html#save_sweep', 'cskd/results.py'),
                               'cskd.results.sweep_table': ('results.html#sweep_table', 'cskd/results.py')},
             'cskd.run_lock': { 'cskd.run_lock.RunLockedError': ('run_lock.html#runlockederror', 'cskd/run_lock.py'),
                                'cskd.run_lock._pid_alive': ('run_lock.html#_pid_alive', 'cskd/run_lock.py'),

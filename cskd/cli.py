@@ -510,12 +510,11 @@ def _add_results_command(sub):
 
 
 def _results(args) -> int:
-    from cskd.results import collect_runs, display_sweep, report, sweep_table
-    from cskd.runs import save_table, to_markdown
+    from cskd.results import collect_runs, report, save_sweep, sweep_table
 
     _check_out(Path(args.out).with_suffix(".csv"))
     sweep = collect_runs(args.runs)
     table = sweep_table(sweep, over_seeds=args.over_seeds)
-    csv, md = save_table(table, args.out)
-    print(to_markdown(display_sweep(table, sweep)) + report(sweep) + f"\nwrote {csv} and {md}")
+    csv, md = save_sweep(table, sweep, args.out)
+    print(md.read_text() + report(sweep) + f"\nwrote {csv} and {md}")
     return 0

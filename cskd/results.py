@@ -14,10 +14,11 @@ from pathlib import Path
 import pandas as pd
 
 from .pipeline import display_table, summarize
+from .runs import save_table, to_markdown, write_text_atomic
 from .trained import run_config, run_kind
 
 # %% auto #0
-__all__ = ['run_folders', 'read_run', 'Sweep', 'collect_runs', 'sweep_table', 'display_sweep', 'report']
+__all__ = ['run_folders', 'read_run', 'Sweep', 'collect_runs', 'sweep_table', 'display_sweep', 'report', 'save_sweep']
 
 # %% ../nbs/31a_results.ipynb #7623eae2785240b9bd12b16a66d81610
 def run_folders(paths) -> list[Path]:
@@ -91,6 +92,7 @@ def collect_runs(paths) -> Sweep:
 
 # %% ../nbs/31a_results.ipynb #4dd4641cc4064e0191573fe9c69df29b
 def _as_written(v):
+    # to_markdown's 4 decimals would print an lr of 1e-05 as 0.0000
     return f"{v:g}" if isinstance(v, float) and not math.isnan(v) else v
 
 
@@ -117,3 +119,9 @@ def report(sweep: Sweep) -> str:
     "How many runs were read, and each skipped folder with the reason."
     head = f"{len(sweep.runs)} finished runs; {len(sweep.skipped)} skipped"
     return "\n".join([head, *(f"  skipped {p}: {why}" for p, why in sweep.skipped)])
+
+# %% ../nbs/31a_results.ipynb #1318bf6f
+def save_sweep(table: pd.DataFrame, sweep: Sweep, path) -> tuple[Path, Path]:
+    "`<path>.csv` with the numbers and `<path>.md` as read (`display_sweep`); returns both paths."
+    csv, md = save_table(table, path)
+    return csv, write_text_atomic(md, to_markdown(display_sweep(table, sweep)))

@@ -50,7 +50,8 @@ def test_a_row_per_run_with_only_the_parameters_that_differ(runs):
     ]
     assert float(rows[0]["test_srcc"]) == pytest.approx(final["test_srcc"])
     assert "3 finished runs; 1 skipped\n  skipped runs/sweep-d: no metrics.json or results.json: unfinished" in r.stdout
-    assert (runs / "tables" / "by_seed.md").read_text().startswith("| run | phase | lr | seed | val_srcc |")
+    md = (runs / "tables" / "by_seed.md").read_text()
+    assert md.startswith("| run | phase | lr | seed | val_srcc |") and "| runs/sweep-c | finetune | 0.01 | 0 |" in md
 
 
 def test_over_seeds_gives_mean_and_sd_per_setting(runs):
@@ -67,6 +68,7 @@ def test_over_seeds_gives_mean_and_sd_per_setting(runs):
     assert float(rows[0]["test_srcc"]) == pytest.approx(mean) and float(rows[0]["test_srcc_sd"]) == pytest.approx(sd)
     assert rows[1]["test_srcc_sd"] == ""  # one run: no spread
     assert "| phase | lr | n_seeds | val_srcc |" in r.stdout and f"| {mean:.3f} ± {sd:.3f} |" in r.stdout
+    assert f"| {mean:.3f} ± {sd:.3f} |" in (runs / "over.md").read_text()  # the CSV keeps the numbers
     assert "0 skipped" in r.stdout
 
 
