@@ -503,7 +503,9 @@ def _add_results_command(sub):
         "--over-seeds a row per setting with mean ± sd over the seeds. Unfinished folders are listed, not dropped.",
     )
     q.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders or glob patterns (runs/sweep-*)")
-    q.add_argument("--out", default="results", help="the table's path without suffix (default: results)")
+    q.add_argument(
+        "--out", default="results", metavar="PREFIX", help="the table's path without suffix (default: results)"
+    )
     how = q.add_mutually_exclusive_group()
     how.add_argument("--by-seed", action="store_true", help="a row per run (the default)")
     how.add_argument("--over-seeds", action="store_true", help="runs that differ only in seed: mean ± sd and n")
