@@ -168,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_data_commands(sub)
     _add_scoring_commands(sub)
     _add_phase_commands(sub)
+    _add_results_command(sub)
     return p
 
 # %% ../nbs/90_cli.ipynb #da70f3aa
@@ -195,6 +196,8 @@ def main(argv=None) -> int:
             return _evaluate(args)
         elif args.command == "score":
             return _score(args)
+        elif args.command == "results":
+            return _results(args)
         elif args.command == "export":
             _export(args)
         else:
@@ -487,4 +490,33 @@ def _pipeline_commands(args) -> int:
         print(f"cskd pipeline: error: {e}", file=sys.stderr)
         return 2
     _run_pipeline(cfg)
+    return 0
+
+# %% ../nbs/90_cli.ipynb #fddad032
+def _add_results_command(sub):
+    "The `results` subcommand."
+    q = sub.add_parser(
+        "results",
+        help="many run folders (a sweep) as one table: differing parameters and final metrics",
+        description="Read each run folder's config.json and final metrics (metrics.json, else results.json) and "
+        "write PREFIX.csv and PREFIX.md: a row per run with the parameters that differ across the runs, or with "
+        "--over-seeds a row per setting with mean ± sd over the seeds. Unfinished folders are listed, not dropped.",
+    )
+    q.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders or glob patterns (runs/sweep-*)")
+    q.add_argument(
+        "--out", default="results", metavar="PREFIX", help="the table's path without suffix (default: results)"
+    )
+    how = q.add_mutually_exclusive_group()
+    how.add_argument("--by-seed", action="store_true", help="a row per run (the default)")
+    how.add_argument("--over-seeds", action="store_true", help="runs that differ only in seed: mean ± sd and n")
+
+
+def _results(args) -> int:
+    from cskd.results import collect_runs, report, save_sweep, sweep_table
+
+    _check_out(Path(args.out).with_suffix(".csv"))
+    sweep = collect_runs(args.runs)
+    table = sweep_table(sweep, over_seeds=args.over_seeds)
+    csv, md = save_sweep(table, sweep, args.out)
+    print(md.read_text() + report(sweep) + f"\nwrote {csv} and {md}")
     return 0
