@@ -7,7 +7,7 @@ JSON-lines metrics, SIGINT/SIGTERM handling and DDP under `torchrun`; features p
 # %% ../nbs/16_engine.ipynb #c63d543e
 from __future__ import annotations
 
-import dataclasses, gc, inspect, json, math, shutil, signal, sys, threading, time, warnings
+import dataclasses, gc, importlib.util, inspect, json, math, shutil, signal, sys, threading, time, warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +75,8 @@ class TrainConfig:
     best_mode: str = param("max", "whether a larger or a smaller best_metric is better", choices=("min", "max"))
     patience: Optional[int] = param(None, "early stopping: evaluations without a better best_metric; None: off", min=1)
     log_every: int = param(10, "write a metrics line every this many optimizer steps", min=1)
-    progress: bool = param(True, "show progress bars")
+    progress: bool = param(True, "show progress bars and a line of eval metrics after each evaluation")
+    tensorboard: bool = param(False, "also write the logged scalars as TensorBoard events in run_dir/tensorboard")
     run_dir: Optional[str] = param(None, "the run folder (config, metrics, checkpoints); None: write nothing")
     resume: Union[bool, str] = param(
         "auto",
@@ -84,8 +85,7 @@ class TrainConfig:
     )
 
     def __post_init__(self):
-        if isinstance(self.head_prefixes, str):
-            self.head_prefixes = (self.head_prefixes,)
+        self.head_prefixes = (self.head_prefixes,) if isinstance(self.head_prefixes, str) else self.head_prefixes
         if self.run_dir is not None and not isinstance(self.run_dir, str):
             self.run_dir = str(self.run_dir)  # a Path is welcome
         check_fields(self)
@@ -117,6 +117,8 @@ def _normalise_and_check(cfg: TrainConfig):
         raise ConfigError(f"parameter 'min_lr': {cfg.min_lr} must be <= lr ({cfg.lr})")
     if cfg.warmup_steps and cfg.warmup_epochs:
         raise ConfigError("parameter 'warmup_epochs' cannot be set together with warmup_steps")
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:  # at the start, not after an epoch
+        raise ConfigError("parameter 'tensorboard' (--tensorboard) needs its package: pip install tensorboard")
 
 # %% ../nbs/16_engine.ipynb #7fb27b941602401d91542211134fc71a
 class NonFiniteLossError(FloatingPointError):
@@ -232,6 +234,7 @@ class Hook:
     def before_epoch(self, f: "Fit"): ...
     def after_step(self, f: "Fit"): ...
     def after_epoch(self, f: "Fit"): ...
+    def after_log(self, f: "Fit", record: dict): ...  # each metrics line as written (rank 0, with a run folder)
     def after_fit(self, f: "Fit"): ...  # always runs, after an error too: release what before_fit took
 
 # %% ../nbs/16_engine.ipynb #dcc250a6
@@ -245,6 +248,7 @@ class Fit:
         self.run = Path(cfg.run_dir) if cfg.run_dir else None
         self.ckdir = self.run / "checkpoints" if self.run else None
         builtin = [_Progress(), _Checkpoints(), _Interrupts()] + ([_Evaluate(eval_fn)] if eval_fn else [])
+        builtin += [_TensorBoard()] if cfg.tensorboard and self.run else []
         self.hooks = sorted(builtin + list(hooks), key=lambda h: h.order)
         self.state, self.last_train, self.step_metrics = TrainState(), {}, {}
         self.lock, self.log_file, self.resumed_from = None, None, None
@@ -379,10 +383,12 @@ def _open_files(self: Fit, fresh: bool):
 
 @patch
 def log(self: Fit, record: dict):
-    "Append one line to metrics.jsonl (rank 0, with a run folder)."
+    "Append one line to metrics.jsonl (rank 0, with a run folder) and hand it to the hooks' `after_log`."
     if self.log_file:
         self.log_file.write(json.dumps(record) + "\n")
         self.log_file.flush()
+        for h in self.hooks:
+            h.after_log(self, record)
 
 # %% ../nbs/16_engine.ipynb #72eea5119410473aa328ad9291626812
 @patch
@@ -591,6 +597,12 @@ class _Progress(Hook):
             self.bar.close()
 
 # %% ../nbs/16_engine.ipynb #b6e09cc5
+def _eval_line(step: int, epoch: float, metrics: dict) -> str:
+    "`eval step 120 epoch 2: srcc 0.612 plcc 0.63`, the console's line after each evaluation."
+    values = " ".join(f"{k.removeprefix('eval/')} {v:.4g}" for k, v in metrics.items())
+    return f"eval step {step} epoch {epoch:g}: {values}"
+
+
 class _Evaluate(Hook):
     "`eval_fn` every `eval_every` epochs and at the end; `best_metric` tracking; early stopping after `patience`."
 
@@ -608,7 +620,10 @@ class _Evaluate(Hook):
         if not ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.epochs):
             return
         s.eval = f.evaluate(self.eval_fn)
-        f.log(dict(step=s.global_step, epoch=round(s.global_step / f.steps_per_epoch, 4), **s.eval))
+        epoch = round(s.global_step / f.steps_per_epoch, 4)
+        f.log(dict(step=s.global_step, epoch=epoch, **s.eval))
+        if f.main and cfg.progress:  # quiet runs (tests, pipelines) read metrics.jsonl instead
+            tqdm.write(_eval_line(s.global_step, epoch, s.eval))
         if cfg.best_metric:
             self.track_best(f)
 
@@ -712,6 +727,32 @@ class _Interrupts(Hook):
     def after_fit(self, f):
         for sig, handler in getattr(self, "previous", {}).items():
             signal.signal(sig, handler)
+
+# %% ../nbs/16_engine.ipynb #a7e1b0c2
+class _TensorBoard(Hook):
+    "Every metrics line's scalars as TensorBoard events in `run_dir/tensorboard` (rank 0)."
+
+    def before_fit(self, f):
+        self.writer = None
+        if not f.main:
+            return
+        from torch.utils.tensorboard import SummaryWriter  # optional: TrainConfig checked that it is installed
+
+        folder, resumed = f.run / "tensorboard", f.resumed_from is not None
+        if not resumed:
+            shutil.rmtree(folder, ignore_errors=True)  # a fresh start replaces the curves, as it does metrics.jsonl
+        # a resume re-does the steps after its checkpoint, as metrics.jsonl is cut back: TensorBoard hides the
+        # old events of those steps (purge_step), so that no step shows twice
+        self.writer = SummaryWriter(str(folder), purge_step=f.state.global_step + 1 if resumed else None)
+
+    def after_log(self, f, record):
+        for k, v in record.items():
+            if k not in ("step", "epoch"):
+                self.writer.add_scalar(k if "/" in k else f"train/{k}", v, record["step"])
+
+    def after_fit(self, f):
+        if getattr(self, "writer", None):
+            self.writer.close()
 
 # %% ../nbs/16_engine.ipynb #7623eae2785240b9bd12b16a66d81610
 def fit(
