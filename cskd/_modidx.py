@@ -634,6 +634,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'cskd.runs.plot_curves': ('runs.html#plot_curves', 'cskd/runs.py'),
                            'cskd.runs.plot_predictions': ('runs.html#plot_predictions', 'cskd/runs.py'),
                            'cskd.runs.read_metrics': ('runs.html#read_metrics', 'cskd/runs.py'),
+                           'cskd.runs.report_run': ('runs.html#report_run', 'cskd/runs.py'),
                            'cskd.runs.save_figure': ('runs.html#save_figure', 'cskd/runs.py'),
                            'cskd.runs.save_table': ('runs.html#save_table', 'cskd/runs.py'),
                            'cskd.runs.to_markdown': ('runs.html#to_markdown', 'cskd/runs.py'),

@@ -19,7 +19,7 @@ import torch
 
 # %% auto #0
 __all__ = ['atomic_path', 'write_text_atomic', 'weights_fingerprint', 'file_sha1', 'read_metrics', 'write_metrics', 'to_markdown',
-           'save_table', 'save_figure', 'plot_curves', 'plot_predictions']
+           'save_table', 'save_figure', 'plot_curves', 'plot_predictions', 'report_run']
 
 # %% ../nbs/02_runs.ipynb #46119467
 @contextmanager
@@ -181,3 +181,17 @@ def plot_predictions(pred: pd.DataFrame, path=None, title: str = "test split"):
     fig.tight_layout()
     save_figure(fig, path)
     return fig
+
+# %% ../nbs/02_runs.ipynb #f3d5b7c9
+def report_run(run_dir, results: dict, title: str) -> list[Path]:
+    "metrics.json, figures/curves and figures/predictions_test (when the phase wrote predictions_test.csv)."
+    run, written = Path(run_dir), [write_metrics(run_dir, results)]
+    figures = run / "figures"
+    if (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size:
+        plot_curves(run, figures / "curves", title=title)
+        written += [figures / "curves.png", figures / "curves.pdf"]
+    if (run / "predictions_test.csv").exists():
+        pred = pd.read_csv(run / "predictions_test.csv", dtype={"image_id": str})
+        plot_predictions(pred, figures / "predictions_test", title=f"{title}: test split")
+        written += [figures / "predictions_test.png", figures / "predictions_test.pdf"]
+    return written
