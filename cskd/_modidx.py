@@ -121,6 +121,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                           'cskd.cli._pipeline_commands': ('cli.html#_pipeline_commands', 'cskd/cli.py'),
                           'cskd.cli._pretrain': ('cli.html#_pretrain', 'cskd/cli.py'),
                           'cskd.cli._results': ('cli.html#_results', 'cskd/cli.py'),
+                          'cskd.cli._run_phase': ('cli.html#_run_phase', 'cskd/cli.py'),
                           'cskd.cli._run_pipeline': ('cli.html#_run_pipeline', 'cskd/cli.py'),
                           'cskd.cli._score': ('cli.html#_score', 'cskd/cli.py'),
                           'cskd.cli._splits': ('cli.html#_splits', 'cskd/cli.py'),

@@ -204,7 +204,7 @@ def main(argv=None) -> int:
             ph = PHASES[args.command]
             overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
             cfg = load_config(ph.config, args.config, overrides, source="the command line", defaults=ph.defaults)
-            result = ph.run(_default_run_dir(ph.name, cfg))
+            result = _run_phase(ph, cfg)
             print(json.dumps(result, indent=1, default=str))
     except TrainingInterrupted as e:  # SIGINT / SIGTERM: `last` is saved and the engine has said how to resume
         return e.exit_code
@@ -305,6 +305,17 @@ def _default_run_dir(phase: str, cfg):
         f"cskd {phase}: no --run-dir given: writing this run to {run} (to resume it: --run-dir {run})", file=sys.stderr
     )
     return dataclasses.replace(cfg, run_dir=str(run))
+
+
+def _run_phase(ph, cfg) -> dict:
+    "Train, then (rank 0) write the run's report, metrics.json and figures/, as the experiment notebook does."
+    from cskd.runs import report_run
+
+    cfg = _default_run_dir(ph.name, cfg)
+    result = ph.run(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        report_run(cfg.run_dir, result, title=f"cskd {ph.name}: {Path(cfg.run_dir).name}")
+    return result
 
 # %% ../nbs/90_cli.ipynb #5edd728c
 def _add_data_commands(sub):
