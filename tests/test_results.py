@@ -30,7 +30,8 @@ def runs(tmp_path_factory):
         )
         assert r.returncode == 0, r.stderr
     shutil.copytree(root / "runs" / "sweep-a", root / "runs" / "sweep-d")
-    (root / "runs" / "sweep-d" / "results.json").unlink()  # what a run stopped before its final evaluation leaves
+    for final in ("results.json", "metrics.json"):  # what a run stopped before its final evaluation leaves
+        (root / "runs" / "sweep-d" / final).unlink()
     return root
 
 
