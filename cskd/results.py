@@ -80,7 +80,10 @@ def collect_runs(paths) -> Sweep:
     rows, skipped = [], []
     for run in run_folders(paths):
         row, why = read_run(run)
-        rows.append(row) if row else skipped.append((str(run), why))
+        if row:
+            rows.append(row)
+        else:
+            skipped.append((str(run), why))
     if not rows:
         raise ValueError("no finished run among " + ", ".join(f"{p} ({why})" for p, why in skipped))
     df = pd.DataFrame(rows)

@@ -3,20 +3,13 @@
 import csv
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
+from cskd_cli import cskd
 
 ARGS = ["--encoder", "resnet10t", "--epochs", "1", "--image-size", "32", "--batch-size", "16"]
 ARGS += ["--eval-batch-size", "32", "--progress", "false"]
 SWEEP = {"sweep-a": ("0.001", "0"), "sweep-b": ("0.001", "1"), "sweep-c": ("0.01", "0")}
-
-
-def cskd(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "cskd", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
 
 
 @pytest.fixture(scope="module")

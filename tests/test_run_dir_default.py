@@ -2,17 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
+from cskd_cli import cskd
 
 ARGS = ["--encoder", "resnet10t", "--epochs", "1", "--image-size", "32", "--batch-size", "16"]
 ARGS += ["--eval-batch-size", "32", "--progress", "false"]
-
-
-def cskd(*args, cwd, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "cskd", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300, env=env
-    )
 
 
 def test_finetune_without_run_dir_writes_a_default_run_folder(tmp_path):

@@ -1,7 +1,5 @@
 "`cskd score` as a user runs it: a real trained run, real JPEG files (bad ones included), real subprocesses."
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +7,7 @@ import pandas as pd
 import pytest
 import skimage
 from PIL import Image
-
-
-def cskd(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "cskd", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
+from cskd_cli import cskd
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,9 @@
 "Training visible while it runs, from the command line: eval lines, TensorBoard event files, the run's report."
 
 import json
-import subprocess
-import sys
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-
-def cskd(*args):
-    cmd = [sys.executable, "-m", "cskd", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+from cskd_cli import cskd
 
 
 def test_finetune_cli_shows_evals_writes_tensorboard_and_the_notebooks_report(tmp_path):
