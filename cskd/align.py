@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,13 +26,16 @@ from .gpu_decode import DECODERS, on_device, pool_dataset
 from .runs import read_metrics, write_text_atomic
 from .engine import TrainConfig, fit
 from .precision import get_autocast, resolve_device
+from .preflight import OK, PROBLEM, Check, device_check, disk_check, image_sample_check, path_checks
+from .preflight import run_dir_check, stop_on_problems, weights_check
 from .models import TOY_CLIP, Projector, build_encoder, clip_teacher, fast_attention
 from .teacher_cache import PoolViews, ensure_teacher_cache, teacher_targets, to_unit
 from .views import SeededView
 
 # %% auto #0
 __all__ = ['LOSSES', 'GRANULARITIES', 'AlignConfig', 'align_config', 'align_pool', 'AlignModel', 'build_align_model',
-           'align_target', 'align_loss', 'default_cache_dir', 'align_step', 'cache_recipe', 'align_cache', 'align']
+           'align_target', 'align_loss', 'default_cache_dir', 'cache_bytes', 'align_checks', 'align_step',
+           'cache_recipe', 'align_cache', 'align']
 
 # %% ../nbs/20_align.ipynb #44c8c536
 LOSSES, GRANULARITIES = ("fd", "cosine", "mse"), ("pooled", "tokens")
@@ -199,6 +203,45 @@ def _check_batches(
             n += len(x)
     return dict(loss=tot / n, cosine=cos / n)
 
+# %% ../nbs/20_align.ipynb #520dc0dc
+def cache_bytes(cfg: AlignConfig, n_images: int) -> int | None:
+    "Bytes of the teacher cache of `n_images` pool images (None: a CLIP config whose shapes we cannot read)."
+    clip_cfg = open_clip.get_model_config(cfg.teacher) or {}
+    vision, embed = clip_cfg.get("vision_cfg", {}), clip_cfg.get("embed_dim")
+    if cfg.granularity == "pooled" and embed:
+        per_view = embed
+    elif cfg.granularity == "tokens" and vision.get("patch_size") and vision.get("width"):
+        per_view = (vision["image_size"] // vision["patch_size"]) ** 2 * vision["width"]
+    else:
+        return None
+    return n_images * cfg.cache_views * per_view * 2  # float16
+
+
+def _pool_checks(cfg: AlignConfig) -> list:
+    "The pool: its size and make-up, a sample of its images, and the disk its teacher cache needs."
+    try:
+        pool = align_pool(cfg)
+    except ConfigError as e:
+        return [Check("pool_sources", PROBLEM, str(e).splitlines()[0], "more images, or a smaller --batch-size")]
+    s = pool.stats.values()
+    dup, excl = sum(x["duplicates"] for x in s), sum(x["excluded"] for x in s)
+    what = f"{len(pool)} images from {len(pool.stats)} source(s) ({dup} duplicates, {excl} evaluation images out)"
+    checks = [Check("pool_sources", OK, what)]
+    checks.append(image_sample_check("pool images", pool.paths, on_bad_image=cfg.on_bad_image))
+    if cfg.cache:
+        checks.append(disk_check("cache_dir", default_cache_dir(cfg), cache_bytes(cfg, len(pool))))
+    return checks
+
+
+def align_checks(cfg: AlignConfig, planned=()) -> list:
+    "The pre-flight checks of a phase-1 run (`planned`: unused here; every phase's checks take it)."
+    checks = path_checks(None, pool_paths(cfg))
+    if all(c.status == OK for c in checks):
+        checks += _pool_checks(cfg)
+    checks.append(weights_check("teacher_pretrained", f"clip:{cfg.teacher}", cfg.teacher_pretrained))
+    checks.append(weights_check("student_pretrained", cfg.student, cfg.student_pretrained))
+    return checks + [device_check(cfg.device), run_dir_check(cfg.run_dir)]
+
 # %% ../nbs/20_align.ipynb #a9fdd60a
 def align_step(cfg: AlignConfig, teacher, cached: bool) -> Callable:
     "The engine's step function of phase 1: the teacher's targets (online, or the cached ones) and the loss."
@@ -322,6 +365,7 @@ def _align_results(cfg: AlignConfig, res, before: dict, n_images: int) -> dict:
 def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
     "Phase 1 as `cfg` says: flat metrics; the run goes to `cfg.run_dir` (weights: `encoder.*`, `projector.*`)."
     t0 = time.perf_counter()
+    stop_on_problems(align_checks(cfg), "cskd align")  # before any model is built or file written
     pool, teacher = _pool_and_teacher(cfg)
     paths = list(pool.paths)
     model = model if model is not None else build_align_model(cfg, teacher)
@@ -364,4 +408,5 @@ register_phase(
     AlignConfig,
     align,
     "phase 1: align a visual encoder to a frozen CLIP teacher on unlabeled images",
+    checks=align_checks,
 )

@@ -15,14 +15,15 @@ import time
 import warnings
 from pathlib import Path
 
-from .config import PHASES, add_arguments, load_config
+from .config import PHASES, add_arguments, changed_fields, load_config
+from .preflight import PROBLEM, format_checks
 from .images import preresize_images
 from .toy import make_toy_world, plot_samples
 import cskd.align, cskd.distill, cskd.iaa  # noqa: F401  (they register their phases)
 from .engine import TrainingInterrupted
 
 # %% auto #0
-__all__ = ['SCORE_HELP', 'EXPORT_HELP', 'RUN_DIR_HELP', 'PRETRAIN_HELP', 'demo', 'main']
+__all__ = ['SCORE_HELP', 'EXPORT_HELP', 'RUN_DIR_HELP', 'DRY_RUN_HELP', 'PRETRAIN_HELP', 'demo', 'main']
 
 # %% ../nbs/90_cli.ipynb #9a871c76
 def demo(
@@ -84,6 +85,10 @@ RUN_DIR_HELP = (
     "Without --run-dir (or run_dir in the YAML file) the run is written to runs/{phase}-YYYYmmdd-HHMMSS under "
     "the current folder, and the command says where; rerun with --run-dir that folder to resume it. Under "
     "torchrun, --run-dir is required."
+)
+DRY_RUN_HELP = (
+    "print the settings that differ from the defaults and the pre-flight checks (data, splits, a sample of images, "
+    "weights, disk, devices); train nothing, write nothing; exit status 1 on a problem"
 )
 
 
@@ -157,6 +162,7 @@ def _add_phase_commands(sub):
             ph.name, help=ph.help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         q.add_argument("-c", "--config", default=None, help="a YAML file of parameters (flags override it)")
+        q.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
         add_arguments(q, ph.config, ph.defaults)
 
 
@@ -202,8 +208,10 @@ def main(argv=None) -> int:
             _export(args)
         else:
             ph = PHASES[args.command]
-            overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+            overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "dry_run")}
             cfg = load_config(ph.config, args.config, overrides, source="the command line", defaults=ph.defaults)
+            if args.dry_run:
+                return _phase_dry_run(ph, cfg)
             result = _run_phase(ph, cfg)
             print(json.dumps(result, indent=1, default=str))
     except TrainingInterrupted as e:  # SIGINT / SIGTERM: `last` is saved and the engine has said how to resume
@@ -275,6 +283,17 @@ def _score(args) -> int:
     bad = int((df.error != "").sum())
     print(score_summary(df), file=sys.stderr if bad else sys.stdout)
     return 3 if bad else 0
+
+# %% ../nbs/90_cli.ipynb #36eb5ae5
+def _phase_dry_run(ph, cfg) -> int:
+    "Print what differs from the phase's defaults and the pre-flight table; 1 if a check found a problem."
+    import yaml
+
+    print(f"# cskd {ph.name}: the settings that differ from the phase's defaults (all of them: cskd {ph.name} --help)")
+    print(yaml.safe_dump(changed_fields(cfg, ph.defaults), sort_keys=False, width=120), end="")
+    checks = ph.checks(cfg)
+    print(format_checks(checks), end="")
+    return int(any(c.status == PROBLEM for c in checks))
 
 # %% ../nbs/90_cli.ipynb #02b3e91d
 def _export(args):

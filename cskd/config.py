@@ -18,8 +18,8 @@ import yaml
 
 # %% auto #0
 __all__ = ['PHASES', 'ConfigError', 'param', 'phase_param', 'check_value', 'check_fields', 'from_dict', 'to_dict', 'load_yaml',
-           'YamlParams', 'load_config', 'from_namespace', 'notebook_parameters', 'comma_list', 'add_arguments',
-           'register_phase']
+           'YamlParams', 'load_config', 'changed_fields', 'from_namespace', 'notebook_parameters', 'comma_list',
+           'add_arguments', 'register_phase']
 
 # %% ../nbs/00_config.ipynb #111e4aca
 class ConfigError(ValueError):
@@ -210,6 +210,19 @@ def load_config(
     values.update(overrides or {})
     return from_dict(cls, values, source=source if overrides else str(yaml_path or "defaults"))
 
+# %% ../nbs/00_config.ipynb #a853f66e
+def changed_fields(cfg, defaults: dict | None = None) -> dict:
+    "The fields of the dataclass `cfg` whose value differs from its class's defaults, then `defaults`."
+    plain = lambda v: json.loads(json.dumps(v, default=str))
+    base = {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(cfg)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+    base.update(defaults or {})
+    mine = plain(to_dict(cfg))
+    return {k: v for k, v in mine.items() if k not in base or v != plain(base[k])}
+
 # %% ../nbs/00_config.ipynb #185f061c
 def from_namespace(cls, params: dict, extra=(), defaults: dict | None = None, source: str = "notebook parameters"):
     """Build `cls` from a notebook's parameters (the names its parameters cell and papermill defined), over
@@ -275,8 +288,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls, defaults: dict | None = 
 PHASES: dict = {}
 
 
-def register_phase(name: str, config_cls, run, help: str, defaults: dict | None = None):
-    "Make a phase runnable from `python -m cskd NAME`: its config class, its defaults, and `run(cfg)`."
+def register_phase(name: str, config_cls, run, help: str, defaults: dict | None = None, checks=None):
+    """Make a phase runnable from `python -m cskd NAME`: its config class, its defaults, `run(cfg)`, and
+    `checks(cfg, planned)`, its pre-flight checks (what `--dry-run` prints)."""
     PHASES[name] = types.SimpleNamespace(
-        name=name, config=config_cls, run=run, help=help, defaults=dict(defaults or {})
+        name=name, config=config_cls, run=run, help=help, defaults=dict(defaults or {}), checks=checks
     )

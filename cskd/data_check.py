@@ -12,15 +12,15 @@ from .data import OFFICIAL
 from .toy import make_toy_world
 
 # %% auto #0
-__all__ = ['TOY_ROOT', 'data_problems', 'check_data', 'labeled_paths', 'check_labeled_data', 'root_layout', 'pool_paths',
-           'toy_world_or_check']
+__all__ = ['TOY_ROOT', 'missing_path_fix', 'missing_paths', 'data_problems', 'check_data', 'labeled_paths', 'check_labeled_data',
+           'root_layout', 'pool_paths', 'toy_world_or_check']
 
 # %% ../nbs/06_data_check.ipynb #2f50ff4b
 TOY_ROOT = "data/toy"  # the experiments' default data_root: the one folder a missing dataset becomes a toy world in
 _IS = {"file": Path.is_file, "folder": Path.is_dir, "any": Path.exists}
 
 
-def _fix(name: str, kind: str, path: Path, dataset: str) -> str:
+def missing_path_fix(name: str, kind: str, path: Path, dataset: str = "ava") -> str:
     "The fix of a missing path, in the commands and parameters a user types."
     if name.endswith("split") or path.parent.name == "splits":
         root = path.parent.parent if path.parent.name == "splits" else "ROOT"
@@ -33,20 +33,24 @@ def _fix(name: str, kind: str, path: Path, dataset: str) -> str:
     return "the dataset's label file, relative to data_root (AVA: AVA.txt)"
 
 
-def data_problems(data_root=None, wanted=(), dataset: str = "ava") -> list:
-    """One line per missing path: the parameter, the path and the fix. `wanted`: `(parameter, kind, path)`
-    with kind `file`, `folder` or `any`, paths relative to `data_root` (if given); `dataset` names the splits."""
+def missing_paths(data_root=None, wanted=(), dataset: str = "ava") -> list:
+    """`(parameter, path, what is wrong, the fix)` per missing path. `wanted`: `(parameter, kind, path)` with kind
+    `file`, `folder` or `any`, paths relative to `data_root` (if given); `dataset` names the splits."""
     root = Path(data_root) if data_root is not None else Path()
     if data_root is not None and not root.is_dir():
-        fix = f"give your dataset's folder; to write a toy world there: cskd toy {root}"
-        return [f"parameter 'data_root': {root} is not a folder ({fix})"]
+        return [("data_root", root, "is not a folder", f"give your dataset's folder; for a toy world: cskd toy {root}")]
     dataset = dataset if dataset in OFFICIAL else "ava"
-    problems = []
+    out = []
     for name, kind, path in wanted:
         if not _IS[kind](root / path):
             what = "does not exist" if kind == "any" else f"is not a {kind}"
-            problems.append(f"parameter '{name}': {root / path} {what} ({_fix(name, kind, root / path, dataset)})")
-    return problems
+            out.append((name, root / path, what, missing_path_fix(name, kind, root / path, dataset)))
+    return out
+
+
+def data_problems(data_root=None, wanted=(), dataset: str = "ava") -> list:
+    "One line per missing path (`missing_paths`): the parameter, the path and the fix."
+    return [f"parameter '{n}': {p} {what} ({fix})" for n, p, what, fix in missing_paths(data_root, wanted, dataset)]
 
 
 def check_data(data_root=None, wanted=(), dataset: str = "ava"):

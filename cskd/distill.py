@@ -19,21 +19,32 @@ import torch
 from torch import nn
 
 from .config import ConfigError, param, register_phase
-from .data_check import check_labeled_data
 from .data import UnlabeledPool, eval_transform, read_split, train_transform
 from .checkpoint import find_weights, load_weights
 from .engine import fit
 from .precision import resolve_device, resolve_precision
-from .iaa import FinetuneConfig, SplitScorer, iaa_splits, predict, prediction_metrics, run_autocast
+from .iaa import FinetuneConfig, SplitScorer, iaa_splits, labeled_checks, predict, prediction_metrics, run_autocast
+from cskd.preflight import (
+    OK,
+    PROBLEM,
+    Check,
+    device_check,
+    image_sample_check,
+    path_checks,
+    run_dir_check,
+    run_input_check,
+)
+from .preflight import stop_on_problems, weights_check
 from .images import collate_skip_none
-from .trained import iaa_model_from_run
+from .trained import find_run_config, iaa_model_from_run
 from .losses import emd_loss, kl_loss
 from .metrics import mean_score
 from .runs import write_text_atomic
 from .models import IAAHead, IAAModel, build_encoder, fast_attention
 
 # %% auto #0
-__all__ = ['DistillConfig', 'pseudo_labels', 'confident', 'SemiSupervised', 'rampup', 'MutualPair', 'distill_step', 'distill']
+__all__ = ['DistillConfig', 'pseudo_labels', 'confident', 'SemiSupervised', 'rampup', 'MutualPair', 'distill_step',
+           'distill_checks', 'distill']
 
 # %% ../nbs/23_distill.ipynb #65502bca
 @dataclass
@@ -244,10 +255,39 @@ def _test_metrics(cfg: DistillConfig, model, student, data, val_pred) -> dict:
         out.update({f"peer_test_{k}": v for k, v in peer.items()})
     return out
 
+# %% ../nbs/23_distill.ipynb #dbb0ea82
+def _teacher_run_check(run, planned) -> Check:
+    "The teacher's run folder: its weights, and its config.json (which says what model they belong to)."
+    if str(run) not in map(str, planned):
+        try:
+            find_run_config(run)
+        except FileNotFoundError as e:
+            fix = "--teacher-run a finished fine-tuning run folder"
+            return Check("teacher_run", PROBLEM, str(e).split(" (looked")[0], fix)
+    return run_input_check("teacher_run", run, planned)
+
+
+def distill_checks(cfg: DistillConfig, planned=()) -> list:
+    "The pre-flight checks of a distillation run; `planned`: run folders an earlier pipeline step writes."
+    checks = labeled_checks(cfg) + [_teacher_run_check(cfg.teacher_run, planned)]
+    for field, enc, init in (("init", cfg.encoder, cfg.init), ("peer_init", cfg.peer_encoder, cfg.peer_init)):
+        if init:
+            checks.append(run_input_check(field, init, planned))
+        elif field == "init" or (cfg.mutual and enc):
+            checks.append(weights_check("pretrained", enc or cfg.encoder, cfg.pretrained))
+    wanted = [("pool_sources", "any", s) for s in cfg.pool_sources]
+    pool_ok = all(c.status == OK for c in checks[:2]) and all(c.status == OK for c in path_checks(None, wanted))
+    if not pool_ok:
+        checks += [c for c in path_checks(None, wanted) if c.status != OK]
+    else:
+        pool = _pool(cfg, None)
+        checks.append(image_sample_check("pool_sources", pool.paths, on_bad_image=cfg.on_bad_image))
+    return checks + [device_check(cfg.device), run_dir_check(cfg.run_dir)]
+
 # %% ../nbs/23_distill.ipynb #36d2b3c1
 def distill(cfg: DistillConfig) -> dict:
     "Phase 2c: train the student on labels plus the teacher's pseudo-labels; returns flat metrics."
-    check_labeled_data(cfg)  # before the teacher labels the pool
+    stop_on_problems(distill_checks(cfg), "cskd distill")  # before the teacher labels the pool
     kept, n_pool = _teacher_labels(cfg)
     torch.manual_seed(cfg.seed)
     student = _student(cfg, cfg.encoder, cfg.init)
@@ -282,4 +322,5 @@ register_phase(
     DistillConfig,
     distill,
     "phase 2: semi-supervised distillation of the IAA teacher into a student",
+    checks=distill_checks,
 )

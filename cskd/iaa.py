@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import ConfigError, param, phase_param, register_phase
-from .data_check import check_labeled_data
+from .data_check import check_labeled_data, labeled_paths
 from cskd.data import (
     CSV_MAPPINGS,
     IAADataset,
@@ -31,14 +31,17 @@ from cskd.data import (
 from .checkpoint import load_weights
 from .engine import TrainConfig, fit
 from .precision import get_autocast, resolve_device
+from .preflight import OK, NOTE, PROBLEM, Check, device_check, flag, image_sample_check, path_checks
+from .preflight import run_dir_check, run_input_check, stop_on_problems, weights_check
 from .losses import emd_loss, score_loss
 from .metrics import iaa_metrics, mean_score
 from .models import IAAHead, IAAModel, build_encoder, fast_attention
 from .runs import file_sha1, write_text_atomic
 
 # %% auto #0
-__all__ = ['LABEL_FORMATS', 'FinetuneConfig', 'finetune_config', 'read_labels', 'iaa_splits', 'build_iaa_model', 'iaa_loss',
-           'predict', 'bin_scores', 'split_record', 'prediction_metrics', 'run_autocast', 'SplitScorer', 'finetune']
+__all__ = ['LABEL_FORMATS', 'FinetuneConfig', 'finetune_config', 'read_labels', 'iaa_splits', 'labeled_checks', 'finetune_checks',
+           'build_iaa_model', 'iaa_loss', 'predict', 'bin_scores', 'split_record', 'prediction_metrics', 'run_autocast',
+           'SplitScorer', 'finetune']
 
 # %% ../nbs/21_iaa.ipynb #27858f75
 LABEL_FORMATS = ("ava",) + tuple(k.lower() for k in CSV_MAPPINGS)
@@ -141,6 +144,41 @@ def iaa_splits(cfg: FinetuneConfig, mean, std) -> dict:
             on_error=cfg.on_bad_image,
         )
     return out
+
+# %% ../nbs/21_iaa.ipynb #477b9504
+def _split_overlaps(cfg: FinetuneConfig, data: dict) -> list:
+    ids = {s: set(ds.ids) for s, ds in data.items()}
+    fix = f"disjoint split files, e.g. the official ones: cskd splits {cfg.label_format} {cfg.data_root}"
+    return [
+        Check(f"{a}/{b} splits", PROBLEM, f"{len(shared)} images in both, e.g. {sorted(shared)[:3]}", fix)
+        for a, b in (("train", "test"), ("val", "test"), ("train", "val"))
+        if (shared := ids[a] & ids[b])
+    ]
+
+
+def labeled_checks(cfg: FinetuneConfig) -> list:
+    "The label file and the three splits of a labeled config: paths, sizes, overlaps, a sample of images decoded."
+    checks = path_checks(cfg.data_root, labeled_paths(cfg), cfg.label_format)
+    if any(c.status != OK for c in checks):
+        return checks
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = iaa_splits(cfg, (0.5,) * 3, (0.5,) * 3)
+    except (ValueError, KeyError) as e:
+        fix = f"check {flag('labels')}, {flag('label_format')} and the split files"
+        return checks + [Check("labels", PROBLEM, str(e), fix)]
+    checks += [Check("labels", NOTE, str(w.message)) for w in caught if issubclass(w.category, UserWarning)]
+    checks += [image_sample_check(f"{s} split", ds.paths, on_bad_image=cfg.on_bad_image) for s, ds in data.items()]
+    return checks + _split_overlaps(cfg, data)
+
+
+def finetune_checks(cfg: FinetuneConfig, planned=()) -> list:
+    "The pre-flight checks of a fine-tuning run; `planned`: run folders an earlier pipeline step writes."
+    checks = labeled_checks(cfg)
+    init = run_input_check("init", cfg.init, planned) if cfg.init else None
+    checks.append(init or weights_check("pretrained", cfg.encoder, cfg.pretrained))
+    return checks + [device_check(cfg.device), run_dir_check(cfg.run_dir)]
 
 # %% ../nbs/21_iaa.ipynb #33487576
 def build_iaa_model(cfg: FinetuneConfig) -> IAAModel:
@@ -250,7 +288,7 @@ class SplitScorer:
 def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
     """Fine-tune an IAA model as `cfg` says; returns flat metrics (`val_*`, `test_*`) and writes predictions to
     `cfg.run_dir`."""
-    check_labeled_data(cfg)  # before a model is built (or its weights downloaded)
+    stop_on_problems(finetune_checks(cfg), "cskd finetune")  # before a model is built (or its weights downloaded)
     torch.manual_seed(cfg.seed)  # the head's (and a random-init encoder's) weights depend on the seed only
     model = model or build_iaa_model(cfg)
     enc = model.encoder
@@ -283,4 +321,10 @@ def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
     return out
 
 
-register_phase("finetune", FinetuneConfig, finetune, "IAA fine-tuning: an encoder + score head on labeled data")
+register_phase(
+    "finetune",
+    FinetuneConfig,
+    finetune,
+    "IAA fine-tuning: an encoder + score head on labeled data",
+    checks=finetune_checks,
+)

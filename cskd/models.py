@@ -22,6 +22,7 @@ from timm.layers import PatchEmbed, SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, register_model
 from timm.models.vision_transformer import _create_vision_transformer
 
+from .hub import clip_hub_weights, hub_reachable, timm_hub_weights
 from .metrics import mean_score
 from .precision import resolve_precision
 from .runs import file_sha1
@@ -58,11 +59,18 @@ def _hub_env() -> str:
     return ", ".join(f"{k}={v}" for k, v in env.items())
 
 
+def _fail_fast_offline(kind, name, pretrained, status: tuple, how):
+    "Weights that would be downloaded while the hub cannot be reached: fail now, not after a minute of retries."
+    if status[0] == "download" and not (hub := hub_reachable())[0]:
+        raise _weights_error(kind, name, pretrained, f"not in the hub cache, and {hub[1]}", how)
+
+
 def _weights_error(kind, name, pretrained, cause, how) -> WeightsUnavailableError:
     return WeightsUnavailableError(
         f"{kind} model '{name}': weights pretrained={pretrained!r} are unavailable ({cause}). "
         f"Weights come from the Hugging Face hub cache (HF_HUB_CACHE, default $HF_HOME/hub; now {_hub_env()}); "
-        f"with no network, fill that cache elsewhere or pass a local file: {how}"
+        f"with no network, fill that cache elsewhere or give a local weights file instead ({how}; in a run: "
+        "the --teacher-pretrained, --student-pretrained or --pretrained flag, or the parameter of that name)"
     )
 
 # %% ../nbs/09_models.ipynb #28ca42a5
@@ -207,7 +215,7 @@ def _create_clip(name, pretrained, overrides):
     "open_clip model (and preprocess cfg) with weights errors turned into `WeightsUnavailableError`."
     _check_clip_name(name)
     overrides = _merge_cfg(name, dict(overrides))
-    how = f"pretrained='/path/to/open_clip_model.safetensors' (or .bin/.pt) for '{name}'"
+    how = f"an open_clip .safetensors/.bin/.pt file of '{name}'"
     if pretrained == TOY:
         pretrained = toy_weights_file(name)
     if pretrained is not None and not name.startswith(("hf-hub:", "local-dir:")):
@@ -220,6 +228,7 @@ def _create_clip(name, pretrained, overrides):
             tag_cfg = open_clip.get_pretrained_cfg(name.replace("/", "-"), pretrained)
             if tag_cfg.get("quick_gelu") and not overrides.get("quick_gelu"):
                 overrides.setdefault("force_quick_gelu", True)  # e.g. OpenAI weights were trained with QuickGELU
+            _fail_fast_offline("open_clip", name, pretrained, clip_hub_weights(name, pretrained), how)
         else:
             cause = (
                 f"no such file"
@@ -374,7 +383,7 @@ def encoder(model_name: str, pretrained=False, drop_path_rate: float = 0.0, img_
     kw = dict(kw, num_classes=0)
     if drop_path_rate:
         kw["drop_path_rate"] = drop_path_rate
-    how = f"encoder('{model_name}', pretrained='/path/to/model.safetensors')"
+    how = f"a timm .safetensors/.pth file of '{model_name}'"
     if pretrained == TOY:
         pretrained = toy_weights_file(model_name)
     if pretrained not in (True, False, None):
@@ -382,6 +391,8 @@ def encoder(model_name: str, pretrained=False, drop_path_rate: float = 0.0, img_
             raise _weights_error("timm", model_name, str(pretrained), "no such file", how)
         kw["pretrained_cfg_overlay"] = dict(kw.get("pretrained_cfg_overlay", {}), file=str(pretrained))
         pretrained = True
+    elif pretrained:
+        _fail_fast_offline("timm", model_name, True, timm_hub_weights(model_name), how)
     try:
         try:
             model = timm.create_model(

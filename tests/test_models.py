@@ -100,7 +100,15 @@ def test_offline_weights_errors_are_clear(tmp_path):
     for key, name, tag in [("clip", "ViT-B-32", "laion2b_s34b_b79k"), ("timm", "resnet18", "True")]:
         m = msgs[key]
         assert m is not None, f"{key}: no error raised"
-        for needle in (name, tag, "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE=1", "pretrained='/path/to/"):
+        for needle in (
+            name,
+            tag,
+            "HF_HOME",
+            "HF_HUB_CACHE",
+            "HF_HUB_OFFLINE=1",
+            "not in the hub cache",
+            "--student-pretrained",
+        ):
             assert needle in m, (needle, m)
 
 
