@@ -456,29 +456,16 @@ def _add_pipeline_commands(sub):
 
     q = sub.add_parser(
         "pipeline",
-        help="the whole CSKD pipeline with its baselines; --dry-run: print every step's resolved parameters",
+        help="the whole CSKD pipeline with its baselines; --dry-run: every step's settings and pre-flight checks",
         description="Run nbs/experiments/pipeline.ipynb with a pipeline config (YAML, then flags). Each step takes "
-        "its settings from the phase YAML the config names for it; --dry-run prints them without training.",
+        "its settings from the phase YAML the config names for it; --dry-run prints them and every step's pre-flight "
+        "checks without training (exit status 1 on a problem).",
     )
     q.add_argument("-c", "--config", default=None, help="a YAML file of pipeline parameters (flags override it)")
-    q.add_argument("--dry-run", action="store_true", help="print the resolved config of every step; train nothing")
+    q.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     add_arguments(q, PipelineConfig)
     s = sub.add_parser("sync-params", help="regenerate the experiment notebooks' parameters cells from the configs")
     s.add_argument("--check", action="store_true", help="only compare: exit status 1 when a cell differs")
-
-
-def _dry_run(cfg) -> str:
-    "The pipeline config and every step's resolved parameters (first seed; every seed is resolved), as YAML."
-    import yaml
-    from cskd.config import to_dict
-    from cskd.pipeline import STEPS, resolve_steps
-
-    steps = {seed: resolve_steps(cfg, seed) for seed in cfg.seeds}
-    first = cfg.seeds[0]
-    out = dict(pipeline=to_dict(cfg))
-    out[f"steps (seed {first})"] = {k: dict(notebook=STEPS[k][0], **v) for k, v in steps[first].items()}
-    note = f"# seeds {cfg.seeds[1:]}: the same but for seed and the run folders seed<k>\n" if cfg.seeds[1:] else ""
-    return yaml.safe_dump(out, sort_keys=False, width=120) + note
 
 
 def _run_pipeline(cfg):
@@ -513,8 +500,14 @@ def _pipeline_commands(args) -> int:
     try:
         cfg = load_config(PipelineConfig, args.config, overrides, source="the command line")
         if args.dry_run:
-            print(_dry_run(cfg), end="")
-            return 0
+            from cskd.pipeline import resolve_steps
+            from cskd.pipeline_check import dry_run_report
+
+            for seed in cfg.seeds[1:]:
+                resolve_steps(cfg, seed)  # every seed resolves; the report shows the first
+            text, problems = dry_run_report(cfg)
+            print(text, end="")
+            return int(problems)
         resolve_steps(cfg)  # a bad phase YAML stops here, before the notebook starts
     except (ConfigError, FileNotFoundError) as e:
         print(f"cskd pipeline: error: {e}", file=sys.stderr)

@@ -24,6 +24,7 @@ def missing_path_fix(name: str, kind: str, path: Path, dataset: str = "ava") -> 
     "The fix of a missing path, in the commands and parameters a user types."
     if name.endswith("split") or path.parent.name == "splits":
         root = path.parent.parent if path.parent.name == "splits" else "ROOT"
+        dataset = root.name.lower() if isinstance(root, Path) and root.name.lower() in OFFICIAL else dataset
         return f"write the official splits: cskd splits {dataset} {root}; or give your own split file"
     if name == "pool_sources":
         world = path.parent if path.name == "images" else path  # a toy world's images are in its images/ folder

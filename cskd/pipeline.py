@@ -28,9 +28,9 @@ from .models import TOY, TOY_CLIP, TOY_LARGE, TOY_STUDENT
 from .runs import write_text_atomic
 
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'SCHEDULING', 'THREAD_VARIABLES', 'STEPS', 'WIRING', 'AGREE', 'PipelineConfig', 'experiment_notebook',
-           'result_fingerprint', 'run_step', 'kernel_threads', 'run_parallel', 'resolve_steps', 'step_threads',
-           'pipeline_jobs', 'summarize', 'display_table', 'published_ava']
+__all__ = ['EXPERIMENTS', 'SCHEDULING', 'THREAD_VARIABLES', 'STEPS', 'WIRING', 'AGREE', 'COLLAPSE_READS', 'PipelineConfig',
+           'experiment_notebook', 'result_fingerprint', 'run_step', 'kernel_threads', 'run_parallel', 'resolve_steps',
+           'step_threads', 'pipeline_jobs', 'collapse_step', 'summarize', 'display_table', 'published_ava']
 
 # %% ../nbs/31_pipeline.ipynb #d68fc839
 @dataclasses.dataclass
@@ -439,6 +439,31 @@ def pipeline_jobs(cfg, extras: dict | None = None) -> dict:
                 needs.append(_cache_job(jobs, recipes, params, f"seed{seed}/{step}", threads))
             jobs[f"seed{seed}/{step}"] = (run, needs)
     return jobs
+
+# %% ../nbs/31_pipeline.ipynb #89b8f931
+COLLAPSE_READS = ("align_large", "teacher", "clip_direct")  # the steps whose ViTs the collapse study measures
+
+
+def collapse_step(cfg, seed: int) -> dict:
+    "The collapse study's parameters for `seed`: CLIP, the large encoder before and after each phase, CLIP fine-tuned."
+    s = Path(cfg.run_dir) / f"seed{seed}"
+    weights = lambda w: f"@{w}" if w not in (None, False) else ""
+    models = {
+        "CLIP": f"clip:{cfg.clip}{weights(cfg.clip_pretrained)}",
+        "encoder before alignment": f"timm:{cfg.large}{weights(cfg.large_pretrained)}",
+        "encoder aligned": f"align:{s / 'align_large'}",
+        "aligned + IAA fine-tuned": f"finetune:{s / 'teacher'}",
+        "CLIP fine-tuned directly": f"finetune:{s / 'clip_direct'}",
+    }
+    figures = cfg.figures_dir if seed == cfg.seeds[0] else None  # one seed's figures go into the project's figures/
+    return dict(
+        data_root=cfg.data_root,
+        image_size=cfg.image_size,
+        images=cfg.collapse_images,
+        seed=seed,
+        figures_dir=figures,
+        models=models,
+    )
 
 # %% ../nbs/31_pipeline.ipynb #fe11703f
 def summarize(

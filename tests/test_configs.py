@@ -1,6 +1,7 @@
 """Every real-scale YAML file in configs/ validates against its schema and runs as written: each value it sets
 reaches the run (or the pipeline's step) unchanged, resolved offline through the loader the command line uses."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,18 +91,23 @@ def test_parameters_cells_are_generated_from_the_configs():
         assert [p.name for p in PythonTranslator.inspect({"source": cell})] == assigned, name
 
 
-def test_pipeline_dry_run_prints_every_step():
+def test_pipeline_dry_run_prints_every_step_and_checks(tmp_path):
+    """configs/pipeline_ava.yaml where /data/ava does not exist and nothing downloads: every step with the settings
+    its phase YAML gives, the pipeline fields no step uses left out, and a failing pre-flight naming the fixes."""
     r = subprocess.run(
         [sys.executable, "-m", "cskd", "pipeline", "-c", str(PIPELINE_AVA), "--dry-run"],
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf")),
         timeout=300,
     )
-    assert r.returncode == 0, r.stderr
-    out = yaml.safe_load(r.stdout)
-    steps = out["steps (seed 0)"]
-    assert list(steps) == list(STEPS) and out["pipeline"]["seeds"] == [0, 1, 2]
+    assert r.returncode == 1, r.stderr
+    settings, checks = r.stdout.split("# pre-flight checks\n")
+    out = yaml.safe_load(settings)
+    steps = out["steps"]
+    assert list(steps) == [*STEPS, "collapse"] and out["pipeline"]["seeds"] == [0, 1, 2]
+    assert "toy_images" not in out["pipeline"] and "finetune_epochs" not in out["pipeline"]
     align = load_yaml(ROOT / "configs" / "align_ava_vitb16_to_vits16.yaml")
     assert {k: steps["align_large"][k] for k in ("lr", "epochs", "batch_size")} == {
         k: align[k] for k in ("lr", "epochs", "batch_size")
@@ -109,3 +115,7 @@ def test_pipeline_dry_run_prints_every_step():
     assert (
         steps["teacher"]["init"] == "runs/pipeline_ava/seed0/align_large" and steps["teacher"]["notebook"] == "finetune"
     )
+    problems = [line for line in checks.splitlines() if line.startswith("problem")]
+    for words in ("cskd splits ava /data/ava", "cskd splits aadb /data/aadb", "--clip-pretrained", "HF_HUB_OFFLINE"):
+        assert any(words in line for line in problems), (words, checks)
+    assert not Path(ROOT / "runs" / "pipeline_ava").exists()  # nothing written
