@@ -76,7 +76,7 @@ end); 2 an error before scoring (nothing written)."""
 EXPORT_HELP = """Export a trained fine-tuning or distillation run as one file that scores images without cskd's
 model code: ONNX (--format onnx, .onnx, for ONNX Runtime) or a torch.export program (--format pt2, .pt2).
 The file's metadata holds the decoding (JPEG draft size), resize, crop, mean/std, bins and score range;
-cskd.export.load_exported(FILE) scores image files with the same numbers as `cskd score`. --out is checked
+cskd.exported.load_exported(FILE) scores image files with the same numbers as `cskd score`. --out is checked
 before any work; the file is written under a temporary name, checked against PyTorch, then renamed: on any
 failure nothing is left behind. An alignment run (phase 1) is refused. Exit status: 0 written, 2 an error."""
 
@@ -278,7 +278,8 @@ def _score(args) -> int:
 
 # %% ../nbs/90_cli.ipynb #02b3e91d
 def _export(args):
-    from cskd.export import FORMATS, check_format, export_checked
+    from cskd.export import export_checked
+    from cskd.exported import FORMATS, check_format
     from cskd.predict import load_scorer, training_world
 
     fmt = check_format(args.format)
