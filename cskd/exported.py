@@ -60,6 +60,21 @@ class UnreadableImageError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+def _image_bytes(path: Path) -> bytes:
+    "The bytes of an image file, or `UnreadableImageError` with the reason `cskd score` gives."
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UnreadableImageError(path, "file not found") from None
+    except IsADirectoryError:
+        raise UnreadableImageError(path, "is a directory") from None
+    except OSError as e:
+        raise UnreadableImageError(path, f"cannot read file ({e})") from None
+    if not data:
+        raise UnreadableImageError(path, "empty file (0 bytes)")
+    return data
+
+# %% ../nbs/36_exported.ipynb #2edccd22
 def _rgb(im: Image.Image) -> Image.Image:
     "Any PIL mode to RGB exactly as `cskd.images` does it (a test below holds the two together)."
     if im.mode == "RGB":
@@ -77,21 +92,6 @@ def _rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _image_bytes(path: Path) -> bytes:
-    "The bytes of an image file, or `UnreadableImageError` with the reason `cskd score` gives."
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UnreadableImageError(path, "file not found") from None
-    except IsADirectoryError:
-        raise UnreadableImageError(path, "is a directory") from None
-    except OSError as e:
-        raise UnreadableImageError(path, f"cannot read file ({e})") from None
-    if not data:
-        raise UnreadableImageError(path, "empty file (0 bytes)")
-    return data
-
-
 def decode_image(src, draft_size: int | None) -> Image.Image:
     "An image file (JPEGs decoded in draft mode at >= `draft_size`) or a PIL image, as RGB."
     if isinstance(src, Image.Image):
@@ -106,7 +106,7 @@ def decode_image(src, draft_size: int | None) -> Image.Image:
     except Exception as e:  # decoders raise assorted types (OSError, SyntaxError, EOFError, ...) on corrupt data
         raise UnreadableImageError(src, f"cannot decode the image ({type(e).__name__}: {e})") from None
 
-
+# %% ../nbs/36_exported.ipynb #77da2058
 def preprocess_image(im: Image.Image, meta: dict) -> np.ndarray:
     "`(3, S, S)` float32 model input of an RGB image, as the metadata's `resize` says (torchvision's rounding)."
     s, (w, h) = meta["image_size"], im.size
