@@ -82,7 +82,8 @@ def main(argv=None):
         backends["pytorch"][n] = lambda x, m=m: m(torch.from_numpy(x))
     tmp = tempfile.TemporaryDirectory()
     if not a.no_onnx:
-        from cskd.export import export_scorer, load_exported
+        from cskd.export import export_scorer
+        from cskd.exported import load_exported
 
         backends["onnxruntime"] = {}
         for n, m in models.items():

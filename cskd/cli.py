@@ -77,9 +77,10 @@ end); 2 an error before scoring (nothing written)."""
 EXPORT_HELP = """Export a trained fine-tuning or distillation run as one file that scores images without cskd's
 model code: ONNX (--format onnx, .onnx, for ONNX Runtime) or a torch.export program (--format pt2, .pt2).
 The file's metadata holds the decoding (JPEG draft size), resize, crop, mean/std, bins and score range;
-cskd.export.load_exported(FILE) scores image files with the same numbers as `cskd score`. --out is checked
-before any work; the file is written under a temporary name, checked against PyTorch, then renamed: on any
-failure nothing is left behind. An alignment run (phase 1) is refused. Exit status: 0 written, 2 an error."""
+cskd.exported.load_exported(FILE) scores image files with the same numbers as `cskd score`, an ONNX file with
+onnxruntime, Pillow and numpy alone (cskd installed with pip install --no-deps). --out is checked before any
+work; the file is written under a temporary name, checked against PyTorch, then renamed: on any failure
+nothing is left behind. An alignment run (phase 1) is refused. Exit status: 0 written, 2 an error."""
 
 RUN_DIR_HELP = (
     "Without --run-dir (or run_dir in the YAML file) the run is written to runs/{phase}-YYYYmmdd-HHMMSS under "
@@ -297,7 +298,8 @@ def _phase_dry_run(ph, cfg) -> int:
 
 # %% ../nbs/90_cli.ipynb #02b3e91d
 def _export(args):
-    from cskd.export import FORMATS, check_format, export_checked
+    from cskd.export import export_checked
+    from cskd.exported import FORMATS, check_format
     from cskd.predict import load_scorer, training_world
 
     fmt = check_format(args.format)

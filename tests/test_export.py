@@ -1,7 +1,11 @@
-"Exported students: parity with PyTorch (ONNX Runtime and torch.export), and scoring real JPEGs from the file alone."
+"""Exported students: parity with PyTorch (ONNX Runtime and torch.export), scoring real JPEGs from the file alone,
+and in an environment of ONNX Runtime, Pillow and numpy alone (cskd installed with `pip install --no-deps`)."""
 
+import importlib.metadata
 import json
 import logging
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +15,14 @@ import pandas as pd
 import pytest
 import skimage
 import torch
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from PIL import Image
 
-from cskd.export import FORMATS, PARITY_ATOL, check_parity, export_scorer, load_exported
+from cskd.export import PARITY_ATOL, check_parity, export_scorer
+from cskd.exported import FORMATS, load_exported
 from cskd.models import IAAHead, IAAModel, build_encoder
-from cskd.predict import load_scorer, score_images
+from cskd.predict import load_scorer, score_images, training_world
 
 logging.getLogger().setLevel(logging.ERROR)
 
@@ -121,7 +128,7 @@ TRAINING_CODE = ["cskd.models", "cskd.data", "cskd.images", "cskd.engine", "cskd
 TRAINING_CODE += ["cskd.predict", "cskd.config", "timm", "open_clip", "torchvision"]
 STANDALONE = """
 import json, sys
-from cskd.export import load_exported
+from cskd.exported import load_exported
 paths = sys.argv[2:]
 out = {"score": load_exported(sys.argv[1])(paths)["score"].tolist()}
 out["imported"] = sorted(m for m in sys.modules if m.split(".")[0] in ("cskd", "timm", "open_clip", "torchvision"))
@@ -175,3 +182,97 @@ def test_export_checks_out_first_and_leaves_nothing(run_dir, tmp_path, capsys):
     meta = load_exported(tmp_path / "ok" / "m.onnx").meta
     assert meta["draft_size"] == meta["image_size"] == 32 and meta["score_range"] == [1.0, 10.0]
     assert meta["trained_on_toy_world"] == str((run_dir.parent / "toy").resolve())
+
+
+ROOT = Path(__file__).resolve().parents[1]
+PRODUCTION_PACKAGES = ["onnxruntime", "pillow", "numpy"]  # the README's install for production scoring
+LIGHT_SCORING = """
+import importlib.abc, json, math, sys
+
+ABSENT = set(json.loads(sys.argv[1]))
+AT_START = set(sys.modules)  # the interpreter's own, and what its .pth files load
+
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    "What the light environment lacks fails to import, as it would there."
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ABSENT:
+            raise ModuleNotFoundError(f"No module named {name!r} (not in the light environment)", name=name)
+
+
+sys.meta_path.insert(0, NotInstalled())
+import cskd.exported
+
+out = cskd.exported.load_exported(sys.argv[2])(sys.argv[4:])
+try:
+    cskd.exported.load_exported(sys.argv[3])
+except RuntimeError as e:
+    pt2 = str(e)
+scores = [None if math.isnan(s) else float(s) for s in out["score"]]
+where = cskd.exported.__file__
+loaded = sorted(set(sys.modules) - AT_START)
+print(json.dumps(dict(score=scores, error=out["error"], pt2=pt2, cskd=where, loaded=loaded)))
+"""
+
+
+def requirement_closure(names) -> set:
+    "The distributions `names` and everything they require (extras left out), as installed here."
+    seen, todo = set(), [canonicalize_name(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            reqs = map(Requirement, importlib.metadata.requires(name) or [])
+            todo += [canonicalize_name(r.name) for r in reqs if r.marker is None or r.marker.evaluate({"extra": ""})]
+    return seen
+
+
+def light_environment(tmp_path) -> tuple[Path, list]:
+    """cskd installed as the README says for production scoring (`pip install --no-deps`, here from a copy of the
+    sources, into a folder), and the top-level modules of every other distribution installed here that the three
+    production packages do not require: what the light environment lacks (torch, timm, pandas, ...)."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "cskd", src / "cskd", ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / f, src)
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
+    r = subprocess.run([*pip, "--target", str(site), str(src)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    present = requirement_closure(PRODUCTION_PACKAGES) | {"cskd"}
+    owners = importlib.metadata.packages_distributions()
+    absent = [m for m, dists in owners.items() if not {canonicalize_name(d) for d in dists} & present]
+    return site, absent
+
+
+def test_exported_onnx_scores_photos_with_onnxruntime_pillow_and_numpy_alone(run_dir, photos, tmp_path):
+    "Real JPEGs, an empty, a truncated and a missing file; the scores of `cskd score` and its reasons, torch absent."
+    model, cfg = load_scorer(run=run_dir)
+    onnx_file = export_scorer(model, tmp_path / "student.onnx", trained_on=training_world(cfg))
+    pt2_file = export_scorer(model, tmp_path / "student.pt2")
+    (tmp_path / "truncated.jpg").write_bytes((photos / "astronaut.jpg").read_bytes()[:3000])
+    files = sorted(photos.glob("*.jpg")) + [tmp_path / "truncated.jpg"]
+    ref = score_images(model, files, progress=False)
+    site, absent = light_environment(tmp_path)
+    assert {"torch", "torchvision", "timm", "open_clip", "pandas"} <= set(absent), absent
+    assert not {"numpy", "PIL", "onnxruntime", "cskd"} & set(absent), absent
+    env = dict(os.environ, PYTHONPATH=str(site), PYTHONNOUSERSITE="1", OMP_NUM_THREADS="1")
+    args = [json.dumps(absent), onnx_file, pt2_file, *files, tmp_path / "gone.jpg"]
+    r = subprocess.run(
+        [sys.executable, "-c", LIGHT_SCORING, *map(str, args)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert Path(got["cskd"]).is_relative_to(site), got["cskd"]  # the --no-deps install, not the sources
+    assert "torch" not in got["loaded"] and not {m.split(".")[0] for m in got["loaded"]} & set(absent)
+    good = ref.error == ""
+    assert good.sum() == 5 and (~good).sum() == 2, ref  # zero.jpg and the truncated copy are unreadable
+    scores = np.array([np.nan if s is None else s for s in got["score"]])
+    assert np.abs(scores[:-1][good] - ref.pred_mean[good]).max() < PARITY_ATOL, (scores, ref.pred_mean)
+    assert np.isnan(scores[:-1][~good]).all() and np.isnan(scores[-1])
+    reasons = dict(zip([f.name for f in files] + ["gone.jpg"], got["error"]))
+    assert reasons["zero.jpg"] == ref.set_index("path").error[str(photos / "zero.jpg")] == "empty file (0 bytes)"
+    assert reasons["truncated.jpg"].startswith("cannot decode the image") and reasons["gone.jpg"] == "file not found"
+    assert "3 of 8 image(s) unreadable" in r.stderr and "trained on cskd's toy world" in r.stderr, r.stderr
+    assert "needs torch" in got["pt2"] and "cskd export --format onnx" in got["pt2"], got["pt2"]

@@ -3,7 +3,8 @@
 The ```python blocks of README.md are joined in order (a later block uses the names of an earlier one, as a
 reader runs them) and executed in a fresh interpreter in an empty folder: a small toy world, phase 1, IAA
 fine-tuning and phase 2 on the shipped toy weights, then scoring, export and the exported file. Whatever they
-print is checked against what they claim: test metrics, a scored table, the exported file's scores.
+print is checked against what they claim: test metrics, a scored table, the exported file's scores and the
+reason it gives for a missing file.
 """
 
 import os
@@ -42,7 +43,9 @@ def test_readme_examples_run(tmp_path):
     assert -1.0 <= float(lines[0]) <= 1.0, f"the first example should print the student's test SRCC: {lines[0]}"
     assert "300 of 300 image(s) scored" in r.stdout, r.stdout
     assert (tmp_path / "scores.csv").is_file() and (tmp_path / "student.onnx").is_file()
-    exported, torch_scores = re.search(r"\[([^\]]*)\]\s*\[([^\]]*)\]\s*$", r.stdout).groups()
+    *_, scores, missing = lines
+    assert missing == "file not found", lines[-2:]  # the exported file reports an unreadable input, as cskd score
+    exported, torch_scores = re.search(r"\[([^\]]*)\]\s*\[([^\]]*)\]\s*$", scores).groups()
     got = [float(x) for x in exported.replace(",", " ").split()]
     want = [float(x) for x in torch_scores.split(",")]
     assert len(got) == len(want) == 3
