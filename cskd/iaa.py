@@ -172,7 +172,7 @@ def labeled_checks(cfg: FinetuneConfig) -> list:
     checks += [image_sample_check(f"{s} split", ds.paths, on_bad_image=cfg.on_bad_image) for s, ds in data.items()]
     return checks + _split_overlaps(cfg, data)
 
-
+# %% ../nbs/21_iaa.ipynb #832efe10
 def finetune_checks(cfg: FinetuneConfig, planned=()) -> list:
     "The pre-flight checks of a fine-tuning run; `planned`: run folders an earlier pipeline step writes."
     checks = labeled_checks(cfg)
@@ -320,7 +320,7 @@ def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
         write_text_atomic(Path(cfg.run_dir) / "results.json", json.dumps(out, indent=1) + "\n")
     return out
 
-
+# %% ../nbs/21_iaa.ipynb #aa5bf2d9
 register_phase(
     "finetune",
     FinetuneConfig,
