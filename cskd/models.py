@@ -20,7 +20,7 @@ import timm
 from timm.data import resolve_data_config
 from timm.layers import PatchEmbed, SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, register_model
-from timm.models.vision_transformer import _create_vision_transformer
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from .hub import clip_hub_weights, hub_reachable, timm_hub_weights
 from .metrics import mean_score
@@ -568,7 +568,15 @@ default_cfgs = {  # read by timm's register_model: the toy models' pretrained co
 def cskd_toy_vit_p8(pretrained: bool = False, **kw):
     "The toy world's large ViT: 64 px, 8x8 grid (conv stem), 6 blocks of width 128, 4 heads."
     arch = dict(img_size=64, patch_size=8, embed_dim=128, depth=6, num_heads=4, embed_layer=ConvStemPatchEmbed)
-    return _create_vision_transformer("cskd_toy_vit_p8", pretrained, **dict(arch, **kw))
+    features = dict(out_indices=kw.pop("out_indices", 3), feature_cls="getter")  # as timm's own ViTs
+    return build_model_with_cfg(
+        VisionTransformer,
+        "cskd_toy_vit_p8",
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=features,
+        **dict(arch, **kw),
+    )
 
 
 @register_model
