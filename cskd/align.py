@@ -365,7 +365,7 @@ def _align_results(cfg: AlignConfig, res, before: dict, n_images: int) -> dict:
 def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
     "Phase 1 as `cfg` says: flat metrics; the run goes to `cfg.run_dir` (weights: `encoder.*`, `projector.*`)."
     t0 = time.perf_counter()
-    stop_on_problems(align_checks(cfg), "cskd align")  # before any model is built or file written
+    stop_on_problems(align_checks(cfg), "align")  # before any model is built or file written
     pool, teacher = _pool_and_teacher(cfg)
     paths = list(pool.paths)
     model = model if model is not None else build_align_model(cfg, teacher)

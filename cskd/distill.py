@@ -287,7 +287,7 @@ def distill_checks(cfg: DistillConfig, planned=()) -> list:
 # %% ../nbs/23_distill.ipynb #36d2b3c1
 def distill(cfg: DistillConfig) -> dict:
     "Phase 2c: train the student on labels plus the teacher's pseudo-labels; returns flat metrics."
-    stop_on_problems(distill_checks(cfg), "cskd distill")  # before the teacher labels the pool
+    stop_on_problems(distill_checks(cfg), "distill")  # before the teacher labels the pool
     kept, n_pool = _teacher_labels(cfg)
     torch.manual_seed(cfg.seed)
     student = _student(cfg, cfg.encoder, cfg.init)

@@ -288,7 +288,7 @@ class SplitScorer:
 def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
     """Fine-tune an IAA model as `cfg` says; returns flat metrics (`val_*`, `test_*`) and writes predictions to
     `cfg.run_dir`."""
-    stop_on_problems(finetune_checks(cfg), "cskd finetune")  # before a model is built (or its weights downloaded)
+    stop_on_problems(finetune_checks(cfg), "finetune")  # before a model is built (or its weights downloaded)
     torch.manual_seed(cfg.seed)  # the head's (and a random-init encoder's) weights depend on the seed only
     model = model or build_iaa_model(cfg)
     enc = model.encoder

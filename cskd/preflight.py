@@ -53,13 +53,15 @@ def format_checks(checks: list) -> str:
     return "\n".join(lines) + f"\n{n} problem(s) in {len(checks)} checks\n"
 
 
-def stop_on_problems(checks: list, what: str) -> list:
-    "Raise a `ConfigError` listing every problem of `checks` (before `what` writes or trains anything)."
+def stop_on_problems(checks: list, phase: str) -> list:
+    "Raise a `ConfigError` listing every problem of `checks` (before the `phase` run writes or trains anything)."
     bad = [c for c in checks if c.status == PROBLEM]
     if bad:
         name = lambda c: f"parameter '{c.what}'" if c.what.isidentifier() else c.what  # a config field, or not
-        lines = "\n".join(f"  {name(c)}: {c.detail} (fix: {c.fix})" for c in bad)
-        raise ConfigError(f"{what}: the pre-flight checks found {len(bad)} problem(s); nothing was written:\n{lines}")
+        lines = "\n".join(f"  {name(c)}: {c.detail} ({c.fix})" for c in bad)  # as `data_problems` words them
+        raise ConfigError(
+            f"the {phase} run's pre-flight checks found {len(bad)} problem(s); nothing was written:\n{lines}"
+        )
     return checks
 
 # %% ../nbs/19a_preflight.ipynb #1d4fe328
