@@ -17,8 +17,8 @@ import webdataset as wds
 from webdataset.tariterators import base_plus_ext
 
 # %% auto #0
-__all__ = ['MAX_OPEN_SHARDS', 'ShardError', 'is_shard_source', 'expand_shards', 'member_ref', 'parse_member_ref', 'member_name',
-           'image_key', 'shard_samples', 'read_member']
+__all__ = ['MAX_OPEN_SHARDS', 'ShardError', 'is_shard_source', 'shard_files', 'expand_shards', 'member_ref', 'parse_member_ref',
+           'member_name', 'image_key', 'shard_samples', 'read_member']
 
 # %% ../nbs/03a_shards.ipynb #037f9802
 class ShardError(ValueError):
@@ -33,23 +33,28 @@ def is_shard_source(src) -> bool:
     return s.endswith(".tar") or s.startswith("pipe:") or "://" in s
 
 
-def expand_shards(pattern) -> list[str]:
-    "The shard files of a pattern: webdataset's brace ranges and `::` lists, then shell globs; every one must exist."
+def shard_files(pattern) -> list[str]:
+    "The file names a shard pattern names: webdataset's brace ranges and `::` lists, then shell globs (sorted)."
     s = str(pattern)
     if s.startswith("pipe:") or "://" in s:
         raise ShardError(
             f"pool source {s}: the pool reads shards by random access, so they must be files on a local or network "
             "file system; copy them there first (e.g. aws s3 sync, gsutil rsync) and give that path"
         )
-    shards = []
-    for url in wds.SimpleShardList(s).urls:
-        shards += sorted(glob(url)) if any(c in url for c in "*?[") else [url]
+    return [
+        f for url in wds.SimpleShardList(s).urls for f in (sorted(glob(url)) if any(c in url for c in "*?[") else [url])
+    ]
+
+
+def expand_shards(pattern) -> list[str]:
+    "The shard files of a pattern (`shard_files`), every one checked to exist."
+    shards = shard_files(pattern)
     if not shards:
-        raise ShardError(f"pool source {s}: no tar shard matches it (a glob like x-*.tar matched nothing)")
+        raise ShardError(f"pool source {pattern}: no tar shard matches it (a glob like x-*.tar matched nothing)")
     missing = [u for u in shards if not os.path.isfile(u)]
     if missing:
         raise ShardError(
-            f"pool source {s}: {len(missing)} of {len(shards)} shard(s) do not exist, e.g. {missing[0]} "
+            f"pool source {pattern}: {len(missing)} of {len(shards)} shard(s) do not exist, e.g. {missing[0]} "
             "(check the path and the brace range, e.g. x-{0000..0099}.tar)"
         )
     return shards
