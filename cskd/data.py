@@ -515,7 +515,7 @@ def _source_paths(src, exts):
         raise FileNotFoundError(f"pool source {p} is neither a folder nor a file list")
     return paths, [q.stem for q in paths]
 
-
+# %% ../nbs/05_data.ipynb #445a8ca0
 def _check_shard_key(key, first, p):
     "A sample key of a shard is one image: the same id from another source is an error naming both."
     if parse_member_ref(p) or parse_member_ref(first):

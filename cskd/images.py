@@ -37,6 +37,28 @@ class BadImageError(
     def __reduce__(self):
         return (type(self), (self.path, self.reason))  # picklable across workers
 
+# %% ../nbs/04_images.ipynb #726bc742
+def read_image_bytes(path) -> bytes:
+    "The bytes of an image file or of an image in a tar shard (a `cskd.shards` member reference), or `BadImageError`."
+    if parse_member_ref(path):
+        try:
+            data = read_member(path)
+        except OSError as e:
+            raise BadImageError(member_name(path), f"cannot read it from its shard ({e})") from None
+    else:
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise BadImageError(path, "file not found") from None
+        except IsADirectoryError:
+            raise BadImageError(path, "is a directory") from None
+        except OSError as e:
+            raise BadImageError(path, f"cannot read file ({e})") from None
+    if not data:
+        raise BadImageError(member_name(path), "empty file (0 bytes)")
+    return data
+
 # %% ../nbs/04_images.ipynb #577d0c1e
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -95,28 +117,6 @@ def _decode_checked(data: bytes, path: Path, draft_size, max_pixels, allow_trunc
         return im
     except Exception as e:  # decoders raise assorted types (EOFError, struct.error, ...) on corrupt data
         raise BadImageError(path, f"corrupt image data ({type(e).__name__}: {e})") from None
-
-
-def read_image_bytes(path) -> bytes:
-    "The bytes of an image file or of an image in a tar shard (a `cskd.shards` member reference), or `BadImageError`."
-    if parse_member_ref(path):
-        try:
-            data = read_member(path)
-        except OSError as e:
-            raise BadImageError(member_name(path), f"cannot read it from its shard ({e})") from None
-    else:
-        path = Path(path)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise BadImageError(path, "file not found") from None
-        except IsADirectoryError:
-            raise BadImageError(path, "is a directory") from None
-        except OSError as e:
-            raise BadImageError(path, f"cannot read file ({e})") from None
-    if not data:
-        raise BadImageError(member_name(path), "empty file (0 bytes)")
-    return data
 
 
 def load_image(

@@ -156,8 +156,7 @@ class CacheError(RuntimeError):
 
 
 def image_list_hash(paths) -> str:
-    """SHA-1 of the ordered list of images: file paths as given, images in tar shards by sample key (so a shard pool's
-    cache holds wherever its shards are copied, and rewritten shards with the same keys in the same order keep it)."""
+    "SHA-1 of the ordered list of images: file paths as given, images in tar shards by key (wherever they lie)."
     return hashlib.sha1("\n".join(image_key(p) for p in paths).encode()).hexdigest()
 
 
