@@ -6,19 +6,24 @@ shard patterns, the samples of a shard by key, and one image of a shard read by 
 # %% ../nbs/03a_shards.ipynb #e10272ff
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import tarfile
 import threading
 from collections import OrderedDict
 from glob import glob
+from pathlib import Path
 
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext
 
+from .runs import write_text_atomic
+
 # %% auto #0
 __all__ = ['MAX_OPEN_SHARDS', 'ShardError', 'is_shard_source', 'shard_files', 'expand_shards', 'member_ref', 'parse_member_ref',
-           'member_name', 'image_key', 'shard_samples', 'read_member']
+           'member_name', 'image_key', 'shard_index_path', 'shard_samples', 'read_member']
 
 # %% ../nbs/03a_shards.ipynb #037f9802
 class ShardError(ValueError):
@@ -107,9 +112,9 @@ def _tar_members(shard: str) -> list:
     return members
 
 
-def shard_samples(shard, exts) -> tuple[list, list]:
-    "`(keys, refs)` of the images of `shard` in tar order: each key's first member with an extension in `exts`."
-    keys, refs, members, with_image = [], [], set(), set()
+def _scan_shard(shard: str, exts) -> list:
+    "`[key, member, offset, size]` of the images of `shard` in tar order: each key's first member in `exts`."
+    rows, members, with_image = [], set(), set()
     for m in _tar_members(str(shard)):
         key, ext = base_plus_ext(m.name)
         if key is None:
@@ -119,12 +124,41 @@ def shard_samples(shard, exts) -> tuple[list, list]:
         members.add((key, ext.lower()))
         if "." + ext.lower() in exts and key not in with_image:
             with_image.add(key)
-            keys.append(key)
-            refs.append(member_ref(shard, m.name, m.offset_data, m.size))
-    if not keys:
+            rows.append([key, m.name, m.offset_data, m.size])
+    if not rows:
         found = ", ".join(sorted({"." + e for _, e in members})) or "none"
         raise ShardError(f"shard {shard}: no images ({', '.join(exts)}) among its members ({found})")
-    return keys, refs
+    return rows
+
+# %% ../nbs/03a_shards.ipynb #17d82755
+def shard_index_path(shard, exts) -> Path | None:
+    "Where the index of `shard`'s images is kept between runs (None: `CSKD_SHARD_INDEX` is empty)."
+    folder = os.environ.get("CSKD_SHARD_INDEX", "~/.cache/cskd/shard-index")
+    if not folder:
+        return None
+    st = os.stat(shard)
+    name = f"{os.path.realpath(shard)}|{st.st_size}|{st.st_mtime_ns}|{','.join(exts)}"
+    return Path(folder).expanduser() / f"{hashlib.sha1(name.encode()).hexdigest()}.json"
+
+
+def shard_samples(shard, exts) -> tuple[list, list]:
+    "`(keys, refs)` of the images of `shard` in tar order (each key's first member with an extension in `exts`)."
+    try:
+        index = shard_index_path(shard, exts)
+    except OSError as e:
+        raise ShardError(f"shard {shard}: cannot be read ({e})") from None
+    try:
+        rows = json.loads(index.read_text()) if index and index.exists() else None
+    except (OSError, ValueError):
+        rows = None  # an unreadable index: the shard's headers are read again
+    if rows is None:
+        rows = _scan_shard(str(shard), exts)
+        try:
+            if index:
+                write_text_atomic(index, json.dumps(rows))
+        except OSError:
+            pass  # no index kept: the next run reads the headers again
+    return [r[0] for r in rows], [member_ref(shard, *r[1:]) for r in rows]
 
 # %% ../nbs/03a_shards.ipynb #c38c1e91
 MAX_OPEN_SHARDS = 64
