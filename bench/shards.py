@@ -9,16 +9,18 @@ Rows (one image per call, single process and one torch thread, as one data-loade
 - read: the image's bytes only (`cskd.images.read_image_bytes`): a file's `open` + `read` + `close`, or one
   `pread` in a shard the process keeps open.
 - view: what phase 1's loader workers do (`cskd.views.SeededView(224, draft_factor=1.0)` of `load_image`).
-And the pool's construction (`cskd.data.UnlabeledPool`): listing the folder against reading the shards' headers.
+And the pool's construction (`cskd.data.UnlabeledPool`): listing the folder, reading the shards' headers (the
+first time), reading their kept index (every later time).
 
 Each row reads all images once per repeat, in a random order (as the sampler does), the rows alternating
-within every repeat; `--reps` repeats after a warm-up; medians. The files are in the page cache, as the shards
-are: this measures what the CPU pays, not a network file system's per-file round trips (see BENCHMARKS.md).
+within every repeat (in reverse order every other repeat); `--reps` repeats after a warm-up; medians. The
+files are in the page cache, as the shards are: this measures what the CPU pays, not a network file system's
+per-file round trips (see BENCHMARKS.md).
 The last line is `ratio: <shard view images/s / file view images/s>` (target: about 1, no loss).
 Usage: python bench/shards.py [--per-photo 4] [--reps 5] [--copies 4]
 """
 
-import argparse, random, shutil, statistics, sys, tempfile, time
+import argparse, os, random, shutil, statistics, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -32,19 +34,23 @@ from data_path import make_jpegs  # the same AVA-sized JPEGs as bench/data_path.
 
 
 def pools(folder: Path, shards: Path) -> tuple:
-    "The images of the folder pool and of the shard pool written from it, and how long each pool took to build."
+    "The images of the folder pool and of the shard pool written from it; seconds to build each pool."
     t0 = time.perf_counter()
     by_files = UnlabeledPool(folder)
     t1 = time.perf_counter()
     manifest = write_shards(folder, shards, shard_size=64, progress=False)
+    os.environ["CSKD_SHARD_INDEX"] = str(shards.parent / "index")  # a new index folder: the first build reads headers
     t2 = time.perf_counter()
     by_shards = UnlabeledPool(shards / manifest["pattern"])
     t3 = time.perf_counter()
+    UnlabeledPool(shards / manifest["pattern"])
+    t4 = time.perf_counter()
     assert by_files.ids == by_shards.ids
+    n = len(by_files)
     return (
         by_files.paths,
         by_shards.paths,
-        dict(files=t1 - t0, shards=t3 - t2, n=len(by_files), n_shards=len(manifest["shards"])),
+        dict(files=t1 - t0, headers=t3 - t2, index=t4 - t3, n=n, shards=len(manifest["shards"])),
     )
 
 
@@ -79,18 +85,18 @@ def main(argv=None):
         files, refs, listing = pools(d / "images", d / "shards")
         sizes = [Path(f).stat().st_size for f in files]
         print(
-            f"{listing['n']} JPEGs (mean {np.mean(sizes) / 1024:.0f} KiB) as files and as {listing['n_shards']} "
-            f"shards; pool built in {listing['files'] * 1e3:.1f} ms from the folder, "
-            f"{listing['shards'] * 1e3:.1f} ms from the shards' headers"
+            f"{listing['n']} JPEGs (mean {np.mean(sizes) / 1024:.0f} KiB) as files and as {listing['shards']} shards; "
+            f"pool built in {listing['files'] * 1e3:.1f} ms from the folder, {listing['headers'] * 1e3:.1f} ms from "
+            f"the shards' headers, {listing['index'] * 1e3:.1f} ms from their kept index"
         )
         fns = rows(files, refs)
         for f in fns.values():  # warm-up: page cache, open shards
             for i in range(len(files)):
                 f(i)
         rates, rng = {k: [] for k in fns}, random.Random(0)
-        for _ in range(args.reps):
+        for rep in range(args.reps):
             order = rng.sample(range(len(files)), len(files))
-            for name, f in fns.items():
+            for name, f in list(fns.items())[:: -1 if rep % 2 else 1]:  # the rows' order alternates too
                 t0 = time.perf_counter()
                 for i in order:
                     f(i)
