@@ -141,3 +141,12 @@ def test_kill_mid_epoch_then_resume_is_exact(toy, shards, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads(res.stdout[res.stdout.index("{") :])["steps"] == 15
     assert_same(weights(tmp_path / "run"), weights(tmp_path / "ref"))  # exact: no sample seen twice or skipped
+
+
+def test_bad_shard_sources_stop_before_anything_is_written(toy, shards, tmp_path):
+    missing = cskd("align", "--pool-sources", tmp_path / "x-{0000..0003}.tar", "--run-dir", tmp_path / "run")
+    assert missing.returncode == 2 and f"{tmp_path / 'x-0000.tar'} is not a file" in missing.stderr
+    assert "cskd shards" in missing.stderr and not (tmp_path / "run").exists()
+    twice = cskd("shards", shards, toy / "images", "--out", tmp_path / "out", "--no-progress")
+    assert twice.returncode == 2 and "duplicate key" in twice.stderr and "shard-00000.tar#" in twice.stderr
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
