@@ -674,7 +674,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'cskd.shards': { 'cskd.shards.ShardError': ('shards.html#sharderror', 'cskd/shards.py'),
                              'cskd.shards._OpenShards': ('shards.html#_openshards', 'cskd/shards.py'),
                              'cskd.shards._OpenShards.__init__': ('shards.html#_openshards.__init__', 'cskd/shards.py'),
-                             'cskd.shards._OpenShards.fd': ('shards.html#_openshards.fd', 'cskd/shards.py'),
+                             'cskd.shards._OpenShards.pread': ('shards.html#_openshards.pread', 'cskd/shards.py'),
                              'cskd.shards._scan_shard': ('shards.html#_scan_shard', 'cskd/shards.py'),
                              'cskd.shards._tar_members': ('shards.html#_tar_members', 'cskd/shards.py'),
                              'cskd.shards.expand_shards': ('shards.html#expand_shards', 'cskd/shards.py'),

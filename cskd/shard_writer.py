@@ -61,7 +61,7 @@ def _check_shard_args(out: Path, shard_size: int, max_side, prefix: str):
 
 def _check_keys(pool: UnlabeledPool):
     "Every id can be a WebDataset key (no dot: the key ends at the first dot of a member's name)."
-    dotted = [(i, p) for i, p in zip(pool.ids, pool.paths) if "." in i or "/" in i]
+    dotted = [(i, p) for i, p in zip(pool.ids, pool.paths) if "." in i]
     if dotted:
         i, p = dotted[0]
         raise ValueError(

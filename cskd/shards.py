@@ -170,15 +170,16 @@ class _OpenShards:
     def __init__(self, limit: int):
         self.limit, self.fds, self.lock = limit, OrderedDict(), threading.Lock()
 
-    def fd(self, shard: str) -> int:
+    def pread(self, shard: str, size: int, offset: int) -> bytes:
+        "`size` bytes of `shard` at `offset`; under the lock, so that no other thread closes the file meanwhile."
         with self.lock:
             if shard in self.fds:
                 self.fds.move_to_end(shard)
-                return self.fds[shard]
-            fd = self.fds[shard] = os.open(shard, os.O_RDONLY)
-            while len(self.fds) > self.limit:
-                os.close(self.fds.popitem(last=False)[1])
-            return fd
+            else:
+                self.fds[shard] = os.open(shard, os.O_RDONLY)
+                while len(self.fds) > self.limit:
+                    os.close(self.fds.popitem(last=False)[1])
+            return os.pread(self.fds[shard], size, offset)
 
 
 _open_shards = _OpenShards(MAX_OPEN_SHARDS)
@@ -187,7 +188,7 @@ _open_shards = _OpenShards(MAX_OPEN_SHARDS)
 def read_member(path) -> bytes:
     "The bytes of the shard member `path` (a member reference); `OSError` if the shard is gone or now shorter."
     shard, member, offset, size = parse_member_ref(path)
-    data = os.pread(_open_shards.fd(shard), size, offset)
+    data = _open_shards.pread(shard, size, offset)
     if len(data) != size:
         raise OSError(f"the shard ends inside this member ({len(data)} of {size} bytes): was it rewritten?")
     return data
