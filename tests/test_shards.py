@@ -150,3 +150,15 @@ def test_bad_shard_sources_stop_before_anything_is_written(toy, shards, tmp_path
     twice = cskd("shards", shards, toy / "images", "--out", tmp_path / "out", "--no-progress")
     assert twice.returncode == 2 and "duplicate key" in twice.stderr and "shard-00000.tar#" in twice.stderr
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_gpu_decode_path_takes_the_jpeg_bytes_from_the_shards(toy, shards):
+    from cskd.gpu_decode import pool_dataset
+    from cskd.views import SeededView
+
+    pool = align_pool(tiny(toy, shards, None))
+    ds, collate = pool_dataset("gpu", pool.paths, SeededView(32))
+    batch, indices = collate([ds[i] for i in range(4)])
+    assert all(it.data is not None for it in batch.items)  # the shard's JPEG bytes, not the CPU path's fallback
+    views, keep = batch.decode("cpu")  # what the training step does on its device
+    assert views.shape == (4, 3, 32, 32) and keep.all() and indices.tolist() == [0, 1, 2, 3]
