@@ -504,6 +504,8 @@ def _source_paths(src, exts):
     p = Path(src)
     if p.is_dir():
         paths = sorted(q for q in p.rglob("*") if q.suffix.lower() in exts and q.is_file())
+        if not paths and next(p.glob("*.tar"), None):
+            raise ShardError(f"pool source {p}: a folder of tar shards, not of images; give them as {p / '*.tar'}")
     elif p.is_file():
         paths = []
         for n, l in enumerate(p.read_text().splitlines(), 1):
