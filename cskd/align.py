@@ -62,7 +62,7 @@ class AlignConfig(TrainConfig):
     grad_clip: float | None = phase_param(TrainConfig, "grad_clip", 3.0)
     log_every: int = phase_param(TrainConfig, "log_every", 5)
     pool_sources: list = param(
-        ["data/toy/images"], "unlabeled pool: image folders and/or files listing image paths (one per line)"
+        ["data/toy/images"], "unlabeled pool: image folders, files of paths, tar shards (x-*.tar)"
     )
     exclude_split: str | list | None = param(
         ["data/toy/splits/test.txt", "data/toy/splits/val.txt"],

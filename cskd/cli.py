@@ -23,7 +23,7 @@ import cskd.align, cskd.distill, cskd.iaa  # noqa: F401  (they register their ph
 from .engine import TrainingInterrupted
 
 # %% auto #0
-__all__ = ['SCORE_HELP', 'EXPORT_HELP', 'RUN_DIR_HELP', 'DRY_RUN_HELP', 'PRETRAIN_HELP', 'demo', 'main']
+__all__ = ['SCORE_HELP', 'EXPORT_HELP', 'RUN_DIR_HELP', 'DRY_RUN_HELP', 'SHARDS_HELP', 'PRETRAIN_HELP', 'demo', 'main']
 
 # %% ../nbs/90_cli.ipynb #9a871c76
 def demo(
@@ -199,6 +199,8 @@ def main(argv=None) -> int:
             )
         elif args.command == "splits":
             return _splits(args)
+        elif args.command == "shards":
+            return _shards(args)
         elif args.command == "evaluate":
             return _evaluate(args)
         elif args.command == "score":
@@ -371,6 +373,7 @@ def _add_data_commands(sub):
     v.add_argument("--num-workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
     v.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
     _add_pipeline_commands(sub)
+    _add_shards_command(sub)
 
 
 def _splits(args) -> int:
@@ -379,6 +382,43 @@ def _splits(args) -> int:
     report = official_split(args.dataset, args.root, args.val_fraction, args.seed, args.decode)
     print(format_split_report(report))
     print(f"report: {Path(args.root) / 'splits' / 'report.json'}")
+    return 0
+
+# %% ../nbs/90_cli.ipynb #fb91eadf
+SHARDS_HELP = """Write the images of SOURCES (image folders, files listing image paths, tar shards such as
+'x-{00000..00099}.tar' or 'x-*.tar') as WebDataset tar shards in the new folder --out: per image KEY.EXT (its
+own bytes, or a JPEG when --max-side shrinks it) and KEY.json, --shard-size images a shard, and manifest.json
+(per shard: samples, bytes, sha1; the bad images skipped). KEY is the image's id: its file stem, or its key in a
+shard. Give the shards to phase 1 or 2 as a pool source: --pool-sources 'OUT/shard-{00000..00012}.tar'."""
+
+
+def _add_shards_command(sub):
+    q = sub.add_parser(
+        "shards",
+        help="write a pool's images as WebDataset tar shards, with a manifest",
+        description=SHARDS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    q.add_argument("sources", nargs="+", metavar="SOURCE", help="image folders, files listing images, tar shards")
+    q.add_argument("--out", required=True, help="the folder to write; it must not exist")
+    q.add_argument("--shard-size", type=int, default=10_000, help="images per shard (default: 10000, as img2dataset)")
+    q.add_argument("--max-side", type=int, default=None, help="shrink images to this longer side (default: keep)")
+    q.add_argument("--quality", type=int, default=90, help="JPEG quality of the shrunk images (default: 90)")
+    q.add_argument("--prefix", default="shard", help="shard file names: PREFIX-00000.tar, ... (default: shard)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _shards(args) -> int:
+    from cskd.shard_writer import write_shards
+
+    m = write_shards(
+        args.sources, args.out, args.shard_size, args.max_side, args.quality, args.prefix, not args.no_progress
+    )
+    mb, out = sum(s["bytes"] for s in m["shards"]) / 1e6, Path(args.out)
+    print(f"{m['samples']} images in {len(m['shards'])} shard(s), {mb:.1f} MB; manifest: {out / 'manifest.json'}")
+    for p, why in m["bad"].items():
+        print(f"  bad (skipped): {p}: {why}")
+    print(f"pool source: {out / m['pattern']}")
     return 0
 
 # %% ../nbs/90_cli.ipynb #6c2d3985

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from torchvision import transforms as T
 from .runs import file_sha1, write_text_atomic
+from .shards import ShardError, expand_shards, is_shard_source, member_name, parse_member_ref, shard_samples
 from cskd.images import (  # noqa: F401 (re-exported: the data chapter is where users look for them)
     load_image,
     BadImageError,
@@ -485,13 +486,26 @@ class IAADataset(ImageItems):
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
+def _shard_source(pattern, exts) -> tuple[list, list]:
+    "(member references, keys) of the images of the shards of `pattern`, one header pass per shard in threads."
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as ex:
+        per_shard = list(ex.map(lambda s: shard_samples(s, exts), expand_shards(pattern)))
+    return [r for _, refs in per_shard for r in refs], [k for keys, _ in per_shard for k in keys]
+
+
 def _source_paths(src, exts):
     "(paths, ids) of one source."
     if hasattr(src, "paths") and hasattr(src, "ids"):
         return list(map(Path, src.paths)), list(src.ids)
+    if is_shard_source(src):
+        return _shard_source(src, exts)
     p = Path(src)
     if p.is_dir():
         paths = sorted(q for q in p.rglob("*") if q.suffix.lower() in exts and q.is_file())
+        if not paths and next(p.glob("*.tar"), None):
+            raise ShardError(f"pool source {p}: a folder of tar shards, not of images; give them as {p / '*.tar'}")
     elif p.is_file():
         paths = []
         for n, l in enumerate(p.read_text().splitlines(), 1):
@@ -503,25 +517,35 @@ def _source_paths(src, exts):
         raise FileNotFoundError(f"pool source {p} is neither a folder nor a file list")
     return paths, [q.stem for q in paths]
 
+# %% ../nbs/05_data.ipynb #445a8ca0
+def _check_shard_key(key, first, p):
+    "A sample key of a shard is one image: the same id from another source is an error naming both."
+    if parse_member_ref(p) or parse_member_ref(first):
+        raise ShardError(
+            f"duplicate key {key!r}: {member_name(first)} and {member_name(p)}; a key must name one image "
+            "(give each source once, or rewrite the shards with distinct keys: cskd shards)"
+        )
+
 
 def _pool_items(named, excl: set, dedup: str, exts) -> tuple:
     """`(paths, ids, stats)` of the `(name, source)` pairs: each file once (by real path, and by id or path as
     `dedup` says), the ids in `excl` left out; `stats` counts what each source gave."""
-    seen_path, seen_id, paths, ids, stats = set(), set(), [], [], {}
+    seen_path, first, paths, ids, stats = set(), {}, [], [], {}
     for name, src in named:
         sp, si = _source_paths(src, exts)
         st = dict(found=len(sp), added=0, duplicates=0, excluded=0)
         for p, i in zip(sp, si):
-            rp = os.path.realpath(p)
+            rp = p if parse_member_ref(p) else os.path.realpath(p)
             key = i if dedup == "stem" else rp
             if i in excl:
                 st["excluded"] += 1
                 continue
-            if rp in seen_path or key in seen_id:
+            if rp in seen_path or key in first:
+                _check_shard_key(key, first.get(key, p), p)
                 st["duplicates"] += 1
                 continue
             seen_path.add(rp)
-            seen_id.add(key)
+            first[key] = p
             paths.append(p)
             ids.append(key)
             st["added"] += 1

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import ConfigError
 from .data import OFFICIAL
+from .shards import is_shard_source, shard_files
 from .toy import make_toy_world
 
 # %% auto #0
@@ -26,6 +27,8 @@ def missing_path_fix(name: str, kind: str, path: Path, dataset: str = "ava") -> 
         root = path.parent.parent if path.parent.name == "splits" else "ROOT"
         dataset = root.name.lower() if isinstance(root, Path) and root.name.lower() in OFFICIAL else dataset
         return f"write the official splits: cskd splits {dataset} {root}; or give your own split file"
+    if name == "pool_sources" and path.suffix == ".tar":
+        return "a tar shard of the pool: check the folder and the brace range or glob; to write shards: cskd shards"
     if name == "pool_sources":
         world = path.parent if path.name == "images" else path  # a toy world's images are in its images/ folder
         return f"an image folder or a file listing image paths; for a toy world: cskd toy {world}"
@@ -80,7 +83,14 @@ def root_layout(splits=("train", "val", "test"), labels: str | None = "AVA.txt")
 def pool_paths(cfg) -> list:
     "The wanted paths of an unlabeled pool config: `pool_sources`, and `exclude_split` unless `include_test`."
     excluded = [] if cfg.include_test else [("exclude_split", "file", f) for f in cfg.exclude_split or []]
-    return excluded + [("pool_sources", "any", s) for s in cfg.pool_sources]
+    return excluded + [("pool_sources", kind, p) for s in cfg.pool_sources for kind, p in _source_wanted(s)]
+
+
+def _source_wanted(src) -> list:
+    "A pool source's wanted paths: itself, or each shard file its pattern names (the pattern if it names none)."
+    if not is_shard_source(src):
+        return [("any", src)]
+    return [("file", f) for f in shard_files(src)] or [("file", src)]
 
 # %% ../nbs/06_data_check.ipynb #7b5481cc
 def toy_world_or_check(data_root, toy_images: int, wanted=(), dataset: str = "ava", **toy) -> Path:

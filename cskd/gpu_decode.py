@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from .images import BadImageError, BadImageLog, collate_skip_none, load_image
+from .images import BadImageError, BadImageLog, collate_skip_none, load_image, read_image_bytes
 from .teacher_cache import PoolViews
 from .views import SeededView, view_seed
 
@@ -140,8 +140,8 @@ class PoolBytes(PoolViews):
         "View `k` of image `i`, encoded; files the device decoder does not take are decoded here; None: skipped."
         seed, path = view_seed(self.view_seed, i, k), self.paths[i]
         try:
-            data = Path(path).read_bytes()
-        except OSError:
+            data = read_image_bytes(path)  # a file, or an image in a tar shard
+        except BadImageError:
             data = b""
         head = jpeg_header(data, self.view.draft_size) if data else None
         if head is None:  # not a plain JPEG: the CPU path, with its errors, skip rules and log

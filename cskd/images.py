@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from .runs import atomic_path
+from .shards import member_name, parse_member_ref, read_member
 from PIL import Image
 from torchvision import transforms as T
 
 # %% auto #0
-__all__ = ['BadImageError', 'load_image', 'ImageTransform', 'ToNormalized', 'train_transform', 'eval_transform', 'BadImageLog',
-           'collate_skip_none', 'scan', 'preresize_images']
+__all__ = ['BadImageError', 'read_image_bytes', 'load_image', 'ImageTransform', 'ToNormalized', 'train_transform',
+           'eval_transform', 'BadImageLog', 'collate_skip_none', 'scan', 'preresize_images']
 
 # %% ../nbs/04_images.ipynb #a4ecc6f0
 class BadImageError(
@@ -35,6 +36,28 @@ class BadImageError(
 
     def __reduce__(self):
         return (type(self), (self.path, self.reason))  # picklable across workers
+
+# %% ../nbs/04_images.ipynb #726bc742
+def read_image_bytes(path) -> bytes:
+    "The bytes of an image file or of an image in a tar shard (a `cskd.shards` member reference), or `BadImageError`."
+    if parse_member_ref(path):
+        try:
+            data = read_member(path)
+        except OSError as e:
+            raise BadImageError(member_name(path), f"cannot read it from its shard ({e})") from None
+    else:
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise BadImageError(path, "file not found") from None
+        except IsADirectoryError:
+            raise BadImageError(path, "is a directory") from None
+        except OSError as e:
+            raise BadImageError(path, f"cannot read file ({e})") from None
+    if not data:
+        raise BadImageError(member_name(path), "empty file (0 bytes)")
+    return data
 
 # %% ../nbs/04_images.ipynb #577d0c1e
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -99,25 +122,17 @@ def _decode_checked(data: bytes, path: Path, draft_size, max_pixels, allow_trunc
 def load_image(
     path, draft_size: int | None = None, allow_truncated: bool = False, max_pixels: int | None = -1
 ) -> Image.Image:
-    "Decode `path` into an RGB `PIL.Image` or raise `BadImageError(path, reason)`; `max_pixels` -1: PIL's, None: none."
-    path = Path(path)
+    """Decode `path` (a file, or an image in a tar shard) into an RGB `PIL.Image` or raise
+    `BadImageError(path, reason)`; `max_pixels` -1: PIL's, None: none."""
     if max_pixels == -1:
         max_pixels = Image.MAX_IMAGE_PIXELS  # read at call time so tests/users can lower it
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BadImageError(path, "file not found") from None
-    except IsADirectoryError:
-        raise BadImageError(path, "is a directory") from None
-    except OSError as e:
-        raise BadImageError(path, f"cannot read file ({e})") from None
-    if not data:
-        raise BadImageError(path, "empty file (0 bytes)")
-    im = _decode_checked(data, path, draft_size, max_pixels, allow_truncated)
+    data = read_image_bytes(path)
+    name = member_name(path) if parse_member_ref(path) else Path(path)
+    im = _decode_checked(data, name, draft_size, max_pixels, allow_truncated)
     try:
         return _to_rgb(im)
     except Exception as e:
-        raise BadImageError(path, f"cannot convert mode {im.mode} to RGB ({e})") from None
+        raise BadImageError(name, f"cannot convert mode {im.mode} to RGB ({e})") from None
 
 # %% ../nbs/04_images.ipynb #a1b4b795
 class ImageTransform:
@@ -281,7 +296,7 @@ def scan(paths, decode: bool = False, max_pixels: int | None = -1) -> dict:
     bad = {}
     for p in paths:
         try:
-            if decode:
+            if decode or parse_member_ref(p):  # an image in a shard: its bytes are at hand, decode them
                 load_image(p, max_pixels=max_pixels)
             else:
                 _header_check(p, max_pixels)

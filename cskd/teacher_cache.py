@@ -22,6 +22,7 @@ from .models import fast_attention
 from .precision import get_autocast, resolve_device, resolve_precision
 from .runs import weights_fingerprint, write_text_atomic
 from .images import BadImageError, BadImageLog, load_image
+from .shards import image_key
 from .views import SeededView, view_seed
 
 # %% auto #0
@@ -155,8 +156,8 @@ class CacheError(RuntimeError):
 
 
 def image_list_hash(paths) -> str:
-    "SHA-1 of the ordered list of image paths (as given)."
-    return hashlib.sha1("\n".join(str(p) for p in paths).encode()).hexdigest()
+    "SHA-1 of the ordered list of images: file paths as given, images in tar shards by key (wherever they lie)."
+    return hashlib.sha1("\n".join(image_key(p) for p in paths).encode()).hexdigest()
 
 
 def cache_key(
