@@ -14,7 +14,7 @@ from .toy import make_toy_world
 
 # %% auto #0
 __all__ = ['TOY_ROOT', 'missing_path_fix', 'missing_paths', 'data_problems', 'check_data', 'labeled_paths', 'check_labeled_data',
-           'root_layout', 'pool_paths', 'toy_world_or_check']
+           'root_layout', 'pool_paths', 'source_paths', 'toy_world_or_check']
 
 # %% ../nbs/06_data_check.ipynb #2f50ff4b
 TOY_ROOT = "data/toy"  # the experiments' default data_root: the one folder a missing dataset becomes a toy world in
@@ -83,14 +83,18 @@ def root_layout(splits=("train", "val", "test"), labels: str | None = "AVA.txt")
 def pool_paths(cfg) -> list:
     "The wanted paths of an unlabeled pool config: `pool_sources`, and `exclude_split` unless `include_test`."
     excluded = [] if cfg.include_test else [("exclude_split", "file", f) for f in cfg.exclude_split or []]
-    return excluded + [("pool_sources", kind, p) for s in cfg.pool_sources for kind, p in _source_wanted(s)]
+    return excluded + source_paths(cfg.pool_sources)
 
 
-def _source_wanted(src) -> list:
-    "A pool source's wanted paths: itself, or each shard file its pattern names (the pattern if it names none)."
-    if not is_shard_source(src):
-        return [("any", src)]
-    return [("file", f) for f in shard_files(src)] or [("file", src)]
+def source_paths(sources) -> list:
+    "The wanted paths of pool sources: each one, or each shard file its pattern names (the pattern if it names none)."
+    out = []
+    for src in sources:
+        if not is_shard_source(src):
+            out.append(("pool_sources", "any", src))
+        else:
+            out += [("pool_sources", "file", f) for f in shard_files(src)] or [("pool_sources", "file", src)]
+    return out
 
 # %% ../nbs/06_data_check.ipynb #7b5481cc
 def toy_world_or_check(data_root, toy_images: int, wanted=(), dataset: str = "ava", **toy) -> Path:

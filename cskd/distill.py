@@ -35,6 +35,7 @@ from cskd.preflight import (
     run_input_check,
 )
 from .preflight import stop_on_problems, weights_check
+from .data_check import source_paths
 from .images import collate_skip_none
 from .trained import find_run_config, iaa_model_from_run
 from .losses import emd_loss, kl_loss
@@ -275,7 +276,7 @@ def distill_checks(cfg: DistillConfig, planned=()) -> list:
             checks.append(run_input_check(field, init, planned))
         elif field == "init" or (cfg.mutual and enc):
             checks.append(weights_check("pretrained", enc or cfg.encoder, cfg.pretrained))
-    wanted = [("pool_sources", "any", s) for s in cfg.pool_sources]
+    wanted = source_paths(cfg.pool_sources)
     pool_ok = all(c.status == OK for c in checks[:2]) and all(c.status == OK for c in path_checks(None, wanted))
     if not pool_ok:
         checks += [c for c in path_checks(None, wanted) if c.status != OK]

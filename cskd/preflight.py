@@ -66,12 +66,16 @@ def stop_on_problems(checks: list, phase: str) -> list:
 
 # %% ../nbs/19a_preflight.ipynb #1d4fe328
 def path_checks(data_root, wanted, dataset: str = "ava") -> list:
-    "A problem row per missing wanted path (see `missing_paths`), else one OK row per path."
+    "A problem row per missing wanted path (see `missing_paths`), else an OK row per parameter (a count if many)."
     missing = missing_paths(data_root, wanted, dataset)
     if missing:
         return [Check(n, PROBLEM, f"{p} {what}", fix) for n, p, what, fix in missing]
     root = Path(data_root) if data_root is not None else Path()
-    return [Check(n, OK, str(root / p)) for n, _, p in wanted]
+    by_name = {}
+    for n, _, p in wanted:
+        by_name.setdefault(n, []).append(str(root / p))
+    many = lambda ps: f"{len(ps)} paths, {ps[0]} ... {ps[-1]}"  # e.g. a thousand tar shards: one row
+    return [Check(n, OK, p) for n, ps in by_name.items() for p in (ps if len(ps) <= 3 else [many(ps)])]
 
 
 def image_sample_check(what: str, paths, n: int = 8, on_bad_image: str = "skip") -> Check:
