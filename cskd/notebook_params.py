@@ -16,11 +16,14 @@ from .runs import write_text_atomic
 # %% auto #0
 __all__ = ['NPROC_PER_NODE', 'NOTEBOOK_PARAMETERS', 'parameters_cell', 'sync_parameters']
 
-# %% ../nbs/33_notebook_params.ipynb #1a2c046e
+# %% ../nbs/33_notebook_params.ipynb #51b0c066
+# the notebooks' own parameter of cskd.launch.run_phase, in every notebook that trains
 NPROC_PER_NODE = (
     1,
     "processes of the phase: 1 in this kernel; more through torch.distributed.run, one per GPU (CPU: gloo)",
 )
+
+# %% ../nbs/33_notebook_params.ipynb #1a2c046e
 NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own lines: {name: (value, comment)})
     "align": (
         "cskd.align:AlignConfig",
