@@ -89,7 +89,9 @@ def stream_output(cmd: list, env: dict, tail: int = 60) -> tuple:
     """Run `cmd`, printing its output (stdout and stderr merged) line by line as it comes, into a notebook's cell
     too; returns (exit status, its last `tail` lines). An interrupt is passed on (the ranks save and stop)."""
     last = collections.deque(maxlen=tail)
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+    out = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # its own session: Jupyter interrupts the kernel's process group, and a second SIGINT stops the ranks unsaved
+    with subprocess.Popen(cmd, env=env, start_new_session=True, **out) as proc:
         try:
             for line in proc.stdout:
                 print(line, end="", flush=True)

@@ -2,6 +2,9 @@
 from a papermill run of an experiment notebook: the run folder and the numbers of the single-process run."""
 
 import json
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,12 +13,13 @@ import pytest
 import torch
 
 from cskd.align import align_config
+from cskd.config import to_dict
 from cskd.kernels import PAPERMILL_KERNEL
 from cskd.launch import LAUNCH_CONFIG, LaunchError, run_phase
 from cskd.toy import make_toy_world
 
 sys.path.insert(0, str(Path(__file__).parent / "reliability"))
-from relutil import assert_same, weights  # the reliability suite's checkpoint comparison
+from relutil import assert_same, wait_for, weights  # the reliability suite's process and checkpoint helpers
 
 ROOT = Path(__file__).parents[1]
 TIMINGS = ("seconds", "cache_seconds", "train_seconds")  # wall-clock times: the only numbers allowed to differ
@@ -47,7 +51,9 @@ def toy(tmp_path_factory):
 
 def tiny_align(toy, run_dir, **kw):
     splits = [str(toy / "splits" / f"{s}.txt") for s in ("test", "val")]
-    return align_config(pool_sources=[str(toy / "images")], exclude_split=splits, run_dir=str(run_dir), **TINY, **kw)
+    return align_config(
+        pool_sources=[str(toy / "images")], exclude_split=splits, run_dir=str(run_dir), **{**TINY, **kw}
+    )
 
 
 def files(run: Path) -> list:
@@ -85,6 +91,30 @@ def test_a_failed_launch_says_why_and_how_to_rerun(toy, tmp_path, capsys):
     )
     assert "resume=True but there is no checkpoint" in capsys.readouterr().out  # streamed as it came
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+RUN_PHASE = """import json, sys
+from cskd.align import AlignConfig
+from cskd.config import from_dict
+from cskd.launch import run_phase
+print(run_phase("align", from_dict(AlignConfig, json.loads(sys.argv[1])), nproc_per_node=2))
+"""
+
+
+def test_an_interrupt_saves_the_ranks_and_the_same_call_resumes(toy, tmp_path, capsys):
+    cfg = tiny_align(toy, tmp_path / "run", epochs=8)  # 32 steps
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-c", RUN_PHASE, json.dumps(to_dict(cfg))]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(tmp_path / "run" / "checkpoints" / "last" / "state.pt", p)  # after the first epoch
+    p.send_signal(signal.SIGINT)  # Ctrl-C in a terminal; a notebook kernel's interrupt
+    out, err = p.communicate(timeout=120)
+    assert p.returncode != 0 and "KeyboardInterrupt" in err, err[-3000:]
+    assert "interrupted at step" in out  # both ranks finished their step and rank 0 saved `last`, streamed here
+    step = torch.load(tmp_path / "run" / "checkpoints" / "last" / "state.pt", weights_only=True)["global_step"]
+    assert 4 <= step < 32
+    assert run_phase("align", cfg, nproc_per_node=2)["steps"] == 32  # the same call again: it resumes
+    assert f"resuming (step {step} of 32)" in capsys.readouterr().out
 
 
 def test_an_experiment_notebook_runs_its_phase_on_two_processes(toy, tmp_path):
