@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import collections
+import io
 import json
 import os
 import shlex
@@ -86,19 +87,21 @@ def launch_env(where: str, nproc_per_node: int) -> dict:
 
 
 def stream_output(cmd: list, env: dict, tail: int = 60) -> tuple:
-    """Run `cmd`, printing its output (stdout and stderr merged) line by line as it comes, into a notebook's cell
-    too; returns (exit status, its last `tail` lines). An interrupt is passed on (the ranks save and stop)."""
+    """Run `cmd`, printing its output (stdout and stderr merged) as it comes, into a notebook's cell too; returns
+    (exit status, its last `tail` lines, progress-bar redraws left out). An interrupt is passed on (the ranks save)."""
     last = collections.deque(maxlen=tail)
-    out = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     # its own session: Jupyter interrupts the kernel's process group, and a second SIGINT stops the ranks unsaved
     with subprocess.Popen(cmd, env=env, start_new_session=True, **out) as proc:
+        lines = io.TextIOWrapper(proc.stdout, "utf-8", "replace", newline="")  # keeps "\r": a bar redraws its line
         try:
-            for line in proc.stdout:
+            for line in lines:
                 print(line, end="", flush=True)
-                last.append(line.rstrip("\n"))
+                if not line.endswith("\r"):
+                    last.append(line.rstrip("\n"))
         except KeyboardInterrupt:  # the kernel's interrupt: the launcher stops its ranks, which save `last`
             proc.send_signal(signal.SIGINT)
-            for line in proc.stdout:
+            for line in lines:
                 print(line, end="", flush=True)
             raise
     return proc.returncode, list(last)
