@@ -25,6 +25,7 @@ from .data import UnlabeledPool, read_split
 from .gpu_decode import DECODERS, on_device, pool_dataset
 from .runs import read_metrics, write_text_atomic
 from .engine import TrainConfig, fit
+from .distributed import is_main_process
 from .precision import get_autocast, resolve_device
 from .preflight import OK, PROBLEM, Check, device_check, disk_check, image_sample_check, path_checks
 from .preflight import run_dir_check, stop_on_problems, weights_check
@@ -395,7 +396,7 @@ def align(cfg: AlignConfig, model: AlignModel | None = None) -> dict:
         train_seconds=round(res.seconds, 2),
         seconds=round(time.perf_counter() - t0, 2),
     )
-    if cfg.run_dir:
+    if cfg.run_dir and is_main_process():  # every rank returns these numbers; rank 0 writes them
         write_text_atomic(Path(cfg.run_dir) / "results.json", json.dumps(out, indent=1) + "\n")
         write_text_atomic(Path(cfg.run_dir) / "pool.txt", "".join(f"{p}\n" for p in paths))
     if len(pool.bad_log):

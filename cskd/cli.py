@@ -216,7 +216,8 @@ def main(argv=None) -> int:
             if args.dry_run:
                 return _phase_dry_run(ph, cfg)
             result = _run_phase(ph, cfg)
-            print(json.dumps(result, indent=1, default=str))
+            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once, not once per rank
+                print(json.dumps(result, indent=1, default=str))
     except TrainingInterrupted as e:  # SIGINT / SIGTERM: `last` is saved and the engine has said how to resume
         return e.exit_code
     except (
@@ -332,12 +333,11 @@ def _default_run_dir(phase: str, cfg):
 
 def _run_phase(ph, cfg) -> dict:
     "Train, then (rank 0) write the run's report, metrics.json and figures/, as the experiment notebook does."
-    from cskd.runs import report_run
+    from cskd.launch import phase_report
 
     cfg = _default_run_dir(ph.name, cfg)
     result = ph.run(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
-        report_run(cfg.run_dir, result, title=f"cskd {ph.name}: {Path(cfg.run_dir).name}")
+    phase_report(ph.name, cfg, result)
     return result
 
 # %% ../nbs/90_cli.ipynb #5edd728c

@@ -22,6 +22,7 @@ from .config import ConfigError, param, register_phase
 from .data import UnlabeledPool, eval_transform, read_split, train_transform
 from .checkpoint import find_weights, load_weights
 from .engine import fit
+from .distributed import is_main_process
 from .precision import resolve_device, resolve_precision
 from .iaa import FinetuneConfig, SplitScorer, iaa_splits, labeled_checks, predict, prediction_metrics, run_autocast
 from cskd.preflight import (
@@ -313,7 +314,7 @@ def distill(cfg: DistillConfig) -> dict:
         **_test_metrics(cfg, model, student, data, val.final(res)),
     )
     out.update(best_step=res.best_step, steps=res.global_step)
-    if cfg.run_dir:
+    if cfg.run_dir and is_main_process():  # every rank returns these numbers; rank 0 writes them
         write_text_atomic(Path(cfg.run_dir) / "results.json", json.dumps(out, indent=1) + "\n")
     return out
 

@@ -30,6 +30,7 @@ from cskd.data import (
 )
 from .checkpoint import load_weights
 from .engine import TrainConfig, fit
+from .distributed import is_main_process
 from .precision import get_autocast, resolve_device
 from .preflight import OK, NOTE, PROBLEM, Check, device_check, flag, image_sample_check, path_checks
 from .preflight import run_dir_check, run_input_check, stop_on_problems, weights_check
@@ -316,7 +317,7 @@ def finetune(cfg: FinetuneConfig, model: IAAModel | None = None) -> dict:
     for d in data.values():
         if d.bad_images:
             d.warn_bad()
-    if cfg.run_dir:
+    if cfg.run_dir and is_main_process():  # every rank returns these numbers; rank 0 writes them
         write_text_atomic(Path(cfg.run_dir) / "results.json", json.dumps(out, indent=1) + "\n")
     return out
 

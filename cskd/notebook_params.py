@@ -14,7 +14,14 @@ from .pipeline import experiment_notebook
 from .runs import write_text_atomic
 
 # %% auto #0
-__all__ = ['NOTEBOOK_PARAMETERS', 'parameters_cell', 'sync_parameters']
+__all__ = ['NPROC_PER_NODE', 'NOTEBOOK_PARAMETERS', 'parameters_cell', 'sync_parameters']
+
+# %% ../nbs/33_notebook_params.ipynb #51b0c066
+# the notebooks' own parameter of cskd.launch.run_phase, in every notebook that trains
+NPROC_PER_NODE = (
+    1,
+    "processes of the phase: 1 in this kernel; more through torch.distributed.run, one per GPU (CPU: gloo)",
+)
 
 # %% ../nbs/33_notebook_params.ipynb #1a2c046e
 NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own lines: {name: (value, comment)})
@@ -22,6 +29,7 @@ NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own line
         "cskd.align:AlignConfig",
         dict(
             run_dir=("runs/align", "the run folder"),
+            nproc_per_node=NPROC_PER_NODE,
             data_root=("data/toy", "a toy world is written at this default only; another missing folder is an error"),
             toy_images=(2000, "toy world size (written at the default data_root only)"),
             pool_sources=(None, "None: the images of data_root"),
@@ -37,6 +45,7 @@ NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own line
         "cskd.iaa:FinetuneConfig",
         dict(
             run_dir=("runs/finetune", "the run folder"),
+            nproc_per_node=NPROC_PER_NODE,
             toy_images=(10000, "toy world size (written at the default data_root only)"),
             n_train=(2000, "a quick run: 2000 labeled images (the phase's default, None, takes all)"),
             encoder=(TOY_LARGE, "the toy world's large ViT ..."),
@@ -47,6 +56,7 @@ NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own line
         "cskd.distill:DistillConfig",
         dict(
             run_dir=("runs/distill", "the run folder"),
+            nproc_per_node=NPROC_PER_NODE,
             toy_images=(10000, "toy world size (written at the default data_root only)"),
             teacher_run=(None, "None: fine-tune a teacher first (`teacher_encoder`, `teacher_n_train` labeled images)"),
             encoder=(TOY_STUDENT, "the student: the toy world's light CNN ..."),
@@ -66,6 +76,7 @@ NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own line
             n_train=(512, "a quick run: the first 512 training images (None: every image of the split)"),
             n_val=(128, "... 128 validation images"),
             n_test=(256, "... 256 test images"),
+            nproc_per_node=NPROC_PER_NODE,
         ),
     ),
     "pipeline": ("cskd.pipeline:PipelineConfig", {}),

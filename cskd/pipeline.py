@@ -30,7 +30,8 @@ from .runs import write_text_atomic
 # %% auto #0
 __all__ = ['EXPERIMENTS', 'SCHEDULING', 'THREAD_VARIABLES', 'STEPS', 'WIRING', 'AGREE', 'COLLAPSE_READS', 'PipelineConfig',
            'experiment_notebook', 'result_fingerprint', 'run_step', 'kernel_threads', 'run_parallel', 'resolve_steps',
-           'step_threads', 'pipeline_jobs', 'collapse_step', 'summarize', 'display_table', 'published_ava']
+           'step_threads', 'steps_at_once', 'pipeline_jobs', 'collapse_step', 'summarize', 'display_table',
+           'published_ava']
 
 # %% ../nbs/31_pipeline.ipynb #d68fc839
 @dataclasses.dataclass
@@ -74,6 +75,12 @@ class PipelineConfig:
         "encoders (in run_dir/cache); false: CLIP runs online in each phase-1 step",
     )
     workers: int = param(2, "steps at once, each with torch threads // workers threads; 1: one after another", min=1)
+    nproc_per_node: int = param(
+        1,
+        "processes of every training step (phases 1, 2 and fine-tuning), started by torch.distributed.run: one per "
+        "GPU (on a CPU, gloo); above 1 the steps run one at a time (workers is then not used)",
+        min=1,
+    )
     latency_repeats: int = param(20, "forward passes timed per model (median)", min=1)
     collapse: bool = param(True, "run the feature-collapse study on every seed's ViTs")
     collapse_images: int = param(64, "test images the attention statistics average over", min=1)
@@ -150,7 +157,7 @@ def experiment_notebook(name: str) -> Path:
     return nb
 
 # %% ../nbs/31_pipeline.ipynb #fcd6d8fa
-SCHEDULING = ("workers",)  # what changes how a step runs, not what it computes: not in its record
+SCHEDULING = ("workers", "nproc_per_node")  # how a step runs, not what it computes: not in its record
 
 
 def result_fingerprint(run_dir) -> str:
@@ -376,6 +383,11 @@ def step_threads(workers: int) -> int:
     return max(1, torch.get_num_threads() // workers)
 
 
+def steps_at_once(cfg) -> int:
+    "`cfg.workers`, or 1 when every step runs on `nproc_per_node` > 1 processes (each step takes every GPU)."
+    return 1 if cfg.nproc_per_node > 1 else cfg.workers
+
+
 def _align_config(params: dict):
     "The `AlignConfig` of a phase-1 step's notebook parameters (without the notebook's own, such as `toy_images`)."
     from cskd.align import AlignConfig
@@ -422,15 +434,17 @@ def _cache_job(jobs: dict, recipes: dict, params: dict, step: str, threads: int)
 def pipeline_jobs(cfg, extras: dict | None = None) -> dict:
     """`run_parallel` jobs of every seed's steps, step by step: {'seed<k>/<step>': (run it, the steps its wiring
     reads)}, after the job that builds each teacher cache of phase 1 ('cache:<folder>', before the steps reading
-    it); `extras` are parameters added to every step (the notebooks' own, such as `toy_images`)."""
-    jobs, recipes, threads = {}, {}, step_threads(cfg.workers)
+    it); `extras` are parameters added to every step (the notebooks' own, such as `toy_images`), and so is
+    `nproc_per_node` (every step trains)."""
+    jobs, recipes, threads = {}, {}, step_threads(steps_at_once(cfg))
+    extras = dict(extras or {}, nproc_per_node=cfg.nproc_per_node)
     resolved = {seed: resolve_steps(cfg, seed) for seed in cfg.seeds}
     for step in STEPS:  # step by step across seeds: every seed's longest chain (align_large -> teacher ->
         for seed in cfg.seeds:  # cskd_student) starts first, so the jobs left when workers fall idle are short
             s = Path(cfg.run_dir) / f"seed{seed}"
             params = resolved[seed][step]
             notebook = STEPS[step][0]
-            params = dict(params, **(extras or {}), **(dict(data_root=cfg.data_root) if notebook == "align" else {}))
+            params = dict(params, **extras, **(dict(data_root=cfg.data_root) if notebook == "align" else {}))
             wired = {params.get("init"), params.get("teacher_run")}
             reads = [d for d in STEPS if str(s / d) in wired]
             run = partial(run_step, notebook, s / step, params, inputs=[s / d for d in reads])

@@ -142,7 +142,8 @@ def test_claims_and_pipeline_with_minimal_parameters(toy, tmp_path, monkeypatch)
         tmp_path / "figures" / "collapse_attention_stats.png"
     ).exists()
     log = []
-    run_step("claims", "demo", dict(params, workers=1), log=log.append)  # how many at once: not what is computed
+    # how many steps at once and on how many processes: not what is computed (the finished steps are reused)
+    run_step("claims", "demo", dict(params, workers=1, nproc_per_node=2), log=log.append)
     assert log and log[0].startswith("[skip]")
 
 
