@@ -611,6 +611,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'cskd.pipeline.summarize': ('pipeline.html#summarize', 'cskd/pipeline.py')},
             'cskd.pipeline_check': { 'cskd.pipeline_check._in_pipeline_terms': ( 'pipeline_check.html#_in_pipeline_terms',
                                                                                  'cskd/pipeline_check.py'),
+                                     'cskd.pipeline_check._nproc_check': ('pipeline_check.html#_nproc_check', 'cskd/pipeline_check.py'),
                                      'cskd.pipeline_check._toy_world_pending': ( 'pipeline_check.html#_toy_world_pending',
                                                                                  'cskd/pipeline_check.py'),
                                      'cskd.pipeline_check.collapse_checks': ( 'pipeline_check.html#collapse_checks',

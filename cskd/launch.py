@@ -20,6 +20,7 @@ import yaml
 
 import cskd.align, cskd.distill, cskd.iaa  # noqa: F401  (they register their phases)
 from .config import PHASES, ConfigError, to_dict
+from .preflight import stop_on_problems
 from .runs import report_run, write_text_atomic
 
 # %% auto #0
@@ -143,6 +144,7 @@ def run_phase(phase: str, cfg, nproc_per_node: int = 1) -> dict:
         raise ValueError(f"no phase {phase!r}; the phases are {sorted(PHASES)}")
     check_nproc(cfg, nproc_per_node)
     if nproc_per_node > 1:
+        stop_on_problems(PHASES[phase].checks(cfg), phase)  # here, before the launch config is written
         return launch_phase(phase, cfg, nproc_per_node)  # the launched `cskd <phase>` writes the report
     results = PHASES[phase].run(cfg)
     phase_report(phase, cfg, results)
