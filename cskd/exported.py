@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .image_files import BadImageError, file_bytes, to_rgb
+
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 ON_ERROR = ("skip", "raise")  # the unreadable-image policies of `cskd score` (which skips)
 
 # %% auto #0
-__all__ = ['FORMATS', 'ON_ERROR', 'DECODE', 'RESIZE', 'check_format', 'format_of', 'UnreadableImageError', 'decode_image',
-           'preprocess_image', 'is_under', 'toy_world_warning', 'unreadable_summary', 'ExportedScorer', 'load_exported']
+__all__ = ['FORMATS', 'ON_ERROR', 'DECODE', 'RESIZE', 'check_format', 'format_of', 'decode_image', 'preprocess_image', 'is_under',
+           'toy_world_warning', 'unreadable_summary', 'ExportedScorer', 'load_exported']
 
 # %% ../nbs/36_exported.ipynb #caf05411
 def check_format(fmt: str) -> str:
@@ -51,60 +53,20 @@ RESIZE = (
     "left = round((w - image_size) / 2)), then (x / 255 - mean) / std in float32, channels first"
 )
 
-
-class UnreadableImageError(ValueError):
-    "An image file that cannot be read or decoded; `path` and `reason` say which and why."
-
-    def __init__(self, path, reason: str):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{self.path}: {reason}")
-
-
-def _image_bytes(path: Path) -> bytes:
-    "The bytes of an image file, or `UnreadableImageError` with the reason `cskd score` gives."
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UnreadableImageError(path, "file not found") from None
-    except IsADirectoryError:
-        raise UnreadableImageError(path, "is a directory") from None
-    except OSError as e:
-        raise UnreadableImageError(path, f"cannot read file ({e})") from None
-    if not data:
-        raise UnreadableImageError(path, "empty file (0 bytes)")
-    return data
-
 # %% ../nbs/36_exported.ipynb #2edccd22
-def _rgb(im: Image.Image) -> Image.Image:
-    "Any PIL mode to RGB exactly as `cskd.images` does it (a test below holds the two together)."
-    if im.mode == "RGB":
-        return im
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        im = im.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im).convert("RGB")
-    if im.mode.startswith("I"):
-        a = np.asarray(im).astype(np.float32)
-        return Image.fromarray(np.clip(a / 257.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if im.mode == "F":
-        return Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), "L").convert("RGB")
-    return im.convert("RGB")
-
-
 def decode_image(src, draft_size: int | None) -> Image.Image:
     "An image file (JPEGs decoded in draft mode at >= `draft_size`) or a PIL image, as RGB."
     if isinstance(src, Image.Image):
-        return _rgb(src)
-    data = _image_bytes(Path(src))
+        return to_rgb(src)
+    data = file_bytes(Path(src))
     try:
         im = Image.open(io.BytesIO(data))
         if draft_size and im.format == "JPEG":
             im.draft("RGB", (int(draft_size), int(draft_size)))
         im.load()
-        return _rgb(im)
+        return to_rgb(im)
     except Exception as e:  # decoders raise assorted types (OSError, SyntaxError, EOFError, ...) on corrupt data
-        raise UnreadableImageError(src, f"cannot decode the image ({type(e).__name__}: {e})") from None
+        raise BadImageError(src, f"cannot decode the image ({type(e).__name__}: {e})") from None
 
 # %% ../nbs/36_exported.ipynb #77da2058
 def preprocess_image(im: Image.Image, meta: dict) -> np.ndarray:
@@ -196,7 +158,7 @@ def _score_items(run, meta: dict, items: list, batch_size: int, on_error: str) -
             try:
                 inputs.append(preprocess_image(decode_image(items[i], meta["draft_size"]), meta))
                 rows.append(i)
-            except UnreadableImageError as e:
+            except BadImageError as e:
                 if on_error == "raise":
                     raise
                 errors[i] = e.reason

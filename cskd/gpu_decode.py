@@ -17,7 +17,8 @@ from PIL import Image
 from torch.utils.data import default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from .images import BadImageError, BadImageLog, collate_skip_none, load_image, read_image_bytes
+from .image_files import BadImageError
+from .images import BadImageLog, collate_skip_none, load_image, read_image_bytes
 from .teacher_cache import PoolViews
 from .views import SeededView, view_seed
 

@@ -6,36 +6,19 @@ survives `DataLoader` worker processes."""
 
 # %% ../nbs/04_images.ipynb #d69f91dd
 from __future__ import annotations
-import io, os, re, tempfile, warnings, weakref
+import io, os, tempfile, warnings, weakref
 from pathlib import Path
 import numpy as np
 import torch
+from .image_files import BadImageError, file_bytes, to_rgb
 from .runs import atomic_path
 from .shards import member_name, parse_member_ref, read_member
 from PIL import Image
 from torchvision import transforms as T
 
 # %% auto #0
-__all__ = ['BadImageError', 'read_image_bytes', 'load_image', 'ImageTransform', 'ToNormalized', 'train_transform',
-           'eval_transform', 'BadImageLog', 'collate_skip_none', 'scan', 'preresize_images']
-
-# %% ../nbs/04_images.ipynb #a4ecc6f0
-class BadImageError(
-    ValueError
-):  # a bad input, like other ValueErrors: `python -m cskd` reports it (exit 2), no traceback
-    "An image file that cannot be decoded; `path` and `reason` say which and why."
-
-    def __init__(self, path, reason=None):
-        if reason is None:  # one-argument form: torch re-raises worker errors as `type(e)(message_with_traceback)`
-            msg = str(path)
-            m = re.findall(r"BadImageError: (.+?): (.+)$", msg, re.M)
-            self.path, self.reason = m[-1] if m else ("", msg)
-            return super().__init__(msg)
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{self.path}: {reason}")
-
-    def __reduce__(self):
-        return (type(self), (self.path, self.reason))  # picklable across workers
+__all__ = ['read_image_bytes', 'load_image', 'ImageTransform', 'ToNormalized', 'train_transform', 'eval_transform', 'BadImageLog',
+           'collate_skip_none', 'scan', 'preresize_images']
 
 # %% ../nbs/04_images.ipynb #726bc742
 def read_image_bytes(path) -> bytes:
@@ -45,42 +28,12 @@ def read_image_bytes(path) -> bytes:
             data = read_member(path)
         except OSError as e:
             raise BadImageError(member_name(path), f"cannot read it from its shard ({e})") from None
-    else:
-        path = Path(path)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise BadImageError(path, "file not found") from None
-        except IsADirectoryError:
-            raise BadImageError(path, "is a directory") from None
-        except OSError as e:
-            raise BadImageError(path, f"cannot read file ({e})") from None
-    if not data:
-        raise BadImageError(member_name(path), "empty file (0 bytes)")
-    return data
+        if not data:
+            raise BadImageError(member_name(path), "empty file (0 bytes)")
+        return data
+    return file_bytes(path)
 
 # %% ../nbs/04_images.ipynb #577d0c1e
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    "Convert any PIL mode to RGB (alpha composited on white, high bit depths rescaled)."
-    if im.mode == "RGB":
-        return im
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if im.mode in _ALPHA_MODES:
-        im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, im).convert("RGB")
-    if im.mode.startswith("I"):  # I;16, I;16B, I;16L, I (32-bit int): assume a 16-bit range
-        a = np.asarray(im).astype(np.float32)
-        return Image.fromarray(np.clip(a / 257.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if im.mode == "F":
-        return Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), "L").convert("RGB")
-    return im.convert("RGB")
-
-
 def _decode(data: bytes, path, draft_size, max_pixels):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves
@@ -130,7 +83,7 @@ def load_image(
     name = member_name(path) if parse_member_ref(path) else Path(path)
     im = _decode_checked(data, name, draft_size, max_pixels, allow_truncated)
     try:
-        return _to_rgb(im)
+        return to_rgb(im)
     except Exception as e:
         raise BadImageError(name, f"cannot convert mode {im.mode} to RGB ({e})") from None
 

@@ -17,7 +17,8 @@ from .checkpoint import find_weights
 from .config import ConfigError
 from .data_check import missing_paths
 from .hub import clip_hub_weights, hub_reachable, timm_hub_weights
-from .images import BadImageError, load_image
+from .image_files import BadImageError
+from .images import load_image
 from .models import TOY, toy_weights_file
 from .precision import resolve_device
 

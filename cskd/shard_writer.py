@@ -18,7 +18,8 @@ import webdataset as wds
 from PIL import Image
 
 from .data import UnlabeledPool
-from .images import BadImageError, load_image, read_image_bytes
+from .image_files import BadImageError
+from .images import load_image, read_image_bytes
 from .runs import file_sha1, write_text_atomic
 from .shards import member_name, parse_member_ref
 

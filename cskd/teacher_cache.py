@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 from .models import fast_attention
 from .precision import get_autocast, resolve_device, resolve_precision
 from .runs import weights_fingerprint, write_text_atomic
-from .images import BadImageError, BadImageLog, load_image
+from .image_files import BadImageError
+from .images import BadImageLog, load_image
 from .shards import image_key
 from .views import SeededView, view_seed
 
