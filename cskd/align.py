@@ -27,10 +27,11 @@ from .runs import read_metrics, write_text_atomic
 from .engine import TrainConfig, fit
 from .distributed import is_main_process
 from .precision import get_autocast, resolve_device
-from .preflight import OK, PROBLEM, Check, device_check, disk_check, image_sample_check, path_checks
+from .preflight import NOTE, OK, PROBLEM, Check, device_check, disk_check, image_sample_check, path_checks
 from .preflight import run_dir_check, stop_on_problems, weights_check
 from .models import TOY_CLIP, Projector, build_encoder, clip_teacher, fast_attention
-from .teacher_cache import PoolViews, ensure_teacher_cache, teacher_targets, to_unit
+from .shards import ShardError
+from .teacher_cache import PoolViews, TeacherCache, ensure_teacher_cache, teacher_targets, to_unit
 from .views import SeededView
 
 # %% auto #0
@@ -222,15 +223,23 @@ def _pool_checks(cfg: AlignConfig) -> list:
     "The pool: its size and make-up, a sample of its images, and the disk its teacher cache needs."
     try:
         pool = align_pool(cfg)
-    except ConfigError as e:
-        return [Check("pool_sources", PROBLEM, str(e).splitlines()[0], "more images, or a smaller --batch-size")]
+    except (ConfigError, ShardError) as e:  # too few images, duplicate keys, a damaged shard: named in the message
+        why = str(e).splitlines()[0].removeprefix("parameter 'pool_sources': ")
+        fix = "more images, or a smaller batch_size" if "fewer than batch_size" in why else "see the message"
+        return [Check("pool_sources", PROBLEM, why, fix)]
     s = pool.stats.values()
     dup, excl = sum(x["duplicates"] for x in s), sum(x["excluded"] for x in s)
     what = f"{len(pool)} images from {len(pool.stats)} source(s) ({dup} duplicates, {excl} evaluation images out)"
     checks = [Check("pool_sources", OK, what)]
-    checks.append(image_sample_check("pool images", pool.paths, on_bad_image=cfg.on_bad_image))
+    if excl == 0 and cfg.exclude_split and not cfg.include_test:  # e.g. img2dataset keys are row numbers, not ids
+        checks.append(Check("exclude_split", NOTE, "no evaluation image is in the pool: do its keys match the ids?"))
+    checks.append(
+        image_sample_check("pool images", pool.paths, on_bad_image=cfg.on_bad_image, fix="check --pool-sources")
+    )
     if cfg.cache:
-        checks.append(disk_check("cache_dir", default_cache_dir(cfg), cache_bytes(cfg, len(pool))))
+        cache = default_cache_dir(cfg)
+        need = 0 if TeacherCache.check(cache) is None else cache_bytes(cfg, len(pool))  # a cache there is reused
+        checks.append(disk_check("cache_dir", cache, need))
     return checks
 
 
@@ -241,7 +250,7 @@ def align_checks(cfg: AlignConfig, planned=()) -> list:
         checks += _pool_checks(cfg)
     checks.append(weights_check("teacher_pretrained", f"clip:{cfg.teacher}", cfg.teacher_pretrained))
     checks.append(weights_check("student_pretrained", cfg.student, cfg.student_pretrained))
-    return checks + [device_check(cfg.device), run_dir_check(cfg.run_dir)]
+    return checks + [device_check(cfg.device), run_dir_check(cfg.run_dir, cfg.resume)]
 
 # %% ../nbs/20_align.ipynb #a9fdd60a
 def align_step(cfg: AlignConfig, teacher, cached: bool) -> Callable:

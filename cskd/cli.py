@@ -542,7 +542,6 @@ def _pipeline_commands(args) -> int:
     try:
         cfg = load_config(PipelineConfig, args.config, overrides, source="the command line")
         if args.dry_run:
-            from cskd.pipeline import resolve_steps
             from cskd.pipeline_check import dry_run_report
 
             for seed in cfg.seeds[1:]:

@@ -26,7 +26,6 @@ from .distributed import is_main_process
 from .precision import resolve_device, resolve_precision
 from .iaa import FinetuneConfig, SplitScorer, iaa_splits, labeled_checks, predict, prediction_metrics, run_autocast
 from cskd.preflight import (
-    OK,
     PROBLEM,
     Check,
     device_check,
@@ -269,22 +268,29 @@ def _teacher_run_check(run, planned) -> Check:
     return run_input_check("teacher_run", run, planned)
 
 
+def _student_checks(cfg: DistillConfig, planned) -> list:
+    "Where the students start: a phase-1 run (`init`; the peer's `peer_init`, else `init`) or `pretrained` weights."
+    students = [("init", cfg.encoder, cfg.init)]
+    if cfg.mutual:
+        students.append(("peer_init", cfg.peer_encoder or cfg.encoder, cfg.peer_init or cfg.init))
+    out = []
+    for field, encoder, init in students:
+        c = run_input_check(field, init, planned) if init else weights_check("pretrained", encoder, cfg.pretrained)
+        out += [c] if c.detail not in {o.detail for o in out} else []
+    return out
+
+
 def distill_checks(cfg: DistillConfig, planned=()) -> list:
     "The pre-flight checks of a distillation run; `planned`: run folders an earlier pipeline step writes."
-    checks = labeled_checks(cfg) + [_teacher_run_check(cfg.teacher_run, planned)]
-    for field, enc, init in (("init", cfg.encoder, cfg.init), ("peer_init", cfg.peer_encoder, cfg.peer_init)):
-        if init:
-            checks.append(run_input_check(field, init, planned))
-        elif field == "init" or (cfg.mutual and enc):
-            checks.append(weights_check("pretrained", enc or cfg.encoder, cfg.pretrained))
-    wanted = source_paths(cfg.pool_sources)
-    pool_ok = all(c.status == OK for c in checks[:2]) and all(c.status == OK for c in path_checks(None, wanted))
-    if not pool_ok:
-        checks += [c for c in path_checks(None, wanted) if c.status != OK]
-    else:
+    labeled = labeled_checks(cfg)
+    checks = labeled + [_teacher_run_check(cfg.teacher_run, planned)] + _student_checks(cfg, planned)
+    sources = path_checks(None, source_paths(cfg.pool_sources))
+    if all(c.status != PROBLEM for c in labeled + sources):  # the pool reads the split files: test and val stay out
         pool = _pool(cfg, None)
-        checks.append(image_sample_check("pool_sources", pool.paths, on_bad_image=cfg.on_bad_image))
-    return checks + [device_check(cfg.device), run_dir_check(cfg.run_dir)]
+        checks += sources + [image_sample_check("pool_sources", pool.paths, on_bad_image=cfg.on_bad_image)]
+    else:
+        checks += [c for c in sources if c.status == PROBLEM]
+    return checks + [device_check(cfg.device), run_dir_check(cfg.run_dir, cfg.resume)]
 
 # %% ../nbs/23_distill.ipynb #36d2b3c1
 def distill(cfg: DistillConfig) -> dict:

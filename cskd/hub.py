@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
@@ -30,31 +29,29 @@ def hub_offline() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _connects(host: str, port: int, timeout: float) -> bool:
-    "A TCP connection to `host:port` opens within `timeout` s (name lookup included: it runs in a thread)."
-    opened = []
+def _answers(url: str, timeout: float) -> bool:
+    "An HTTP HEAD of `url` through the hub's own session (its proxies and certificates) answers within `timeout` s."
+    answered = []
 
-    def connect():
+    def ask():
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            opened.append(True)
-        except OSError:
+            huggingface_hub.get_session().head(url, timeout=timeout)
+            answered.append(True)
+        except Exception:  # any failure to get an answer (DNS, connection, proxy, TLS) means: not reachable
             pass
 
-    t = threading.Thread(target=connect, daemon=True)  # a stuck DNS lookup ignores socket timeouts
+    t = threading.Thread(target=ask, daemon=True)  # a stuck DNS lookup ignores timeouts: we stop waiting
     t.start()
-    t.join(timeout)
-    return bool(opened)
+    t.join(timeout + 1)
+    return bool(answered)
 
 
 def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
     "(whether weights could be downloaded now, why not)."
     if hub_offline():
         return False, "HF_HUB_OFFLINE is set"
-    url = urlparse(hub_constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    if not _connects(host, port, timeout):
-        return False, f"{hub_constants.ENDPOINT} cannot be reached (no network?)"
+    if not _answers(hub_constants.ENDPOINT, timeout):
+        return False, f"{hub_constants.ENDPOINT} does not answer (no network, or a proxy not set in HTTPS_PROXY?)"
     return True, ""
 
 # %% ../nbs/08a_hub.ipynb #4bc0a8cc

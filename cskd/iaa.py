@@ -179,7 +179,7 @@ def finetune_checks(cfg: FinetuneConfig, planned=()) -> list:
     checks = labeled_checks(cfg)
     init = run_input_check("init", cfg.init, planned) if cfg.init else None
     checks.append(init or weights_check("pretrained", cfg.encoder, cfg.pretrained))
-    return checks + [device_check(cfg.device), run_dir_check(cfg.run_dir)]
+    return checks + [device_check(cfg.device), run_dir_check(cfg.run_dir, cfg.resume)]
 
 # %% ../nbs/21_iaa.ipynb #33487576
 def build_iaa_model(cfg: FinetuneConfig) -> IAAModel:

@@ -88,8 +88,9 @@ def launch_env(where: str, nproc_per_node: int) -> dict:
 
 
 def stream_output(cmd: list, env: dict, tail: int = 60) -> tuple:
-    """Run `cmd`, printing its output (stdout and stderr merged) as it comes, into a notebook's cell too; returns
-    (exit status, its last `tail` lines, progress-bar redraws left out). An interrupt is passed on (the ranks save)."""
+    """Run `cmd`, printing its output (stdout and stderr merged) as it comes, into a notebook's cell too;
+    returns (exit status, its last `tail` lines without the progress bars' redraws). An interrupt is passed on
+    (the ranks save)."""
     last = collections.deque(maxlen=tail)
     out = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     # its own session: Jupyter interrupts the kernel's process group, and a second SIGINT stops the ranks unsaved

@@ -20,7 +20,7 @@ __all__ = ['NPROC_PER_NODE', 'NOTEBOOK_PARAMETERS', 'parameters_cell', 'sync_par
 # the notebooks' own parameter of cskd.launch.run_phase, in every notebook that trains
 NPROC_PER_NODE = (
     1,
-    "processes of the phase: 1 in this kernel; more through torch.distributed.run, one per GPU (CPU: gloo)",
+    "1: the phase in this kernel; N: N processes by torch.distributed.run, a GPU each (gloo on a CPU)",
 )
 
 # %% ../nbs/33_notebook_params.ipynb #1a2c046e

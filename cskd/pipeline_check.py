@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import yaml
@@ -78,11 +79,22 @@ PIPELINE_FIELDS = {  # (step, phase field) -> the pipeline field that sets it: t
 }
 
 
-def _in_pipeline_terms(step: str, c: Check) -> Check:
-    "A step's check with its fix in the pipeline's flags (`--clip-pretrained`, not the phase's `--teacher-pretrained`)."
+def _in_pipeline_terms(cfg, step: str, c: Check) -> Check:
+    """A step's check with its fix in the pipeline's terms: the pipeline's flag where it sets the field
+    (`--clip-pretrained`, not the phase's `--teacher-pretrained`), else the key in the step's phase YAML."""
     if (step, c.what) in PIPELINE_FIELDS:
         return dataclasses.replace(c, fix=c.fix.replace(flag(c.what), flag(PIPELINE_FIELDS[step, c.what])))
-    return c
+    ours = {f.name for f in dataclasses.fields(cfg)}
+    yaml_file = getattr(cfg, STEPS[step][1]) if step in STEPS else None
+    in_yaml = set(load_yaml(yaml_file)) if yaml_file else set()
+
+    def term(m):
+        field = m.group(1).replace("-", "_")
+        if field in ours and field not in in_yaml:
+            return m.group(0)  # the pipeline's own flag reaches the step
+        return f"{field} (in {yaml_file or 'a phase YAML given as ' + flag(STEPS[step][1])})"
+
+    return dataclasses.replace(c, fix=re.sub(r"--([a-z][a-z0-9-]*)", term, c.fix))
 
 # %% ../nbs/40_pipeline_check.ipynb #e865c4fb
 def _nproc_check(step_cfg, n: int) -> Check:
@@ -114,7 +126,7 @@ def pipeline_checks(cfg) -> list:
         per_step["collapse"] = collapse_checks(collapse_step(cfg, seed), planned)
     seen, out = set(), []
     for step, checks in per_step.items():
-        for c in map(lambda c: _in_pipeline_terms(step, c), checks):
+        for c in map(lambda c: _in_pipeline_terms(cfg, step, c), checks):
             if (key := (c.what, c.status, c.detail)) not in seen:
                 seen.add(key)
                 out.append(dataclasses.replace(c, what=f"{step}: {c.what}"))

@@ -79,11 +79,11 @@ def path_checks(data_root, wanted, dataset: str = "ava") -> list:
     return [Check(n, OK, p) for n, ps in by_name.items() for p in (ps if len(ps) <= 3 else [many(ps)])]
 
 
-def image_sample_check(what: str, paths, n: int = 8, on_bad_image: str = "skip") -> Check:
-    "Decode `n` images spread evenly over `paths`."
+def image_sample_check(what: str, paths, n: int = 8, on_bad_image: str = "skip", fix: str = "") -> Check:
+    "Decode `n` images spread evenly over `paths`; `fix`: what to check when none decodes."
     paths = list(paths)
     if not paths:
-        return Check(what, PROBLEM, "no images", "check the image folder and split files")
+        return Check(what, PROBLEM, "no images", fix or "check the image folder and split files")
     picked = [paths[round(i * (len(paths) - 1) / max(n - 1, 1))] for i in range(min(n, len(paths)))]
     bad = {}
     for p in dict.fromkeys(picked):
@@ -97,7 +97,7 @@ def image_sample_check(what: str, paths, n: int = 8, on_bad_image: str = "skip")
     first = next(iter(bad.items()))
     detail = f"{len(bad)} of {k} sampled images unreadable, e.g. {first[0]}: {first[1]}"
     if len(bad) == k:
-        return Check(what, PROBLEM, detail, "check the image folder (--images) and the split's ids")
+        return Check(what, PROBLEM, detail, fix or "check the image folder (--images) and the split's ids")
     if on_bad_image == "raise":
         return Check(what, PROBLEM, detail, "remove them, or --on-bad-image skip")
     return Check(what, NOTE, detail + " (skipped in training: --on-bad-image skip)")
@@ -165,7 +165,8 @@ def device_check(device: str) -> Check:
         )
     n = torch.cuda.device_count()
     if dev.index is not None and dev.index >= n:
-        return Check("device", PROBLEM, f"{dev}: only {n} GPU(s) visible", "--device cuda:0 (or CUDA_VISIBLE_DEVICES)")
+        fix = "--device cpu, or a GPU this process sees (CUDA_VISIBLE_DEVICES)"
+        return Check("device", PROBLEM, f"{dev}: {n} GPU(s) visible", fix)
     gpus = [torch.cuda.get_device_properties(i) for i in range(n)]
     desc = "; ".join(f"cuda:{i} {p.name} {p.total_memory / 2**30:.0f} GiB" for i, p in enumerate(gpus))
     return Check("device", OK, f"{dev}; {n} GPU(s): {desc}")
@@ -187,11 +188,16 @@ def disk_check(what: str, folder, need_bytes: int | None) -> Check:
     return Check(what, OK, f"{folder}: needs {gb(need_bytes)}, {gb(free)} free")
 
 
-def run_dir_check(run_dir) -> Check:
-    "A new run folder, or one this run resumes from (its `last` checkpoint)."
+def run_dir_check(run_dir, resume="auto") -> Check:
+    "What the run does with its folder, by the engine's rule: resume from `last`, start afresh, or fail (resume=True)."
     if not run_dir:
         return Check("run_dir", NOTE, "not given: the command writes to runs/<phase>-<time>")
     last = Path(run_dir) / "checkpoints" / "last"
-    if last.exists():
-        return Check("run_dir", NOTE, f"{run_dir}: resumes from {last} (a new folder starts afresh)")
+    has_last = (last / "state.pt").exists()
+    if resume is True and not has_last:
+        return Check("resume", PROBLEM, f"resume=True but {last} holds no checkpoint", "--resume auto (or false)")
+    if has_last and resume:
+        return Check("run_dir", NOTE, f"{run_dir}: resumes from {last}")
+    if has_last:
+        return Check("run_dir", NOTE, f"{run_dir}: starts afresh over its checkpoints (--resume false)")
     return Check("run_dir", OK, f"{run_dir}: new")
