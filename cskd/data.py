@@ -507,8 +507,17 @@ def _source_paths(src, exts):
         if not paths and next(p.glob("*.tar"), None):
             raise ShardError(f"pool source {p}: a folder of tar shards, not of images; give them as {p / '*.tar'}")
     elif p.is_file():
+        try:
+            text = p.read_text()
+        except UnicodeDecodeError:
+            fix = (
+                "decompress tar shards (gunzip) and give the .tar files" if ".tar" in p.name or ".tgz" in p.name else ""
+            )
+            raise ShardError(
+                f"pool source {p}: not a text file listing image paths{'; ' + fix if fix else ''}"
+            ) from None
         paths = []
-        for n, l in enumerate(p.read_text().splitlines(), 1):
+        for n, l in enumerate(text.splitlines(), 1):
             if not l.strip():
                 continue
             q = Path(l.strip())
