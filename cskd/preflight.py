@@ -89,7 +89,9 @@ def image_sample_check(what: str, paths, n: int = 8, on_bad_image: str = "skip",
     for p in dict.fromkeys(picked):
         try:
             load_image(p)
-        except (BadImageError, OSError) as e:
+        except BadImageError as e:
+            bad[p] = e.reason
+        except OSError as e:
             bad[p] = str(e)
     k = len(dict.fromkeys(picked))
     if not bad:

@@ -84,14 +84,14 @@ def test_skip_policy_completes_and_reports_every_bad_file(bad_world, tmp_path):
 
 
 def test_raise_policy_stops_naming_the_file(bad_world, tmp_path):
+    """With --on-bad-image raise a bad image stops the run, named with its reason: by the pre-flight when its sample
+    of images holds one (before anything is written), else by training when it meets one."""
     root, bad = bad_world
     r = run("cskd", [*FT, "--data-root", root, "--run-dir", tmp_path / "run", "--on-bad-image", "raise"], check=False)
     assert r.returncode == 2, r.stderr[-3000:]
-    err = r.stderr.strip().splitlines()[-1]
-    assert err.startswith("cskd finetune: error: ") and any(
-        err == f"cskd finetune: error: {p}: {why}" or err.startswith(f"cskd finetune: error: {p}: {why}")
-        for p, why in bad.items()
-    ), err
+    assert "cskd finetune: error: " in r.stderr and any(f"{p}: {why}" in r.stderr for p, why in bad.items()), r.stderr
+    if "pre-flight" in r.stderr:
+        assert not (tmp_path / "run").exists()
 
 
 def test_bad_label_lines_stop_naming_file_and_line(bad_world, tmp_path):
