@@ -28,7 +28,7 @@ from .engine import TrainConfig, fit
 from .distributed import is_main_process
 from .precision import get_autocast, resolve_device
 from .preflight import NOTE, OK, PROBLEM, Check, device_check, disk_check, image_sample_check, path_checks
-from .preflight import run_dir_check, stop_on_problems, weights_check
+from .preflight import model_check, run_dir_check, stop_on_problems, weights_check
 from .models import TOY_CLIP, Projector, build_encoder, clip_teacher, fast_attention
 from .shards import ShardError
 from .teacher_cache import PoolViews, TeacherCache, ensure_teacher_cache, teacher_targets, to_unit
@@ -248,6 +248,7 @@ def align_checks(cfg: AlignConfig, planned=()) -> list:
     checks = path_checks(None, pool_paths(cfg))
     if all(c.status == OK for c in checks):
         checks += _pool_checks(cfg)
+    checks += [model_check("teacher", f"clip:{cfg.teacher}"), model_check("student", cfg.student)]
     checks.append(weights_check("teacher_pretrained", f"clip:{cfg.teacher}", cfg.teacher_pretrained))
     checks.append(weights_check("student_pretrained", cfg.student, cfg.student_pretrained))
     return checks + [device_check(cfg.device), run_dir_check(cfg.run_dir, cfg.resume)]

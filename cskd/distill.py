@@ -34,7 +34,7 @@ from cskd.preflight import (
     run_dir_check,
     run_input_check,
 )
-from .preflight import stop_on_problems, weights_check
+from .preflight import model_check, stop_on_problems, weights_check
 from .data_check import source_paths
 from .images import collate_skip_none
 from .trained import find_run_config, iaa_model_from_run
@@ -273,7 +273,7 @@ def _student_checks(cfg: DistillConfig, planned) -> list:
     students = [("init", cfg.encoder, cfg.init)]
     if cfg.mutual:
         students.append(("peer_init", cfg.peer_encoder or cfg.encoder, cfg.peer_init or cfg.init))
-    out = []
+    out = [model_check(f, m) for f, m in (("encoder", cfg.encoder), ("peer_encoder", cfg.peer_encoder)) if m]
     for field, encoder, init in students:
         c = run_input_check(field, init, planned) if init else weights_check("pretrained", encoder, cfg.pretrained)
         out += [c] if c.detail not in {o.detail for o in out} else []

@@ -33,7 +33,7 @@ from .engine import TrainConfig, fit
 from .distributed import is_main_process
 from .precision import get_autocast, resolve_device
 from .preflight import OK, NOTE, PROBLEM, Check, device_check, flag, image_sample_check, path_checks
-from .preflight import run_dir_check, run_input_check, stop_on_problems, weights_check
+from .preflight import model_check, run_dir_check, run_input_check, stop_on_problems, weights_check
 from .losses import emd_loss, score_loss
 from .metrics import iaa_metrics, mean_score
 from .models import IAAHead, IAAModel, build_encoder, fast_attention
@@ -176,7 +176,7 @@ def labeled_checks(cfg: FinetuneConfig) -> list:
 # %% ../nbs/21_iaa.ipynb #832efe10
 def finetune_checks(cfg: FinetuneConfig, planned=()) -> list:
     "The pre-flight checks of a fine-tuning run; `planned`: run folders an earlier pipeline step writes."
-    checks = labeled_checks(cfg)
+    checks = labeled_checks(cfg) + [model_check("encoder", cfg.encoder)]
     init = run_input_check("init", cfg.init, planned) if cfg.init else None
     checks.append(init or weights_check("pretrained", cfg.encoder, cfg.pretrained))
     return checks + [device_check(cfg.device), run_dir_check(cfg.run_dir, cfg.resume)]

@@ -32,9 +32,9 @@ __all__ = ['TOY', 'TOY_WEIGHTS_DIR', 'PRETRAIN_COMMAND', 'TOY_CLIP', 'TEST_CLIP'
            'TOY_LARGE', 'TOY_STUDENT', 'default_cfgs', 'WeightsUnavailableError', 'UnknownModelError',
            'ToyWeightsError', 'toy_card', 'toy_weights_file', 'read_model_configs', 'register_model_config',
            'TeacherOutput', 'token_spec', 'CLIPTeacher', 'clip_teacher', 'Encoder', 'encoder', 'timm_encoder',
-           'CLIPEncoder', 'clip_encoder', 'build_encoder', 'ToyCNN', 'ConvStemPatchEmbed', 'cskd_toy_vit_p8',
-           'cskd_toy_cnn', 'Projector', 'IAAHead', 'IAAModel', 'model_info', 'explicit_attention', 'fast_attention',
-           'fast_attention_during']
+           'CLIPEncoder', 'clip_encoder', 'build_encoder', 'check_model_name', 'ToyCNN', 'ConvStemPatchEmbed',
+           'cskd_toy_vit_p8', 'cskd_toy_cnn', 'Projector', 'IAAHead', 'IAAModel', 'model_info', 'explicit_attention',
+           'fast_attention', 'fast_attention_during']
 
 # %% ../nbs/09_models.ipynb #d4a5419f
 class WeightsUnavailableError(RuntimeError):
@@ -503,6 +503,14 @@ def build_encoder(
         return enc
     name = spec[5:] if spec.startswith("timm:") else spec
     return encoder(name, pretrained=pretrained or False, drop_path_rate=drop_path_rate, img_size=image_size)
+
+# %% ../nbs/09_models.ipynb #f9925a07
+def check_model_name(spec: str):
+    "`UnknownModelError` (with close matches) unless open_clip (`clip:<name>`) or timm (`[timm:]<name>`) knows `spec`."
+    if spec.startswith("clip:"):
+        _check_clip_name(spec[5:])
+    else:
+        _check_timm_name(spec.removeprefix("timm:"))
 
 # %% ../nbs/09_models.ipynb #9b070eba
 class ToyCNN(nn.Module):

@@ -19,12 +19,12 @@ from .data_check import missing_paths
 from .hub import clip_hub_weights, hub_reachable, timm_hub_weights
 from .image_files import BadImageError
 from .images import load_image
-from .models import TOY, toy_weights_file
+from .models import TOY, UnknownModelError, check_model_name, toy_weights_file
 from .precision import resolve_device
 
 # %% auto #0
 __all__ = ['OK', 'NOTE', 'PROBLEM', 'Check', 'flag', 'format_checks', 'stop_on_problems', 'path_checks', 'image_sample_check',
-           'weights_check', 'run_input_check', 'device_check', 'disk_check', 'run_dir_check']
+           'model_check', 'weights_check', 'run_input_check', 'device_check', 'disk_check', 'run_dir_check']
 
 # %% ../nbs/19a_preflight.ipynb #25ab319a
 OK, NOTE, PROBLEM = "OK", "note", "problem"
@@ -116,6 +116,15 @@ def _hub_check(field: str, status: tuple, desc: str) -> Check:
         return Check(field, NOTE, f"{desc}: not cached; would be downloaded from {where}")
     fix = f"{flag(field)} /path/to/weights.safetensors, or fill the hub cache (HF_HOME) on a machine with network"
     return Check(field, PROBLEM, f"{desc}: not in the hub cache, and {why}", fix)
+
+
+def model_check(field: str, model: str) -> Check:
+    "Whether open_clip (`clip:<name>`) or timm knows the model that parameter `field` names."
+    try:
+        check_model_name(model)
+    except UnknownModelError as e:
+        return Check(field, PROBLEM, str(e), f"{flag(field)} a model that exists")
+    return Check(field, OK, f"{model}: known to {'open_clip' if model.startswith('clip:') else 'timm'}")
 
 
 def weights_check(field: str, model: str, pretrained) -> Check:
