@@ -79,17 +79,20 @@ def test_two_processes_write_the_run_folder_of_one(toy, tmp_path):
 
 
 def test_a_failed_launch_says_why_and_how_to_rerun(toy, tmp_path, capsys):
-    cfg = tiny_align(toy, tmp_path / "run", resume=True)  # resume, but there is no checkpoint: every rank stops
+    cfg = tiny_align(toy, tmp_path / "run", resume=True)
+    last = tmp_path / "run" / "checkpoints" / "last"  # a damaged checkpoint: the pre-flight sees one to resume
+    last.mkdir(parents=True)  # from, and every rank stops when it loads it
+    (last / "state.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(LaunchError) as e:
         run_phase("align", cfg, nproc_per_node=2)
     msg = str(e.value)
     assert "cskd align on 2 processes exited with status 1" in msg
-    assert "resume=True but there is no checkpoint" in msg  # the ranks' own error, in the last lines
+    assert f"no model.safetensors in {last}" in msg  # the ranks' own error, in the last lines
     assert (
         f"-m torch.distributed.run --standalone --nproc_per_node=2 -m cskd align -c {cfg.run_dir}/{LAUNCH_CONFIG}"
         in msg
     )
-    assert "resume=True but there is no checkpoint" in capsys.readouterr().out  # streamed as it came
+    assert f"no model.safetensors in {last}" in capsys.readouterr().out  # streamed as it came
     assert not (tmp_path / "run" / "results.json").exists()
 
 
