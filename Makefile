@@ -10,7 +10,7 @@ PYTHON ?= python3
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip setuptools  # setuptools: the build backend pyproject.toml asks for (>=77)
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
