@@ -343,7 +343,7 @@ def _run_phase(ph, cfg) -> dict:
 # %% ../nbs/90_cli.ipynb #5edd728c
 def _add_data_commands(sub):
     "The `splits` and `evaluate` subcommands (and `pipeline`, `sync-params`)."
-    from cskd.data import OFFICIAL
+    from cskd.splits import OFFICIAL
 
     q = sub.add_parser(
         "splits",
@@ -377,7 +377,7 @@ def _add_data_commands(sub):
 
 
 def _splits(args) -> int:
-    from cskd.data import format_split_report, official_split
+    from cskd.splits import format_split_report, official_split
 
     report = official_split(args.dataset, args.root, args.val_fraction, args.seed, args.decode)
     print(format_split_report(report))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import ConfigError
-from .data import OFFICIAL
+from .splits import OFFICIAL
 from .shards import is_shard_source, shard_files
 from .toy import make_toy_world
 

@@ -1,4 +1,4 @@
-"""Official splits from each dataset's own files (`cskd.data.official_split`, `cskd splits`): what they hold,
+"""Official splits from each dataset's own files (`cskd.splits.official_split`, `cskd splits`): what they hold,
 the report, and bad input: an error naming the file (and line, field or id), nothing written."""
 
 import contextlib
@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from cskd.cli import main
-from cskd.data import LabelFileError, official_split, read_csv_labels, read_split
+from cskd.data import LabelFileError, read_csv_labels, read_split
+from cskd.splits import official_split
 from cskd.runs import file_sha1
 from dataset_layouts import LAYOUTS, aadb_names, write_aadb_mat
 
