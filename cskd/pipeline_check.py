@@ -20,7 +20,7 @@ from .pipeline import STEPS, collapse_step, resolve_steps
 from .preflight import NOTE, OK, PROBLEM, Check, flag, format_checks, path_checks, run_input_check, weights_check
 
 # %% auto #0
-__all__ = ['FILLED', 'PIPELINE_FIELDS', 'unused_fields', 'collapse_checks', 'pipeline_checks', 'dry_run_report']
+__all__ = ['FILLED', 'PIPELINE_FIELDS', 'yaml_keys', 'unused_fields', 'collapse_checks', 'pipeline_checks', 'dry_run_report']
 
 # %% ../nbs/40_pipeline_check.ipynb #2aaf319b
 FILLED = {
@@ -37,9 +37,14 @@ FILLED = {
 }
 
 
+def yaml_keys(cfg) -> dict:
+    "{step: the keys its phase YAML sets} (none for a step without one): what the pipeline's own values cannot reach."
+    return {step: set(load_yaml(p)) if (p := getattr(cfg, field)) else set() for step, (_, field) in STEPS.items()}
+
+
 def unused_fields(cfg) -> dict:
     "{pipeline field: why no step uses it} for this config."
-    own = {step: set(load_yaml(p)) if (p := getattr(cfg, field)) else set() for step, (_, field) in STEPS.items()}
+    own = yaml_keys(cfg)
     has = lambda step, key: key in {f.name for f in dataclasses.fields(PHASES[STEPS[step][0]].config)}
     out = {}
     for name, (key, steps) in FILLED.items():
@@ -79,14 +84,14 @@ PIPELINE_FIELDS = {  # (step, phase field) -> the pipeline field that sets it: t
 }
 
 
-def _in_pipeline_terms(cfg, step: str, c: Check) -> Check:
+def _in_pipeline_terms(cfg, step: str, c: Check, in_yaml: set) -> Check:
     """A step's check with its fix in the pipeline's terms: the pipeline's flag where it sets the field
-    (`--clip-pretrained`, not the phase's `--teacher-pretrained`), else the key in the step's phase YAML."""
+    (`--clip-pretrained`, not the phase's `--teacher-pretrained`), else the key in the step's phase YAML (whose keys
+    are `in_yaml`)."""
     if (step, c.what) in PIPELINE_FIELDS:
         return dataclasses.replace(c, fix=c.fix.replace(flag(c.what), flag(PIPELINE_FIELDS[step, c.what])))
     ours = {f.name for f in dataclasses.fields(cfg)}
     yaml_file = getattr(cfg, STEPS[step][1]) if step in STEPS else None
-    in_yaml = set(load_yaml(yaml_file)) if yaml_file else set()
 
     def term(m):
         field = m.group(1).replace("-", "_")
@@ -124,9 +129,9 @@ def pipeline_checks(cfg) -> list:
         per_step[step] = phase.checks(step_cfg, planned=planned) + [_nproc_check(step_cfg, cfg.nproc_per_node)]
     if cfg.collapse:
         per_step["collapse"] = collapse_checks(collapse_step(cfg, seed), planned)
-    seen, out = set(), []
+    seen, out, own = set(), [], yaml_keys(cfg)
     for step, checks in per_step.items():
-        for c in map(lambda c: _in_pipeline_terms(cfg, step, c), checks):
+        for c in (_in_pipeline_terms(cfg, step, c, own.get(step, set())) for c in checks):
             if (key := (c.what, c.status, c.detail)) not in seen:
                 seen.add(key)
                 out.append(dataclasses.replace(c, what=f"{step}: {c.what}"))
