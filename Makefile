@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: install demo pretrain test sync-check lint nbtest pytest lab bench clean-runs
+.PHONY: install demo dose pretrain test sync-check lint nbtest pytest lab bench clean-runs
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ install: $(STAMP) $(KERNEL)
 
 demo: install
 	$(PY) -m cskd demo
+
+# The dose-response study of phase 1 (RESULTS.md): about 100 minutes on 2 cores; finished runs are skipped.
+dose: install
+	@mkdir -p runs/dose
+	$(BIN)/papermill nbs/experiments/dose.ipynb runs/dose/dose.ipynb
 
 # The toy world's pre-trained models (shipped in cskd/toy_weights/): about an hour on 2 cores, only when a recipe changes.
 pretrain: install

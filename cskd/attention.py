@@ -17,7 +17,7 @@ from fastcore.basics import patch
 from torch import nn
 
 # %% auto #0
-__all__ = ['STATS_COLUMNS', 'unwrap_vit', 'attention_spec', 'AttentionCapture', 'AttentionMaps', 'capture_attention',
+__all__ = ['STATS_COLUMNS', 'Z95', 'unwrap_vit', 'attention_spec', 'AttentionCapture', 'AttentionMaps', 'capture_attention',
            'per_image_metrics', 'attention_distance', 'attention_entropy', 'AttentionStats', 'attention_stats',
            'collapse_summary', 'plot_attention_stats', 'plot_collapse_summary', 'plot_attention_gallery']
 
@@ -301,37 +301,37 @@ def attention_entropy(attn: torch.Tensor, num_prefix_tokens: int = 1, grid=None)
     return per_image_metrics(attn, 1, num_prefix_tokens, grid)[1].mean(0)
 
 # %% ../nbs/24_attention.ipynb #77d1aa05
-STATS_COLUMNS = ["layer", "head", "distance", "entropy", "n_images"]
+STATS_COLUMNS = ["layer", "head", "distance", "entropy", "n_images", "distance_ci95", "entropy_ci95"]
+Z95 = 1.959964  # the standard normal's 97.5% quantile: a two-sided 95% interval
 
 
 class AttentionStats:
-    "Running per-layer, per-head sums of attention distance and entropy (float64, bounded memory)."
+    "Running per-layer, per-head sums and sums of squares of attention distance and entropy (float64, bounded memory)."
 
     def __init__(self, patch_size: float, num_prefix_tokens: int = 1, grid=None):
         _check_patch_size(patch_size)
         self.patch_size, self.num_prefix_tokens, self.grid = patch_size, num_prefix_tokens, grid
-        self.sums: dict[int, list] = {}  # layer -> [distance sum (heads,), entropy sum (heads,), n images]
+        self.sums: dict[int, list] = {}  # layer -> [(4, heads): sums of distance, entropy and their squares; n images]
 
     def update(self, layer: int, attn: torch.Tensor, grid=None):
         "Add one batch `(B, heads, T, T)` of layer `layer`."
         d, e = per_image_metrics(attn, self.patch_size, self.num_prefix_tokens, grid if grid is not None else self.grid)
-        d, e = d.sum(0).cpu(), e.sum(0).cpu()
-        if layer not in self.sums:
-            self.sums[layer] = [torch.zeros_like(d), torch.zeros_like(e), 0]
-        s = self.sums[layer]
-        if s[0].shape != d.shape:
-            raise ValueError(f"layer {layer}: {d.numel()} heads in this batch, {s[0].numel()} before")
-        s[0] += d
-        s[1] += e
-        s[2] += attn.shape[0]
+        moments = torch.stack([d.sum(0), e.sum(0), (d * d).sum(0), (e * e).sum(0)]).cpu()
+        s = self.sums.setdefault(layer, [torch.zeros_like(moments), 0])
+        if s[0].shape != moments.shape:
+            raise ValueError(f"layer {layer}: {d.shape[1]} heads in this batch, {s[0].shape[1]} before")
+        s[0] += moments
+        s[1] += attn.shape[0]
 
     def to_frame(self) -> pd.DataFrame:
-        "Tidy means: columns `layer, head, distance, entropy, n_images`."
-        rows = [
-            (l, h, float(s[0][h] / s[2]), float(s[1][h] / s[2]), s[2])
-            for l, s in sorted(self.sums.items())
-            for h in range(s[0].numel())
-        ]
+        """Tidy means per (layer, head), with the half-width of each mean's 95% confidence interval over images
+        (NaN from a single image): columns `STATS_COLUMNS`."""
+        rows = []
+        for layer, (m, n) in sorted(self.sums.items()):
+            mean = m[:2] / n
+            var = (m[2:] / n - mean * mean).clamp(min=0) * n / (n - 1) if n > 1 else torch.full_like(mean, float("nan"))
+            ci = Z95 * (var / n).sqrt()
+            rows += [(layer, h, *mean[:, h].tolist(), n, *ci[:, h].tolist()) for h in range(mean.shape[1])]
         return pd.DataFrame(rows, columns=STATS_COLUMNS)
 
 
@@ -426,13 +426,16 @@ def _check_stats(df: pd.DataFrame, label: str = "df") -> pd.DataFrame:
 
 
 def collapse_summary(df: pd.DataFrame) -> pd.DataFrame:
-    "Per layer: mean, std (ddof=0) and range (max - min) across heads of distance and entropy."
+    """Per layer: mean, std (ddof=0) and range (max - min) across heads of distance and entropy, and (when `df` has
+    them) the heads' mean 95% interval half-width over images, the scale against which the spread is read."""
     g = _check_stats(df).groupby("layer")
     out = {"n_heads": g["head"].nunique()}
     for c in ("distance", "entropy"):
         out[f"{c}_mean"] = g[c].mean()
         out[f"{c}_std"] = g[c].std(ddof=0)
         out[f"{c}_range"] = g[c].max() - g[c].min()
+        if f"{c}_ci95" in df:
+            out[f"{c}_ci95"] = g[f"{c}_ci95"].mean()
     return pd.DataFrame(out).reset_index()
 
 # %% ../nbs/24_attention.ipynb #c8626378

@@ -147,8 +147,9 @@ def collapse_metrics(stats: Mapping[str, pd.DataFrame]) -> dict[str, float]:
         p, s = metric_label(label), collapse_summary(df)
         for r in s.itertuples():
             for c in ("distance", "entropy"):
-                for agg in ("mean", "std", "range"):
-                    out[f"{p}/layer{int(r.layer)}/{c}_{agg}"] = float(getattr(r, f"{c}_{agg}"))
+                for agg in ("mean", "std", "range", "ci95"):
+                    if hasattr(r, f"{c}_{agg}"):
+                        out[f"{p}/layer{int(r.layer)}/{c}_{agg}"] = float(getattr(r, f"{c}_{agg}"))
         first, last = s.iloc[0], s.iloc[-1]
         for c in ("distance", "entropy"):
             out[f"{p}/{c}_std_first"], out[f"{p}/{c}_std_last"] = float(first[f"{c}_std"]), float(last[f"{c}_std"])

@@ -81,6 +81,7 @@ NOTEBOOK_PARAMETERS = {  # notebook -> (config class "module:name", its own line
     ),
     "pipeline": ("cskd.pipeline:PipelineConfig", {}),
     "claims": ("cskd.claims:ClaimsConfig", {}),
+    "dose": ("cskd.dose:DoseConfig", {}),
 }
 
 # %% ../nbs/33_notebook_params.ipynb #5907b805

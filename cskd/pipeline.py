@@ -28,10 +28,10 @@ from .models import TOY, TOY_CLIP, TOY_LARGE, TOY_STUDENT
 from .runs import write_text_atomic
 
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'SCHEDULING', 'THREAD_VARIABLES', 'STEPS', 'WIRING', 'AGREE', 'COLLAPSE_READS', 'PipelineConfig',
-           'experiment_notebook', 'result_fingerprint', 'run_step', 'kernel_threads', 'run_parallel', 'resolve_steps',
-           'step_threads', 'steps_at_once', 'pipeline_jobs', 'collapse_step', 'summarize', 'display_table',
-           'published_ava']
+__all__ = ['EXPERIMENTS', 'SCHEDULING', 'THREAD_VARIABLES', 'STEPS', 'WIRING', 'AGREE', 'PipelineConfig', 'experiment_notebook',
+           'result_fingerprint', 'run_step', 'kernel_threads', 'run_parallel', 'align_seed', 'resolve_steps',
+           'step_threads', 'steps_at_once', 'teacher_cache_job', 'pipeline_jobs', 'collapse_reads', 'collapse_step',
+           'summarize', 'display_table', 'published_ava']
 
 # %% ../nbs/31_pipeline.ipynb #d68fc839
 @dataclasses.dataclass
@@ -72,7 +72,17 @@ class PipelineConfig:
     teacher_cache: bool = param(
         True,
         "phase 1 reads CLIP's features of K fixed views per pool image, computed once for every seed and both "
-        "encoders (in run_dir/cache); false: CLIP runs online in each phase-1 step",
+        "encoders (in cache_root); false: CLIP runs online in each phase-1 step",
+    )
+    cache_root: str | None = param(
+        None,
+        "folder of phase 1's teacher caches, one per recipe; pipelines that name one folder share them (a sweep); "
+        "None: run_dir/cache",
+    )
+    align_once: bool = param(
+        False,
+        "phase 1 runs once, with the first seed, and every seed's later steps start from it: the seeds then vary "
+        "fine-tuning and phase 2 only",
     )
     workers: int = param(2, "steps at once, each with torch threads // workers threads; 1: one after another", min=1)
     nproc_per_node: int = param(
@@ -296,11 +306,16 @@ WIRING = ("run_dir", "seed", "init", "teacher_run", "exclude_split")  # what the
 AGREE = ("teacher", "teacher_pretrained", "student", "student_pretrained", "encoder", "pretrained", "data_root")
 
 
+def align_seed(cfg, seed: int) -> int:
+    "The seed whose phase-1 runs `seed`'s later steps start from: its own, or the first seed's with `align_once`."
+    return cfg.seeds[0] if cfg.align_once else seed
+
+
 def _step_plan(cfg, seed: int) -> dict:
     "Per step: (the pipeline's values for what its phase YAML leaves unset, the wiring)."
     import open_clip
 
-    s = Path(cfg.run_dir) / f"seed{seed}"
+    s, a = (Path(cfg.run_dir) / f"seed{k}" for k in (seed, align_seed(cfg, seed)))
     pool = dict(pool_sources=cfg.pool_sources or [str(Path(cfg.data_root) / "images")], pool_limit=cfg.pool_limit)
     common = dict(image_size=cfg.image_size, batch_size=cfg.batch_size, progress=False)
     common.update(precision=cfg.precision, channels_last=cfg.channels_last)
@@ -312,7 +327,7 @@ def _step_plan(cfg, seed: int) -> dict:
     clip_size = open_clip.get_model_config(cfg.clip)["vision_cfg"]["image_size"]  # CLIP keeps its input size
     clip = dict(ft, encoder=f"clip:{cfg.clip}", pretrained=cfg.clip_pretrained, image_size=clip_size)
     clip["quick_gelu"] = cfg.clip_quick_gelu
-    student = str(s / "align_student")
+    student = str(a / "align_student")
     large_epochs = cfg.align_large_epochs or cfg.align_epochs
     return {
         "align_large": (
@@ -320,7 +335,7 @@ def _step_plan(cfg, seed: int) -> dict:
             {},
         ),
         "align_student": (dict(align, student=cfg.student, student_pretrained=cfg.student_pretrained), {}),
-        "teacher": (dict(ft, encoder=cfg.large), dict(init=str(s / "align_large"))),
+        "teacher": (dict(ft, encoder=cfg.large), dict(init=str(a / "align_large"))),
         "cskd_student": (dist, dict(init=student, teacher_run=str(s / "teacher"))),
         "student_no_align": (dict(ft, encoder=cfg.student, pretrained=cfg.student_pretrained), dict(init=None)),
         "student_no_distill": (dict(ft, encoder=cfg.student), dict(init=student)),
@@ -338,12 +353,12 @@ def _exclusions(cfg, path) -> list:
 
 # %% ../nbs/31_pipeline.ipynb #bf35ac6e
 def _cache_dir(cfg, step_cfg) -> Path:
-    "A phase-1 step's teacher cache in the pipeline's folder, named by its recipe: steps of one recipe share it."
+    "A phase-1 step's teacher cache in the pipeline's cache_root, named by its recipe: steps of one recipe share it."
     from cskd.align import cache_recipe, default_cache_dir
 
     recipe = json.dumps(cache_recipe(step_cfg), sort_keys=True, default=str)
     name = f"{default_cache_dir(step_cfg).name}-{hashlib.sha1(recipe.encode()).hexdigest()[:8]}"
-    return Path(cfg.run_dir) / "cache" / name
+    return Path(cfg.cache_root or Path(cfg.run_dir) / "cache") / name
 
 
 def resolve_steps(cfg, seed: int | None = None) -> dict:
@@ -414,7 +429,7 @@ def _build_cache(params: dict, threads: int) -> str:
                 torch.cuda.empty_cache()  # the steps run in other processes: give the teacher's GPU memory back
 
 
-def _cache_job(jobs: dict, recipes: dict, params: dict, step: str, threads: int) -> str:
+def teacher_cache_job(jobs: dict, recipes: dict, params: dict, step: str, threads: int) -> str:
     "The name of the job that builds `params`' teacher cache, added to `jobs` for the first step reading it."
     from cskd.align import cache_recipe
 
@@ -431,41 +446,50 @@ def _cache_job(jobs: dict, recipes: dict, params: dict, step: str, threads: int)
     return name
 
 # %% ../nbs/31_pipeline.ipynb #89d3f23f
-def pipeline_jobs(cfg, extras: dict | None = None) -> dict:
-    """`run_parallel` jobs of every seed's steps, step by step: {'seed<k>/<step>': (run it, the steps its wiring
-    reads)}, after the job that builds each teacher cache of phase 1 ('cache:<folder>', before the steps reading
-    it); `extras` are parameters added to every step (the notebooks' own, such as `toy_images`), and so is
-    `nproc_per_node` (every step trains)."""
+def pipeline_jobs(cfg, extras: dict | None = None, steps=None) -> dict:
+    """`run_parallel` jobs of every seed's steps (or only `steps`), step by step: {'seed<k>/<step>': (run it, the
+    steps its wiring reads)}, after the job that builds each teacher cache of phase 1 ('cache:<folder>', before the
+    steps reading it); `extras` are parameters added to every step (the notebooks' own, such as `toy_images`), and
+    so is `nproc_per_node` (every step trains). With `align_once`, only the first seed has phase-1 jobs."""
+    unknown = sorted(set(steps or ()) - set(STEPS))
+    if unknown:
+        raise ValueError(f"steps {unknown}: not pipeline steps; choose from {list(STEPS)}")
     jobs, recipes, threads = {}, {}, step_threads(steps_at_once(cfg))
     extras = dict(extras or {}, nproc_per_node=cfg.nproc_per_node)
     resolved = {seed: resolve_steps(cfg, seed) for seed in cfg.seeds}
-    for step in STEPS:  # step by step across seeds: every seed's longest chain (align_large -> teacher ->
-        for seed in cfg.seeds:  # cskd_student) starts first, so the jobs left when workers fall idle are short
-            s = Path(cfg.run_dir) / f"seed{seed}"
-            params = resolved[seed][step]
+    runs = {str(Path(cfg.run_dir) / f"seed{k}" / d): f"seed{k}/{d}" for k in cfg.seeds for d in STEPS}
+    for step in [s for s in STEPS if steps is None or s in steps]:  # step by step across seeds: every seed's
+        for seed in cfg.seeds:  # longest chain (align_large -> teacher -> cskd_student) starts first
             notebook = STEPS[step][0]
+            if notebook == "align" and align_seed(cfg, seed) != seed:
+                continue
+            params = resolved[seed][step]
             params = dict(params, **extras, **(dict(data_root=cfg.data_root) if notebook == "align" else {}))
             wired = {params.get("init"), params.get("teacher_run")}
-            reads = [d for d in STEPS if str(s / d) in wired]
-            run = partial(run_step, notebook, s / step, params, inputs=[s / d for d in reads])
-            needs = [f"seed{seed}/{d}" for d in reads]
+            reads = [p for p in runs if p in wired]
+            run = partial(
+                run_step, notebook, Path(cfg.run_dir) / f"seed{seed}" / step, params, inputs=list(map(Path, reads))
+            )
+            needs = [runs[p] for p in reads]
             if notebook == "align" and params.get("cache"):
-                needs.append(_cache_job(jobs, recipes, params, f"seed{seed}/{step}", threads))
+                needs.append(teacher_cache_job(jobs, recipes, params, f"seed{seed}/{step}", threads))
             jobs[f"seed{seed}/{step}"] = (run, needs)
     return jobs
 
 # %% ../nbs/31_pipeline.ipynb #89b8f931
-COLLAPSE_READS = ("align_large", "teacher", "clip_direct")  # the steps whose ViTs the collapse study measures
+def collapse_reads(cfg, seed: int) -> list:
+    "The jobs ('seed<k>/<step>', a run folder under run_dir) whose ViTs `seed`'s collapse study measures."
+    return [f"seed{align_seed(cfg, seed)}/align_large", f"seed{seed}/teacher", f"seed{seed}/clip_direct"]
 
 
 def collapse_step(cfg, seed: int) -> dict:
     "The collapse study's parameters for `seed`: CLIP, the large encoder before and after each phase, CLIP fine-tuned."
-    s = Path(cfg.run_dir) / f"seed{seed}"
+    s, a = (Path(cfg.run_dir) / f"seed{k}" for k in (seed, align_seed(cfg, seed)))
     weights = lambda w: f"@{w}" if w not in (None, False) else ""
     models = {
         "CLIP": f"clip:{cfg.clip}{weights(cfg.clip_pretrained)}",
         "encoder before alignment": f"timm:{cfg.large}{weights(cfg.large_pretrained)}",
-        "encoder aligned": f"align:{s / 'align_large'}",
+        "encoder aligned": f"align:{a / 'align_large'}",
         "aligned + IAA fine-tuned": f"finetune:{s / 'teacher'}",
         "CLIP fine-tuned directly": f"finetune:{s / 'clip_direct'}",
     }

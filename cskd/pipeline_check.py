@@ -57,6 +57,8 @@ def unused_fields(cfg) -> dict:
         out["toy_images"] = "data_root is not the toy default"
     if not cfg.collapse:
         out["collapse_images"] = "collapse is off"
+    if not cfg.teacher_cache:
+        out["cache_root"] = "teacher_cache is off"
     return out
 
 # %% ../nbs/40_pipeline_check.ipynb #324e514b

@@ -141,10 +141,48 @@ def test_claims_and_pipeline_with_minimal_parameters(toy, tmp_path, monkeypatch)
     assert (tmp_path / "figures" / "claims.png").exists() and (
         tmp_path / "figures" / "collapse_attention_stats.png"
     ).exists()
+    heads = (tmp_path / "demo" / "claim_e_heads.md").read_text()  # claim e per layer and head, with intervals
+    assert "CLIP fine-tuned directly" in heads and " ± " in heads
     log = []
     # how many steps at once and on how many processes: not what is computed (the finished steps are reused)
     run_step("claims", "demo", dict(params, workers=1, nproc_per_node=2), log=log.append)
     assert log and log[0].startswith("[skip]")
+
+
+def test_dose_study_with_minimal_parameters(toy, tmp_path, monkeypatch):
+    """The dose study on one seed with tiny doses: a curve point per dose in order of the phase-1 steps each run
+    took, the figure, the claims at the chosen doses; a rerun skips every run."""
+    import pandas as pd
+    from cskd.pipeline import run_step
+
+    params = dict(
+        data_root=str(toy),
+        figures_dir=str(tmp_path / "figures"),
+        seeds=[0],
+        dose_seeds=[0],
+        n_labeled=64,
+        pool_limit=120,
+        align_epochs=2,
+        align_large_epochs=1,
+        student_doses=[[60, 1], [120, 1]],
+        large_doses=[[60, 1]],
+        finetune_epochs=1,
+        distill_epochs=1,
+        batch_size=32,
+    )
+    monkeypatch.chdir(tmp_path)
+    m = run_step("dose", "dose", params)
+    table = pd.read_csv(tmp_path / "dose" / "dose.csv")
+    student, large = (table[table.model == k] for k in ("student", "large encoder"))
+    assert [(r.pool, r.epochs) for r in student.itertuples()] == [(0, 0), (60, 1), (120, 1), (120, 2)]
+    assert [(r.pool, r.epochs) for r in large.itertuples()] == [(0, 0), (60, 1), (120, 1)]
+    assert student.steps.iloc[0] == 0 and student.steps.is_monotonic_increasing and student.steps.iloc[-1] > 1
+    claims = pd.read_csv(tmp_path / "dose" / "claims.csv")
+    assert list(claims.claim) == ["c", "d-pre", "d", "d-ctl", "teacher", "f"]
+    assert (tmp_path / "figures" / "dose.png").exists() and m["runs"] == 6 + 2 + 1 + 1  # rows: pipeline, doses, dose 0
+    run_step("dose", "dose", params, force=True)  # the notebook again: every run it starts is found finished
+    printed = (tmp_path / "dose" / "dose.ipynb").read_text()
+    assert printed.count("[skip]") == 8 + 2 * 2 + 2 + 1 and "[run]" not in printed
 
 
 def test_claims_notebook_rejects_bad_parameters(toy, tmp_path):
