@@ -25,6 +25,9 @@ __all__ = ['ENCODERS', 'MODEL_STEPS', 'DOSE_CLAIMS', 'DoseConfig', 'dose_points'
 class DoseConfig(PipelineConfig):
     run_dir: str = param("runs/dose", "output folder: the chosen doses' pipeline, a folder per other dose, the cache")
     figures_dir: str = param("figures", "where the dose figure goes")
+    results_dir: str = param(
+        "results/dose", "where the tables go (the repository keeps them): curves, claims, per seed"
+    )
     seeds: list = param([0, 1, 2, 3, 4], "seeds of the whole pipeline at the chosen doses (they decide the claims)")
     pool_limit: int | None = param(7000, "the chosen dose's pool: unlabeled images (test and val excluded)", min=1)
     align_epochs: int = param(24, "the student's chosen phase-1 epochs", min=1)

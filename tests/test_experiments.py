@@ -158,6 +158,7 @@ def test_dose_study_with_minimal_parameters(toy, tmp_path, monkeypatch):
     params = dict(
         data_root=str(toy),
         figures_dir=str(tmp_path / "figures"),
+        results_dir=str(tmp_path / "results"),
         seeds=[0],
         dose_seeds=[0],
         n_labeled=64,
@@ -172,12 +173,12 @@ def test_dose_study_with_minimal_parameters(toy, tmp_path, monkeypatch):
     )
     monkeypatch.chdir(tmp_path)
     m = run_step("dose", "dose", params)
-    table = pd.read_csv(tmp_path / "dose" / "dose.csv")
+    table = pd.read_csv(tmp_path / "results" / "curves.csv")
     student, large = (table[table.model == k] for k in ("student", "large encoder"))
     assert [(r.pool, r.epochs) for r in student.itertuples()] == [(0, 0), (60, 1), (120, 1), (120, 2)]
     assert [(r.pool, r.epochs) for r in large.itertuples()] == [(0, 0), (60, 1), (120, 1)]
     assert student.steps.iloc[0] == 0 and student.steps.is_monotonic_increasing and student.steps.iloc[-1] > 1
-    claims = pd.read_csv(tmp_path / "dose" / "claims.csv")
+    claims = pd.read_csv(tmp_path / "results" / "claims.csv")
     assert list(claims.claim) == ["c", "d-pre", "d", "d-ctl", "teacher", "f"]
     assert (tmp_path / "figures" / "dose.png").exists() and m["runs"] == 6 + 2 + 1 + 1  # rows: pipeline, doses, dose 0
     run_step("dose", "dose", params, force=True)  # the notebook again: every run it starts is found finished
