@@ -25,6 +25,11 @@ __all__ = ['ClaimsConfig', 'toy_weights', 'labeled_subset', 'bootstrap', 'head_s
 @dataclasses.dataclass
 class ClaimsConfig(PipelineConfig):
     seeds: list = param([0, 1, 2], "seeds; every claim is measured on each")
+    align_once: bool = param(
+        True,
+        "phase 1 runs once (the first seed's) and every seed fine-tunes and distils from it: the seeds vary phase 2 "
+        "and fine-tuning; the dose study (make dose) measures phase 1's own spread over seeds",
+    )
     prompts: str = param("ensemble", "zero-shot prompt set of claim a")
 
     def pipeline_parameters(self, weights: dict) -> dict:

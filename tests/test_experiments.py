@@ -85,15 +85,16 @@ def test_phase_from_the_command_line_with_yaml_and_flags(toy, tmp_path):
 
 
 def test_claims_and_pipeline_with_minimal_parameters(toy, tmp_path, monkeypatch):
-    """The demo's notebook on one seed, one epoch each, with toy models pre-trained on 48 images: the toy
-    pre-training is cached, every pipeline step leaves its executed notebook, both tables have every row,
-    and a rerun skips the finished work."""
+    """The demo's notebook on two seeds with phase 1 run once (as the demo runs it), one epoch each: every
+    pipeline step leaves its executed notebook, the second seed starts from the first seed's phase 1, both
+    tables have every row, and a rerun skips the finished work."""
     from cskd.pipeline import run_step
 
     params = dict(
         data_root=str(toy),
         figures_dir=str(tmp_path / "figures"),
-        seeds=[0],
+        seeds=[0, 1],
+        align_once=True,
         n_labeled=64,
         pool_limit=120,
         align_epochs=1,
@@ -128,6 +129,11 @@ def test_claims_and_pipeline_with_minimal_parameters(toy, tmp_path, monkeypatch)
         "collapse",
     ):
         assert list((seed0 / step).glob("*.ipynb")), step
+    seed1 = tmp_path / "demo" / "pipeline" / "seed1"  # phase 1 once: seed 1 fine-tunes and distils seed 0's
+    assert not list(seed1.glob("align_*")) and list((seed1 / "cskd_student").glob("*.ipynb"))
+    assert json.loads((seed1 / "teacher" / "config.json").read_text())["init"] == str(
+        Path("demo/pipeline/seed0/align_large")
+    )
     # the encoders started from the shipped toy classifiers: the aligned runs record the files they were given
     for step in ("align_student", "align_large"):
         given = json.loads((seed0 / step / "config.json").read_text())["student_pretrained"]
@@ -137,7 +143,7 @@ def test_claims_and_pipeline_with_minimal_parameters(toy, tmp_path, monkeypatch)
     claims = (tmp_path / "demo" / "claims.md").read_text()
     for c in ("| a |", "| b |", "| c |", "| d-pre |", "| d |", "| d-ctl |", "| f |", "| e |"):
         assert c in claims, c
-    assert {f"claim_{c}/gain_mean" for c in "abcde"} <= set(m) and m["seeds"] == 1
+    assert {f"claim_{c}/gain_mean" for c in "abcde"} <= set(m) and m["seeds"] == 2
     assert (tmp_path / "figures" / "claims.png").exists() and (
         tmp_path / "figures" / "collapse_attention_stats.png"
     ).exists()
