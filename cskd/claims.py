@@ -18,8 +18,8 @@ from .pipeline import PipelineConfig
 from .runs import save_figure
 
 # %% auto #0
-__all__ = ['ClaimsConfig', 'toy_weights', 'labeled_subset', 'bootstrap', 'head_spread', 'verdict', 'claim_row', 'claims_display',
-           'plot_claims']
+__all__ = ['ClaimsConfig', 'toy_weights', 'labeled_subset', 'bootstrap', 'head_spread', 'collapses', 'verdict', 'claim_row',
+           'claims_display', 'plot_claims']
 
 # %% ../nbs/35_claims.ipynb #4907aea6
 @dataclasses.dataclass
@@ -72,6 +72,11 @@ def head_spread(metrics: dict, label: str, metric: str = "distance", deep: float
         )
     first = int(np.floor(layers * (1 - deep)))
     return float(np.mean([metrics[f"{p}/layer{k}/{metric}_std"] for k in range(first, layers)]))
+
+# %% ../nbs/35_claims.ipynb #80a809a5
+def collapses(before, after) -> bool:
+    "Whether fine-tuning collapsed a model's heads: its head spread (`before`, `after`: per seed) fell on average."
+    return bool(np.mean(np.asarray(after, float) - np.asarray(before, float)) < 0)
 
 # %% ../nbs/35_claims.ipynb #2a69eb5d
 def verdict(diffs) -> str:

@@ -30,8 +30,8 @@ from .runs import write_text_atomic
 # %% auto #0
 __all__ = ['EXPERIMENTS', 'SCHEDULING', 'THREAD_VARIABLES', 'STEPS', 'WIRING', 'AGREE', 'PipelineConfig', 'experiment_notebook',
            'result_fingerprint', 'run_step', 'kernel_threads', 'run_parallel', 'align_seed', 'resolve_steps',
-           'step_threads', 'steps_at_once', 'teacher_cache_job', 'pipeline_jobs', 'collapse_reads', 'collapse_step',
-           'summarize', 'display_table', 'published_ava']
+           'step_threads', 'steps_at_once', 'pipeline_jobs', 'collapse_step', 'collapse_jobs', 'summarize',
+           'display_table', 'published_ava']
 
 # %% ../nbs/31_pipeline.ipynb #d68fc839
 @dataclasses.dataclass
@@ -55,9 +55,11 @@ class PipelineConfig:
     n_labeled: int | None = param(1000, "labeled training images (a low-label regime); None: all", min=1)
     pool_sources: list = param([], "unlabeled image folders / file lists for phases 1 and 2; empty: data_root's images")
     pool_limit: int | None = param(2000, "unlabeled pool images (test and val splits excluded); None: all", min=1)
-    align_epochs: int = param(2, "phase-1 epochs of a step whose phase config leaves epochs unset", min=1)
+    align_epochs: int = param(
+        28, "phase-1 epochs of a step whose phase config leaves epochs unset (the toy dose: RESULTS.md)", min=1
+    )
     align_large_epochs: int | None = param(
-        12, "phase-1 epochs of the large encoder (it must become the better teacher); None: align_epochs", min=1
+        24, "phase-1 epochs of the large encoder (it must become the better teacher); None: align_epochs", min=1
     )
     finetune_epochs: int = param(3, "fine-tuning epochs of a step whose phase config leaves epochs unset", min=1)
     distill_epochs: int = param(3, "distillation epochs of a step whose phase config leaves epochs unset", min=1)
@@ -429,7 +431,7 @@ def _build_cache(params: dict, threads: int) -> str:
                 torch.cuda.empty_cache()  # the steps run in other processes: give the teacher's GPU memory back
 
 
-def teacher_cache_job(jobs: dict, recipes: dict, params: dict, step: str, threads: int) -> str:
+def _cache_job(jobs: dict, recipes: dict, params: dict, step: str, threads: int) -> str:
     "The name of the job that builds `params`' teacher cache, added to `jobs` for the first step reading it."
     from cskd.align import cache_recipe
 
@@ -472,12 +474,15 @@ def pipeline_jobs(cfg, extras: dict | None = None, steps=None) -> dict:
             )
             needs = [runs[p] for p in reads]
             if notebook == "align" and params.get("cache"):
-                needs.append(teacher_cache_job(jobs, recipes, params, f"seed{seed}/{step}", threads))
+                needs.append(_cache_job(jobs, recipes, params, f"seed{seed}/{step}", threads))
             jobs[f"seed{seed}/{step}"] = (run, needs)
+    missing = sorted({d for _, needs in jobs.values() for d in needs} - set(jobs))
+    if missing:
+        raise ValueError(f"steps={list(steps)} leaves out jobs they read: {missing}; add their steps")
     return jobs
 
 # %% ../nbs/31_pipeline.ipynb #89b8f931
-def collapse_reads(cfg, seed: int) -> list:
+def _collapse_reads(cfg, seed: int) -> list:
     "The jobs ('seed<k>/<step>', a run folder under run_dir) whose ViTs `seed`'s collapse study measures."
     return [f"seed{align_seed(cfg, seed)}/align_large", f"seed{seed}/teacher", f"seed{seed}/clip_direct"]
 
@@ -502,6 +507,22 @@ def collapse_step(cfg, seed: int) -> dict:
         figures_dir=figures,
         models=models,
     )
+
+
+def collapse_jobs(cfg) -> dict:
+    "`run_parallel` jobs of each seed's collapse study ('seed<k>/collapse'), after the steps it measures (collapse on)."
+    root, jobs = Path(cfg.run_dir), {}
+    for seed in cfg.seeds if cfg.collapse else []:
+        reads = _collapse_reads(cfg, seed)
+        run = partial(
+            run_step,
+            "collapse",
+            root / f"seed{seed}" / "collapse",
+            collapse_step(cfg, seed),
+            inputs=[root / r for r in reads],
+        )
+        jobs[f"seed{seed}/collapse"] = (run, reads)
+    return jobs
 
 # %% ../nbs/31_pipeline.ipynb #fe11703f
 def summarize(

@@ -18,7 +18,6 @@ from torch.nn import functional as F
 
 from cskd.attention import (
     AttentionCapture,
-    STATS_COLUMNS,
     AttentionStats,
     attention_distance,
     attention_entropy,
@@ -342,7 +341,8 @@ def test_streaming_equals_concatenated():
         st.update(0, b)
         st.update(1, b.flip(-1))
     df = st.to_frame()
-    assert list(df.columns) == STATS_COLUMNS and len(df) == 8
+    assert list(df.columns) == ["layer", "head", "distance", "entropy", "n_images", "distance_ci95", "entropy_ci95"]
+    assert len(df) == 8
     allb = torch.cat(batches)
     for layer, a in ((0, allb), (1, allb.flip(-1))):
         sub = df[df.layer == layer].sort_values("head")

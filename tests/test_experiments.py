@@ -168,11 +168,11 @@ def test_dose_study_with_minimal_parameters(toy, tmp_path, monkeypatch):
         seeds=[0],
         dose_seeds=[0],
         n_labeled=64,
-        pool_limit=120,
+        pool_limit=128,
         align_epochs=2,
         align_large_epochs=1,
-        student_doses=[[60, 1], [120, 1]],
-        large_doses=[[60, 1]],
+        student_doses=[[64, 2], [128, 1]],  # the same steps on two pools: one pool-or-passes pair
+        large_doses=[[64, 1]],
         finetune_epochs=1,
         distill_epochs=1,
         batch_size=32,
@@ -181,11 +181,13 @@ def test_dose_study_with_minimal_parameters(toy, tmp_path, monkeypatch):
     m = run_step("dose", "dose", params)
     table = pd.read_csv(tmp_path / "results" / "curves.csv")
     student, large = (table[table.model == k] for k in ("student", "large encoder"))
-    assert [(r.pool, r.epochs) for r in student.itertuples()] == [(0, 0), (60, 1), (120, 1), (120, 2)]
-    assert [(r.pool, r.epochs) for r in large.itertuples()] == [(0, 0), (60, 1), (120, 1)]
-    assert student.steps.iloc[0] == 0 and student.steps.is_monotonic_increasing and student.steps.iloc[-1] > 1
+    assert [(r.pool, r.epochs) for r in student.itertuples()] == [(0, 0), (64, 2), (128, 1), (128, 2)]
+    assert [(r.pool, r.epochs) for r in large.itertuples()] == [(0, 0), (64, 1), (128, 1)]
+    assert list(student.steps) == [0, 4, 4, 8]  # batches of 32 per epoch, as the phase-1 runs counted them
     claims = pd.read_csv(tmp_path / "results" / "claims.csv")
-    assert list(claims.claim) == ["c", "d-pre", "d", "d-ctl", "teacher", "f"]
+    assert list(claims.claim) == ["c", "d-pre", "d", "d-ctl", "d-teacher", "f"]
+    pairs = pd.read_csv(tmp_path / "results" / "pool_or_passes.csv")
+    assert list(zip(pairs.ours, pairs.baseline)) == [("128 x 1", "64 x 2")] and m["pool_pairs"] == 1
     assert (tmp_path / "figures" / "dose.png").exists() and m["runs"] == 6 + 2 + 1 + 1  # rows: pipeline, doses, dose 0
     run_step("dose", "dose", params, force=True)  # the notebook again: every run it starts is found finished
     printed = (tmp_path / "dose" / "dose.ipynb").read_text()
