@@ -265,10 +265,12 @@ def plot_dose(rows: pd.DataFrame, references: dict, path=None):
         for (label, value), ls in zip(references.items(), ("--", ":", "-.")):
             ax.axhline(value, ls=ls, color="grey", lw=1, label=label)
         ax.set_xscale("symlog", linthresh=100)
+        ax.set_xlim(-10, rows.steps.max() * 1.5)  # dose 0 at the left edge, the largest dose inside
         ax.set(title=model, xlabel="phase-1 optimizer steps (linear to 100, then log)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    axes[0].set_ylabel("test SRCC after IAA fine-tuning (dots: seeds; bars: mean ± sd)")
+    axes[0].set_ylabel("test SRCC after IAA fine-tuning")
+    fig.suptitle("dots: seeds; bars: mean ± sd over seeds", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     return fig
