@@ -55,9 +55,7 @@ class PipelineConfig:
     n_labeled: int | None = param(1000, "labeled training images (a low-label regime); None: all", min=1)
     pool_sources: list = param([], "unlabeled image folders / file lists for phases 1 and 2; empty: data_root's images")
     pool_limit: int | None = param(2000, "unlabeled pool images (test and val splits excluded); None: all", min=1)
-    align_epochs: int = param(
-        28, "phase-1 epochs of a step whose phase config leaves epochs unset (the toy dose: RESULTS.md)", min=1
-    )
+    align_epochs: int = param(28, "phase-1 epochs of a step whose phase config leaves epochs unset", min=1)
     align_large_epochs: int | None = param(
         24, "phase-1 epochs of the large encoder (it must become the better teacher); None: align_epochs", min=1
     )
@@ -76,16 +74,8 @@ class PipelineConfig:
         "phase 1 reads CLIP's features of K fixed views per pool image, computed once for every seed and both "
         "encoders (in cache_root); false: CLIP runs online in each phase-1 step",
     )
-    cache_root: str | None = param(
-        None,
-        "folder of phase 1's teacher caches, one per recipe; pipelines that name one folder share them (a sweep); "
-        "None: run_dir/cache",
-    )
-    align_once: bool = param(
-        False,
-        "phase 1 runs once, with the first seed, and every seed's later steps start from it: the seeds then vary "
-        "fine-tuning and phase 2 only",
-    )
+    cache_root: str | None = param(None, "teacher caches' folder, shared by pipelines naming it; None: run_dir/cache")
+    align_once: bool = param(False, "phase 1 once, on the first seed; every seed's later steps start from it")
     workers: int = param(2, "steps at once, each with torch threads // workers threads; 1: one after another", min=1)
     nproc_per_node: int = param(
         1,
@@ -291,6 +281,11 @@ def run_parallel(jobs: dict, workers: int = 1) -> dict:
         raise ValueError(f"jobs {pending} need each other (a cycle)")
     return done
 
+# %% ../nbs/31_pipeline.ipynb #af0ab8c6
+def align_seed(cfg, seed: int) -> int:
+    "The seed whose phase-1 runs `seed`'s later steps start from: its own, or the first seed's with `align_once`."
+    return cfg.seeds[0] if cfg.align_once else seed
+
 # %% ../nbs/31_pipeline.ipynb #9fff19c5
 STEPS = {  # step -> (experiment notebook = phase, the PipelineConfig field naming its phase YAML)
     "align_large": ("align", "align_large_config"),
@@ -306,11 +301,6 @@ STEPS = {  # step -> (experiment notebook = phase, the PipelineConfig field nami
 WIRING = ("run_dir", "seed", "init", "teacher_run", "exclude_split")  # what the pipeline sets over a phase YAML
 
 AGREE = ("teacher", "teacher_pretrained", "student", "student_pretrained", "encoder", "pretrained", "data_root")
-
-
-def align_seed(cfg, seed: int) -> int:
-    "The seed whose phase-1 runs `seed`'s later steps start from: its own, or the first seed's with `align_once`."
-    return cfg.seeds[0] if cfg.align_once else seed
 
 
 def _step_plan(cfg, seed: int) -> dict:
