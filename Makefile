@@ -24,7 +24,7 @@ install: $(STAMP) $(KERNEL)
 demo: install
 	$(PY) -m cskd demo
 
-# The dose-response study of phase 1 (RESULTS.md): about 100 minutes on 2 cores; finished runs are skipped.
+# The dose-response study of phase 1 (RESULTS.md): about 110 minutes on 2 cores; finished runs are skipped.
 dose: install
 	@mkdir -p runs/dose
 	$(BIN)/papermill nbs/experiments/dose.ipynb runs/dose/dose.ipynb
